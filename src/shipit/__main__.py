@@ -1,0 +1,3 @@
+from shipit.cli import run_main
+
+run_main()
