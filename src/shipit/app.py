@@ -1,0 +1,78 @@
+"""The core API behind the command line: options in, spec / context / plan out.
+
+`shipit.cli` parses arguments into `Options` and calls these; tests and other programs can
+call them directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from shipit import context as context_mod
+from shipit import spec as spec_mod
+from shipit.context import Context, Overrides
+from shipit.errors import UsageError
+from shipit.plan import Plan, make_plan
+from shipit.spec import Spec
+
+DEFAULT_SPEC = "shipit.yml"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """What every command shares: where the spec is, and how to read the build context."""
+
+    directory: Path = Path()
+    spec_file: str | None = None
+    overrides: Overrides = field(default_factory=Overrides)
+
+    @property
+    def spec_path(self) -> Path:
+        """-f is taken relative to -C, as `make -C dir -f file` and `git -C` do."""
+        return self.directory / (self.spec_file or DEFAULT_SPEC)
+
+
+def load_spec(options: Options, env: Mapping[str, str]) -> Spec:
+    if not options.directory.is_dir():
+        raise UsageError(f"-C {options.directory}: no such folder")
+    return spec_mod.load(options.spec_path, env)
+
+
+def load_context(options: Options, env: Mapping[str, str], spec: Spec) -> Context:
+    return context_mod.gather(spec.root, env, options.overrides)
+
+
+def plan(
+    options: Options,
+    env: Mapping[str, str],
+    *,
+    skip: Collection[str] = (),
+    push: bool = True,
+    only: str | None = None,
+) -> Plan:
+    spec = load_spec(options, env)
+    ctx = load_context(options, env, spec)
+    return make_plan(spec, ctx, skip=skip, push=push, only=only)
+
+
+def tags_document(plan: Plan) -> dict[str, Any]:
+    """`shipit tags --json`: the version and, per image built, its tags and full refs."""
+    return {
+        "version": plan.version,
+        "images": [
+            {"name": i.name, "version": i.version.text, "tags": list(i.tags), "refs": list(i.refs)}
+            for i in plan.active()
+        ],
+    }
+
+
+def schema_text() -> str:
+    """The JSON Schema of the spec, as shipped in the package."""
+    text = resources.files("shipit").joinpath("schema.json").read_text(encoding="utf-8")
+    json.loads(text)  # a broken schema file is a packaging bug; fail loudly here
+    return text

@@ -1,0 +1,276 @@
+"""The command line: a thin adapter that parses options, calls the core, maps errors.
+
+`main(argv, env)` returns the exit code, so tests run commands in-process. Options that
+every command shares (-f, -C, -v, -q, the context overrides) are accepted before or after
+the command name; each also comes from a SHIPIT_* variable. Precedence: command line >
+SHIPIT_* environment > spec > defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from shipit import __version__, app
+from shipit.context import EVENTS, Overrides
+from shipit.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ShipitError, SpecError
+from shipit.log import Console, escape_github
+from shipit.render import plan_text
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# name -> (SHIPIT_* variable, converter for the variable's text)
+_SHARED: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "spec_file": ("SHIPIT_FILE", str),
+    "directory": ("SHIPIT_DIRECTORY", str),
+    "verbose": ("SHIPIT_VERBOSE", int),
+    "quiet": ("SHIPIT_QUIET", lambda t: t.lower() in ("1", "true", "yes")),
+    "debug": ("SHIPIT_DEBUG", lambda t: t.lower() in ("1", "true", "yes")),
+    "color": ("SHIPIT_COLOR", str),
+    "ref": ("SHIPIT_REF", str),
+    "event": ("SHIPIT_EVENT", str),
+    "sha": ("SHIPIT_SHA", str),
+    "pr": ("SHIPIT_PR", int),
+    "default_branch": ("SHIPIT_DEFAULT_BRANCH", str),
+}
+
+
+def shared_options(func: F) -> F:
+    """The options every command takes, on the group and on each command."""
+    options = [
+        click.option(
+            "-f",
+            "--file",
+            "spec_file",
+            metavar="FILE",
+            help="The spec (default shipit.yml, relative to -C).",
+        ),
+        click.option("-C", "--directory", metavar="DIR", help="Run as if started in DIR."),
+        click.option("-v", "--verbose", count=True, help="More detail (repeat for more)."),
+        click.option("-q", "--quiet", is_flag=True, default=None, help="Only warnings and errors."),
+        click.option("--debug", is_flag=True, default=None, help="Tracebacks for failures."),
+        click.option("--color", type=click.Choice(["auto", "always", "never"]), default=None),
+        click.option("--ref", metavar="REF", help="Build as if for this ref (refs/tags/v1.2.3)."),
+        click.option("--event", type=click.Choice(EVENTS), help="Build as if for this event."),
+        click.option("--sha", metavar="SHA", help="The commit to label images with."),
+        click.option("--pr", type=int, metavar="N", help="Build as pull request N."),
+        click.option("--default-branch", metavar="NAME", help="The repository's default branch."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@dataclass
+class State:
+    env: Mapping[str, str]
+
+
+def _shared(ctx: click.Context) -> dict[str, Any]:
+    """Merge shared options: the command's own, then the group's, then SHIPIT_* variables."""
+    state: State = ctx.find_object(State) or State(env=os.environ)
+    parent = ctx.parent.params if ctx.parent else {}
+    merged: dict[str, Any] = {}
+    for name, (variable, convert) in _SHARED.items():
+        value = ctx.params.get(name)
+        if value in (None, 0, False):
+            value = parent.get(name)
+        if value in (None, 0, False) and state.env.get(variable):
+            try:
+                value = convert(state.env[variable])
+            except ValueError:
+                raise click.BadParameter(
+                    f"{variable}={state.env[variable]!r} is not valid"
+                ) from None
+        merged[name] = value
+    return merged
+
+
+def _options(ctx: click.Context) -> tuple[app.Options, Mapping[str, str], Console]:
+    shared = _shared(ctx)
+    state: State = ctx.find_object(State) or State(env=os.environ)
+    verbosity = -1 if shared["quiet"] else int(shared["verbose"] or 0)
+    console = Console(state.env, verbosity=verbosity)
+    ctx.meta["debug"] = bool(shared["debug"])
+    options = app.Options(
+        directory=Path(shared["directory"] or "."),
+        spec_file=shared["spec_file"],
+        overrides=Overrides(
+            ref=shared["ref"],
+            event=shared["event"],
+            sha=shared["sha"],
+            pr=shared["pr"],
+            default_branch=shared["default_branch"],
+        ),
+    )
+    return options, state.env, console
+
+
+def _emit_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="shipit")
+@shared_options
+def cli(**_: Any) -> None:
+    """shipit: tag, build, scan, sign and push container images from one spec."""
+
+
+@cli.command()
+@shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--skip", multiple=True, metavar="STAGE", help="Leave out a stage (scan, push, sign)."
+)
+@click.option("--no-push", is_flag=True, help="Plan a run that builds but does not push.")
+@click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    /,
+    as_json: bool,
+    skip: Sequence[str],
+    no_push: bool,
+    only: str | None,
+    **_: Any,
+) -> int:
+    """What a run would do: version, tags, refs per registry, stages. No Docker needed."""
+    options, env, _console = _options(ctx)
+    result = app.plan(options, env, skip=skip, push=not no_push, only=only)
+    if as_json:
+        _emit_json(result.to_json())
+    else:
+        click.echo(plan_text(result))
+    return 0
+
+
+@cli.command()
+@shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print version, tags and refs as JSON.")
+@click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
+@click.pass_context
+def tags(ctx: click.Context, /, as_json: bool, only: str | None, **_: Any) -> int:
+    """The full image references, one a line (for shell scripts)."""
+    options, env, _console = _options(ctx)
+    result = app.plan(options, env, only=only)
+    if as_json:
+        _emit_json(app.tags_document(result))
+    else:
+        for image in result.active():
+            for ref in image.refs:
+                click.echo(ref)
+    return 0
+
+
+@cli.command()
+@shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print the version of each image as JSON.")
+@click.option("--image", "only", metavar="NAME", help="The version of this image.")
+@click.pass_context
+def version(ctx: click.Context, /, as_json: bool, only: str | None, **_: Any) -> int:
+    """The derived semantic version."""
+    options, env, _console = _options(ctx)
+    result = app.plan(options, env, only=only)
+    if as_json:
+        images = [{"name": i.name, "version": i.version.text} for i in result.images]
+        _emit_json({"version": result.version, "images": images})
+    else:
+        click.echo(result.version)
+    return 0
+
+
+@cli.command()
+@shared_options
+@click.pass_context
+def validate(ctx: click.Context, /, **_: Any) -> int:
+    """Check the spec; every problem as FILE:LINE:COL: message."""
+    options, env, _console = _options(ctx)
+    spec = app.load_spec(options, env)
+    count = len(spec.images)
+    click.echo(f"{options.spec_path}: valid ({count} image{'s' if count != 1 else ''})")
+    return 0
+
+
+@cli.command()
+@click.pass_context
+def schema(ctx: click.Context) -> int:
+    """The JSON Schema of shipit.yml, for editors."""
+    click.echo(app.schema_text(), nl=False)
+    return 0
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run shipit with `argv` (default sys.argv[1:]) in `env`; return the exit code."""
+    environment = os.environ if env is None else env
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or environment.get("SHIPIT_DEBUG", "").lower() in ("1", "true")
+    try:
+        result = cli.main(
+            args=args, prog_name="shipit", standalone_mode=False, obj=State(env=environment)
+        )
+    except click.exceptions.Abort:
+        _error("interrupted", environment)
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE if exc.exit_code in (1, 2) else exc.exit_code
+    except ShipitError as exc:
+        if debug:
+            traceback.print_exc()
+        _report(exc, environment)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted", environment)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug in shipit: say so plainly, trace only when asked
+        if debug:
+            traceback.print_exc()
+        _error(
+            f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            environment,
+        )
+        return EXIT_FAILED
+    return result if isinstance(result, int) else 0
+
+
+def _report(exc: ShipitError, env: Mapping[str, str]) -> None:
+    github = env.get("GITHUB_ACTIONS") == "true"
+    if isinstance(exc, SpecError):
+        for problem in exc.problems:
+            loc = problem.location
+            click.echo(str(problem), err=True)
+            if github:
+                click.echo(
+                    f"::error file={loc.file},line={loc.line},col={loc.column}::"
+                    f"{escape_github(problem.message)}",
+                    err=True,
+                )
+        count = len(exc.problems)
+        click.echo(f"shipit: {count} problem{'s' if count != 1 else ''} in the spec", err=True)
+    else:
+        _error(exc.message, env)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+
+
+def _error(message: str, env: Mapping[str, str]) -> None:
+    if env.get("GITHUB_ACTIONS") == "true":
+        click.echo(f"::error::{escape_github(message)}", err=True)
+    else:
+        click.echo(f"shipit: error: {message}", err=True)
+
+
+def run_main() -> None:
+    sys.exit(main())

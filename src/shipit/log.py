@@ -1,0 +1,136 @@
+"""Logging for people and CI: progress on stderr, CI fold groups, annotations, masking.
+
+Humans read progress on stderr; stdout carries only a command's result (a table, refs,
+JSON). Every handler masks the values of known secrets, so a password that reaches a
+message by accident still never reaches a log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import TextIO
+
+LOGGER = "shipit"
+_MASK = "********"
+_MIN_SECRET = 4  # shorter values would mask ordinary words
+
+
+class MaskingFilter(logging.Filter):
+    """Replaces every registered secret value in a record's final message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, secret: str | None) -> None:
+        if not secret or len(secret) < _MIN_SECRET or secret in self._secrets:
+            return
+        self._secrets.add(secret)
+        ordered = sorted(self._secrets, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+    def mask(self, text: str) -> str:
+        return self._pattern.sub(_MASK, text) if self._pattern else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._pattern is not None:
+            record.msg = self.mask(record.getMessage())
+            record.args = None
+        return True
+
+
+class _CiFormatter(logging.Formatter):
+    """Plain lines; warnings and errors as annotations when running in GitHub Actions."""
+
+    def __init__(self, provider: str) -> None:
+        super().__init__("%(message)s")
+        self.provider = provider
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.provider == "github" and record.levelno >= logging.WARNING:
+            kind = "error" if record.levelno >= logging.ERROR else "warning"
+            return f"::{kind}::{escape_github(text)}"
+        if record.levelno >= logging.ERROR:
+            return f"error: {text}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {text}"
+        return text
+
+
+def escape_github(text: str) -> str:
+    """Escape a workflow command's message so a value cannot start a command of its own."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def ci_provider(env: Mapping[str, str]) -> str:
+    if env.get("GITHUB_ACTIONS") == "true":
+        return "github"
+    if env.get("GITLAB_CI") == "true":
+        return "gitlab"
+    return "local"
+
+
+class Console:
+    """The run's output channel: the masking filter, CI groups, and the stderr stream."""
+
+    def __init__(
+        self, env: Mapping[str, str], *, verbosity: int = 0, stream: TextIO | None = None
+    ) -> None:
+        self.provider = ci_provider(env)
+        self.stream = stream or sys.stderr
+        self.masking = MaskingFilter()
+        self.verbosity = verbosity
+        self._group = 0
+        logger = logging.getLogger(LOGGER)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        handler = logging.StreamHandler(self.stream)
+        handler.setFormatter(_CiFormatter(self.provider))
+        handler.addFilter(self.masking)
+        logger.addHandler(handler)
+        logger.propagate = False
+        level = (
+            logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+        )
+        logger.setLevel(level)
+
+    def secret(self, value: str | None) -> None:
+        """Register a value that must never be shown."""
+        self.masking.add(value)
+
+    def write(self, text: str) -> None:
+        self.stream.write(self.masking.mask(text) + "\n")
+        self.stream.flush()
+
+    @contextlib.contextmanager
+    def group(self, title: str) -> Iterator[None]:
+        """A collapsible section of the log in CI, a heading elsewhere."""
+        self._group += 1
+        name = f"shipit_{self._group}"
+        if self.provider == "github":
+            self.write(f"::group::{escape_github(title)}")
+        elif self.provider == "gitlab":
+            self.write(
+                f"\x1b[0Ksection_start:{int(time.time())}:{name}[collapsed=true]\r\x1b[0K{title}"
+            )
+        elif self.verbosity >= 0:
+            self.write(f"==> {title}")
+        try:
+            yield
+        finally:
+            if self.provider == "github":
+                self.write("::endgroup::")
+            elif self.provider == "gitlab":
+                self.write(f"\x1b[0Ksection_end:{int(time.time())}:{name}\r\x1b[0K")
+
+
+def get(name: str) -> logging.Logger:
+    """A child of shipit's logger, for a module: `log.get(__name__)`."""
+    return logging.getLogger(name if name.startswith(LOGGER) else f"{LOGGER}.{name}")

@@ -1,0 +1,68 @@
+"""Human-readable text for plans and results (machine output is JSON, elsewhere)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shipit.plan import ImagePlan, Plan
+
+
+def plan_text(plan: Plan) -> str:
+    ctx = plan.context
+    where = (
+        ctx.get("branch") or ctx.get("tag") or (f"PR {ctx['pr']}" if ctx.get("pr") else "detached")
+    )
+    lines = [
+        f"shipit plan for {plan.spec}",
+        f"  context  {ctx['provider']} {ctx['event']} of {where} at {str(ctx['sha'])[:12]}"
+        f" (default branch {ctx['default_branch']})",
+    ]
+    for image in plan.images:
+        lines.append("")
+        lines.extend(_image_lines(image))
+    if plan.warnings:
+        lines.append("")
+        lines.extend(f"warning: {w}" for w in plan.warnings)
+    return "\n".join(lines)
+
+
+def _image_lines(image: ImagePlan) -> list[str]:
+    version = image.version
+    kind = "release" if version.is_release else "development build"
+    head = f"image {image.name}  version {version.text} ({kind})"
+    if image.skipped:
+        return [head, f"  skipped  {image.skipped}"]
+    build = image.build
+    details = [build.dockerfile]
+    if build.target:
+        details.append(f"target {build.target}")
+    if build.platform:
+        details.append(build.platform)
+    lines = [
+        head,
+        f"  build    {build.context} ({', '.join(details)})",
+        f"  stages   {' -> '.join(image.stages)}",
+        f"  tags     {', '.join(image.tags)}",
+    ]
+    lines.extend(_column("refs", list(image.refs)))
+    if build.build_args:
+        lines.extend(_column("args", [f"{k}={v}" for k, v in build.build_args.items()]))
+    return lines
+
+
+def _column(title: str, values: Sequence[str]) -> list[str]:
+    return [f"  {title if i == 0 else '':<8} {value}" for i, value in enumerate(values)]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain text table, columns as wide as their widest cell."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in rows)
+    return "\n".join(out)

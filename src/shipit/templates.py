@@ -1,0 +1,109 @@
+"""Jinja2 templates for tags, build args, labels and annotations, in a sandbox.
+
+Undefined names are errors (a typo must not silently produce an empty tag), Python
+internals are out of reach (`{{ ''.__class__ }}` fails), and a template cannot run
+away: output and loop sizes are bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+MAX_OUTPUT = 4096
+MAX_RANGE = 1000
+
+
+class TemplateError(Exception):
+    """A template failed to parse or render; the message says why, without a traceback."""
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # Only plain data is exposed; no attribute that starts with an underscore, and no
+        # reaching into modules, functions or classes through their attributes.
+        if attr.startswith("_"):
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+
+def _bounded_range(*args: int) -> range:
+    values = range(*args)
+    if len(values) > MAX_RANGE:
+        raise TemplateError(f"range() of {len(values)} items is larger than {MAX_RANGE}")
+    return values
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> _Sandbox:
+    env = _Sandbox(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        extensions=(),
+    )
+    env.globals = {"range": _bounded_range, "true": True, "false": False}
+    return env
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(source: str) -> jinja2.Template:
+    try:
+        return _environment().from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}") from None
+
+
+def check(source: str) -> str | None:
+    """The syntax error in `source`, or None if it parses."""
+    try:
+        _compile(source)
+    except TemplateError as exc:
+        return str(exc)
+    return None
+
+
+def names(source: str) -> frozenset[str]:
+    """The names a template reads from its context (for floating-tag scopes)."""
+    try:
+        ast = _environment().parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}") from None
+    return frozenset(meta.find_undeclared_variables(ast))
+
+
+def render(source: str, values: Mapping[str, Any]) -> str:
+    """Render `source` with `values`; every failure is a TemplateError with a short reason."""
+    if "{" not in source:  # the common case: a plain string
+        return source
+    template = _compile(source)
+    try:
+        text = template.render(**values)
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"{exc.message} (known names: {_known(values)})") from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise TemplateError(f"not allowed in a template: {exc}") from None
+    except TemplateError:
+        raise
+    except Exception as exc:  # a filter or a date format that fails on its input
+        raise TemplateError(f"{type(exc).__name__}: {exc}") from None
+    if len(text) > MAX_OUTPUT:
+        raise TemplateError(f"the template rendered {len(text)} characters; at most {MAX_OUTPUT}")
+    return text.strip()
+
+
+def render_bool(source: str, values: Mapping[str, Any]) -> bool:
+    """Render an `enable` template, which must come out as true or false."""
+    text = render(source, values).lower()
+    if text not in ("true", "false"):
+        raise TemplateError(f"must render to true or false, rendered '{text}'")
+    return text == "true"
+
+
+def _known(values: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(values))
