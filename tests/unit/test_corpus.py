@@ -14,8 +14,12 @@ import yaml
 from shipit.cli import main
 from tests.support.gitrepo import git, make_repo
 
-CORPUS = Path(__file__).parent.parent / "data" / "corpus_tags.yaml"
-CASES: list[dict[str, Any]] = yaml.safe_load(CORPUS.read_text(encoding="utf-8"))
+DATA = Path(__file__).parent.parent / "data"
+CORPUS: list[dict[str, Any]] = yaml.safe_load(
+    (DATA / "corpus_tags.yaml").read_text(encoding="utf-8")
+)
+OURS: list[dict[str, Any]] = yaml.safe_load((DATA / "more_tags.yaml").read_text(encoding="utf-8"))
+CASES = CORPUS + OURS
 
 
 def _substitute(text: str, sha: str) -> str:
@@ -33,10 +37,11 @@ def run_case(
     spec = {"version": 1, "registries": ["r.example/o"], "image": image}
     (repo / "Dockerfile").write_text("FROM scratch\n", encoding="utf-8")
     (repo / "shipit.yml").write_text(yaml.safe_dump(spec), encoding="utf-8")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **case.get("env", {})}
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    env.update({k: _substitute(v, sha) for k, v in case.get("env", {}).items()})
     if "event" in case:
         event_path = tmp_path / "event.json"
-        event_path.write_text(json.dumps(case["event"]), encoding="utf-8")
+        event_path.write_text(_substitute(json.dumps(case["event"]), sha), encoding="utf-8")
         env["GITHUB_EVENT_PATH"] = str(event_path)
     code = main(["tags", "--json", "-C", str(repo), *case.get("args", [])], env=env)
     out, err = capsys.readouterr()
@@ -58,5 +63,6 @@ def test_corpus_case(
         assert document["version"] == _substitute(case["expect_version"], sha)
 
 
-def test_corpus_is_not_empty() -> None:
-    assert len(CASES) >= 15
+def test_corpus_is_all_there() -> None:
+    assert len(CORPUS) == 15
+    assert len({c["id"] for c in CASES}) == len(CASES)
