@@ -26,6 +26,7 @@ from shipit.yamlnodes import (
     did_you_mean,
     is_bool,
     is_null,
+    scalar_text,
     unknown_key_message,
 )
 
@@ -515,7 +516,7 @@ class _SpecParser:
             username = r.field(
                 entries, "username", lambda n: r.string(n, "username", allow_empty=True), None
             )
-            if password_env and not username:
+            if password_env and "username" not in entries:
                 r.error(node, "`password_env` needs a `username` too")
             ca_file = r.field(entries, "ca_file", lambda n: self._existing_file(n, "ca_file"), None)
             insecure = r.field(entries, "insecure", lambda n: r.boolean(n, "insecure"), False)
@@ -681,6 +682,11 @@ class _SpecParser:
     def _flavor(self, section: _Section) -> Flavor:
         r = self.r
         e = section.entries
+        for key in ("prefix", "suffix"):
+            text = scalar_text(e[key]) if key in e else None
+            problem = template_problem(text) if text else None
+            if problem:
+                r.error(e[key], f"{key}: {problem}")
         return Flavor(
             latest=r.field(
                 e, "latest", lambda n: r.choice(n, "latest", ("auto", "true", "false")), "auto"

@@ -101,17 +101,20 @@ class Reader:
         if not isinstance(node, MappingNode):
             self.error(node, f"{what} must be a mapping, not {kind(node)}")
             return None
+        explicit = {id(k) for k, _ in node.value if k.tag != _MERGE}
         _flatten_merge_keys(node)
         allowed_keys = list(allowed) if allowed is not None else None
         result: dict[str, Node] = {}
+        key_nodes: dict[str, Node] = {}
         for key_node, value_node in node.value:
             if not (isinstance(key_node, ScalarNode) and key_node.tag == _STR):
                 self.error(key_node, f"keys of {what} must be strings")
                 continue
             key = key_node.value
-            if key in result:
+            if key in result and id(key_node) in explicit and id(key_nodes[key]) in explicit:
                 self.error(key_node, f"duplicate key '{key}' in {what}")
                 continue
+            key_nodes[key] = key_node  # a key written here overrides one merged in by `<<:`
             if allowed_keys is not None and key not in allowed_keys:
                 self.error(key_node, unknown_key_message(key, what, allowed_keys))
                 continue

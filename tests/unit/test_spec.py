@@ -393,6 +393,10 @@ def test_yaml_syntax_errors_are_located(project: Path) -> None:
             "3:24: pull must be true or false, not 'sometimes'",
         ),
         (
+            "version: 1\nregistries: [a.io/b]\nimage: {name: a, flavor: {prefix: '{{ brnch }}-'}}\n",
+            "3:35: prefix: unknown name 'brnch' in template (did you mean 'branch'?)",
+        ),
+        (
             "version: 1\nversion: 1\nregistries: [a.io/b]\nimage: {name: a}\n",
             "2:1: duplicate key 'version' in the spec",
         ),
