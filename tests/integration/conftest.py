@@ -1,0 +1,92 @@
+"""Session fixtures for the integration tests: a Docker daemon and loopback registries.
+
+Every test under tests/integration is marked ``integration`` automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import (
+    Dockerd,
+    Registry,
+    RegistryFactory,
+    ensure_dockerd,
+    start_registry,
+    stop_dockerd,
+    stop_registry,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # this hook sees every item of the session: mark only the ones in this folder
+    for item in items:
+        if item.path.resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    """A Docker daemon that answers; DOCKER_HOST points at it for the whole session."""
+    d = ensure_dockerd(tmp_path_factory.mktemp("dockerd"))
+    before = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = d.host
+    try:
+        yield d
+    finally:
+        if before is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = before
+        stop_dockerd(d)
+
+
+@pytest.fixture(scope="session")
+def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryFactory]:
+    """start_registry(workdir, tls=..., auth=..., port=...) with a fresh workdir each time;
+    every registry it started is stopped at the end of the session."""
+    started: list[Registry] = []
+
+    def factory(
+        *, tls: bool = False, auth: tuple[str, str] | None = None, port: int | None = None
+    ) -> Registry:
+        reg = start_registry(tmp_path_factory.mktemp("registry"), tls=tls, auth=auth, port=port)
+        started.append(reg)
+        return reg
+
+    try:
+        yield factory
+    finally:
+        errors = []
+        for reg in reversed(started):
+            try:
+                stop_registry(reg)
+            except Exception as e:  # stop the others all the same
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture(scope="session")
+def plain_registry(registry_factory: RegistryFactory) -> Registry:
+    """A plain-HTTP registry without auth."""
+    return registry_factory()
+
+
+@pytest.fixture(scope="session")
+def tls_registry(registry_factory: RegistryFactory) -> Registry:
+    """An HTTPS registry; its certificate is signed by ``ca_file``."""
+    return registry_factory(tls=True)
+
+
+@pytest.fixture(scope="session")
+def auth_registry(registry_factory: RegistryFactory) -> Registry:
+    """A plain-HTTP registry with htpasswd basic auth: user ``shipit``, a random password."""
+    return registry_factory(auth=("shipit", secrets.token_urlsafe(16)))

@@ -1,0 +1,623 @@
+"""Real services for the integration tests: a Docker daemon and OCI registries on loopback.
+
+Rules kept here:
+
+* Everything listens on 127.0.0.1 only; every wait is bounded in time.
+* We start our own ``dockerd`` only when none answers ``docker info``.
+* Each registry gets its own port and its own storage folder.
+* We stop exactly what we started, by PID: every process is started in its own session
+  (``setsid``), so its whole process group can be signalled; SIGTERM first, SIGKILL after a
+  timeout. Nothing is ever stopped by name.
+
+Docker and loopback registries (checked with Docker Engine 20.10 from Debian 12 and the
+docker 28 CLI): the daemon's default insecure-registry range is 127.0.0.0/8, so it pushes to
+``127.0.0.1:PORT`` without any daemon configuration, both to a plain-HTTP registry and to a
+TLS registry whose CA it does not know: for an insecure registry the daemon tries HTTPS with
+certificate verification turned off, then falls back to plain HTTP. No ``certs.d`` entry and
+no daemon restart are needed (tests/integration/test_services.py pushes to both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+DOCKERD_START_TIMEOUT = 60.0
+REGISTRY_START_TIMEOUT = 20.0
+
+# Shared by every test session on this machine (several may run at once): which dockerd a
+# test session started, and which sessions are using it. The last session to let go of a
+# test-started daemon stops it; a daemon nobody of ours started is never stopped.
+_DOCKERD_STATE = Path(os.environ.get("SHIPIT_TEST_STATE", "/tmp/shipit-test-state"))
+
+# Processes this interpreter started, so that we reap them ourselves and a PID cannot be
+# reused behind our back while we still hold it.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ServiceError(RuntimeError):
+    """A service did not start, or did not answer in time."""
+
+
+class ToolMissingError(ServiceError):
+    """An external tool the tests need is not installed."""
+
+
+# --- tools -------------------------------------------------------------------------------
+
+
+def _venv_bins() -> list[Path]:
+    bins = [Path(sys.prefix) / "bin", REPO / ".venv" / "bin"]
+    return list(dict.fromkeys(bins))
+
+
+def tool_path(name: str) -> str:
+    """The path of an external tool, as installed by scripts/install-tools.
+
+    cosign and crane live in REPO/.tools/usr/bin, gitlab-ci-local in REPO/.tools/node, the
+    tools that come as wheels (trivy, act, check-jsonschema, zizmor) in the venv's bin; any
+    other name is looked up on PATH (docker, dockerd, docker-registry, htpasswd, openssl...).
+    """
+    if name in {"cosign", "crane"}:
+        candidates = [REPO / ".tools" / "usr" / "bin" / name]
+    elif name == "gitlab-ci-local":
+        candidates = [REPO / ".tools" / "node" / "node_modules" / ".bin" / name]
+    elif name in {"trivy", "act", "check-jsonschema", "zizmor"}:
+        candidates = [b / name for b in _venv_bins()]
+    else:
+        found = shutil.which(name)
+        candidates = [Path(found)] if found else []
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    where = ", ".join(str(c) for c in candidates) or "PATH"
+    raise ToolMissingError(
+        f"{name} is not installed (looked in {where}); run scripts/install-tools "
+        f"(as root: bash {REPO / 'scripts' / 'install-tools'})"
+    )
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Start cmd in a new session (setsid), stdout and stderr appended to log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
+        )
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def _exited(pid: int) -> bool:
+    """True when pid is gone (reaping it if it is our child)."""
+    proc = _children.get(pid)
+    if proc is not None:
+        return proc.poll() is not None
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    else:
+        if waited == pid:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # a zombie that someone else has to reap is gone for our purposes
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _proc_stats() -> dict[int, list[str]]:
+    """/proc/PID/stat of every process, the fields after the command name."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+    return stats
+
+
+# fields after the command name in /proc/PID/stat: 0 state, 1 ppid, 2 pgrp, ... 19 starttime
+_STATE, _PPID, _PGRP, _START = 0, 1, 2, 19
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while some non-zombie process is in process group pgid."""
+    return any(f[_PGRP] == str(pgid) and f[_STATE] != "Z" for f in _proc_stats().values())
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below pid, with its start time (to tell a reused PID apart)."""
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for p, f in stats.items():
+        children.setdefault(int(f[_PPID]), []).append(p)
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        if p not in found and p in stats:
+            found[p] = stats[p][_START]
+            todo.extend(children.get(p, []))
+    return found
+
+
+def _still_there(procs: dict[int, str]) -> list[int]:
+    stats = _proc_stats()
+    return [
+        p
+        for p, start in procs.items()
+        if p in stats and stats[p][_START] == start and stats[p][_STATE] != "Z"
+    ]
+
+
+def _signal(pid: int, sig: int, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def stop_process(pid: int, timeout: float = 10) -> None:
+    """Stop the process pid and what it started: SIGTERM, then SIGKILL.
+
+    pid's process group is signalled when pid leads one (we start everything with setsid).
+    Descendants that moved to groups of their own (dockerd starts containerd with its own
+    process group, and containerd its shims) are taken too, by PID, if they outlive pid:
+    they are recorded before the first signal, with their start times, so a PID reused in
+    the meantime is never hit. Every wait is bounded: up to ``timeout`` seconds after
+    SIGTERM, then SIGKILL and up to 5 more seconds.
+    """
+    try:
+        group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        group = False
+    below = _descendants(pid)
+
+    def leader_gone() -> bool:
+        return _exited(pid) and not (group and _group_alive(pid))
+
+    deadline = time.monotonic() + timeout
+    if not leader_gone():
+        _signal(pid, signal.SIGTERM, group)
+        if not _wait_until(leader_gone, timeout):
+            _signal(pid, signal.SIGKILL, group)
+            if not _wait_until(leader_gone, 5.0):
+                raise ServiceError(f"process {pid} did not end after SIGKILL")
+    _children.pop(pid, None)
+
+    if _still_there(below):
+        for p in _still_there(below):
+            _signal(p, signal.SIGTERM, group=False)
+        left = max(deadline - time.monotonic(), 1.0)
+        if not _wait_until(lambda: not _still_there(below), left):
+            for p in _still_there(below):
+                _signal(p, signal.SIGKILL, group=False)
+            if not _wait_until(lambda: not _still_there(below), 5.0):
+                raise ServiceError(f"processes {_still_there(below)} (below {pid}) did not end")
+
+
+def _log_tail(log: Path, lines: int = 40) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {log})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- dockerd -----------------------------------------------------------------------------
+
+
+@dataclass
+class Dockerd:
+    host: str  # what DOCKER_HOST should be, e.g. "unix:///var/run/docker.sock"
+    pid: int | None  # PID of the dockerd we started, None if we reused a running one
+
+
+def _docker_answers(host: str, timeout: float = 10) -> bool:
+    env = {**os.environ, "DOCKER_HOST": host}
+    env.pop("DOCKER_CONTEXT", None)
+    try:
+        done = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            env=env,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (subprocess.TimeoutExpired, FileNotFoundError):
+        return False
+    return done.returncode == 0 and bool(done.stdout.strip())
+
+
+@contextlib.contextmanager
+def _dockerd_lock() -> Iterator[Path]:
+    _DOCKERD_STATE.mkdir(parents=True, exist_ok=True)
+    (_DOCKERD_STATE / "users").mkdir(exist_ok=True)
+    with (_DOCKERD_STATE / "lock").open("a") as lock:
+        # bounded: whoever holds the lock waits at most DOCKERD_START_TIMEOUT for dockerd
+        deadline = time.monotonic() + DOCKERD_START_TIMEOUT + 30
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"could not lock {_DOCKERD_STATE / 'lock'}") from None
+                time.sleep(0.1)
+        try:
+            yield _DOCKERD_STATE
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_started() -> dict[str, object] | None:
+    """The dockerd a test session started, if it still runs."""
+    try:
+        state = json.loads((_DOCKERD_STATE / "dockerd.json").read_text())
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _exited(pid) or not _is_dockerd(pid):
+        return None
+    return dict(state)
+
+
+def _is_dockerd(pid: int) -> bool:
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return os.path.basename(argv0) == b"dockerd"
+
+
+def _live_users() -> list[Path]:
+    users = []
+    for f in (_DOCKERD_STATE / "users").iterdir():
+        try:
+            pid = int(f.name)
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _exited(pid):
+            users.append(f)
+        elif pid != os.getpid():
+            f.unlink(missing_ok=True)
+    return users
+
+
+def ensure_dockerd(workdir: Path) -> Dockerd:
+    """A Docker daemon that answers: a running one if any (DOCKER_HOST honoured), else ours.
+
+    Ours is ``dockerd`` started with setsid, logging to workdir/dockerd.log, with its own
+    --pidfile in workdir; we wait up to 60 s for ``docker info`` to answer.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    with _dockerd_lock() as state:
+        (state / "users" / str(os.getpid())).touch()
+        if _docker_answers(host):
+            return Dockerd(host=host, pid=None)
+        if not host.startswith("unix://"):
+            # a remote daemon that does not answer: start our own on the default socket
+            host = DEFAULT_DOCKER_HOST
+            if _docker_answers(host):
+                return Dockerd(host=host, pid=None)
+        try:
+            dockerd = tool_path("dockerd")
+        except ToolMissingError:
+            (state / "users" / str(os.getpid())).unlink(missing_ok=True)
+            raise
+        log = workdir / "dockerd.log"
+        pid = _spawn(
+            [dockerd, "--host", host, "--pidfile", str(workdir / "dockerd.pid")],
+            log,
+        )
+
+        def up() -> bool:
+            if _exited(pid):
+                raise ServiceError(f"dockerd exited at start; {log}:\n{_log_tail(log)}")
+            return _docker_answers(host, timeout=5)
+
+        try:
+            ok = _wait_until(up, DOCKERD_START_TIMEOUT, interval=0.3)
+        except ServiceError:
+            (state / "users" / str(os.getpid())).unlink(missing_ok=True)
+            stop_process(pid)
+            raise
+        if not ok:
+            (state / "users" / str(os.getpid())).unlink(missing_ok=True)
+            stop_process(pid, timeout=20)
+            raise ServiceError(
+                f"dockerd did not answer `docker info` within {DOCKERD_START_TIMEOUT:.0f} s; "
+                f"{log}:\n{_log_tail(log)}"
+            )
+        (state / "dockerd.json").write_text(
+            json.dumps({"pid": pid, "host": host, "log": str(log), "by": os.getpid()})
+        )
+        return Dockerd(host=host, pid=pid)
+
+
+def stop_dockerd(d: Dockerd) -> None:
+    """Stop the dockerd a test session started, once no other test session uses it.
+
+    A daemon that no test session started (d.pid is None and no record of ours) is left
+    alone. When several test sessions share the daemon one of them started, the last one to
+    finish stops it, so no session pulls the daemon from under another.
+    """
+    with _dockerd_lock() as state:
+        (state / "users" / str(os.getpid())).unlink(missing_ok=True)
+        started = _read_started()
+        ours_pid = d.pid
+        if started is None:
+            (state / "dockerd.json").unlink(missing_ok=True)  # a stale record, if any
+            if ours_pid is not None and not _exited(ours_pid):
+                # no record (it was removed): still stop what we started
+                stop_process(ours_pid, timeout=30)
+            return
+        if started.get("host") != d.host or _live_users():
+            return
+        stop_process(int(str(started["pid"])), timeout=30)
+        (state / "dockerd.json").unlink(missing_ok=True)
+
+
+# --- registries --------------------------------------------------------------------------
+
+
+@dataclass
+class Registry:
+    host: str  # "127.0.0.1:PORT"
+    port: int
+    root: Path  # its storage folder
+    pid: int
+    tls: bool
+    ca_file: Path | None  # the CA that signed its certificate (tls only)
+    username: str | None
+    password: str | None
+    log: Path
+
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}"
+
+
+# what the registry_factory fixture returns: start_registry's keywords, a fresh workdir each call
+RegistryFactory = Callable[..., Registry]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _openssl(args: list[str], cwd: Path) -> None:
+    done = subprocess.run(
+        [tool_path("openssl"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServiceError(f"openssl {' '.join(args)} failed:\n{done.stderr}")
+
+
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 and localhost (SAN).
+
+    Returns (ca.crt, server.crt, server.key), all in folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca = ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "7"]
+    ca += ["-subj", f"/CN=shipit test CA {secrets.token_hex(4)}"]
+    ca += ["-addext", "basicConstraints=critical,CA:TRUE"]
+    ca += ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    _openssl(ca, folder)
+    csr = ["req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr"]
+    _openssl([*csr, "-subj", "/CN=127.0.0.1"], folder)
+    (folder / "server.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    sign = ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key"]
+    sign += ["-days", "7", "-set_serial", f"0x{secrets.token_hex(8)}"]
+    sign += ["-extfile", "server.ext", "-out", "server.crt"]
+    _openssl(sign, folder)
+    for key in ("ca.key", "server.key"):
+        (folder / key).chmod(0o600)
+    return folder / "ca.crt", folder / "server.crt", folder / "server.key"
+
+
+def _htpasswd(path: Path, username: str, password: str) -> None:
+    done = subprocess.run(
+        [tool_path("htpasswd"), "-Bbn", username, password],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServiceError(f"htpasswd failed:\n{done.stderr}")
+    path.write_text(done.stdout.strip() + "\n")
+    path.chmod(0o600)
+
+
+def _registry_answers(url: str, verify: str | bool) -> bool:
+    try:
+        r = requests.get(f"{url}/v2/", timeout=2, verify=verify)
+    except requests.RequestException:
+        return False
+    return r.status_code in (200, 401)
+
+
+def start_registry(
+    workdir: Path,
+    *,
+    tls: bool = False,
+    auth: tuple[str, str] | None = None,
+    port: int | None = None,
+) -> Registry:
+    """``docker-registry serve CONFIG`` on 127.0.0.1:PORT with its own config and storage.
+
+    The registry's files (config, storage, certificates, htpasswd, log) go to a folder of its
+    own under workdir. Waits up to 20 s for GET /v2/ to answer 200 or 401.
+    """
+    chosen = port
+    attempts = 1 if port is not None else 3
+    for attempt in range(attempts):
+        p = chosen if chosen is not None else free_port()
+        try:
+            return _start_registry(workdir, tls=tls, auth=auth, port=p)
+        except _PortTakenError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _PortTakenError(ServiceError):
+    pass
+
+
+def _start_registry(
+    workdir: Path, *, tls: bool, auth: tuple[str, str] | None, port: int
+) -> Registry:
+    folder = workdir / f"registry-{port}-{secrets.token_hex(3)}"
+    root = folder / "storage"
+    root.mkdir(parents=True)
+    http: dict[str, object] = {
+        "addr": f"127.0.0.1:{port}",
+        "secret": secrets.token_hex(16),
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+    }
+    ca_file: Path | None = None
+    if tls:
+        ca_file, cert, key = make_tls_files(folder / "tls")
+        http["tls"] = {"certificate": str(cert), "key": str(key)}
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root)},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": http,
+    }
+    username = password = None
+    if auth is not None:
+        username, password = auth
+        htpasswd = folder / "htpasswd"
+        _htpasswd(htpasswd, username, password)
+        config["auth"] = {"htpasswd": {"realm": "shipit-test", "path": str(htpasswd)}}
+    config_file = folder / "config.yml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # REGISTRY_* variables override the config file: keep the caller's out of it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    log = folder / "registry.log"
+    pid = _spawn([tool_path("docker-registry"), "serve", str(config_file)], log, env=env)
+    reg = Registry(
+        host=f"127.0.0.1:{port}",
+        port=port,
+        root=root,
+        pid=pid,
+        tls=tls,
+        ca_file=ca_file,
+        username=username,
+        password=password,
+        log=log,
+    )
+    verify: str | bool = str(ca_file) if ca_file else True
+
+    def up() -> bool:
+        if _exited(pid):
+            tail = _log_tail(log)
+            if "address already in use" in tail:
+                raise _PortTakenError(f"port {port} is taken:\n{tail}")
+            raise ServiceError(f"docker-registry exited at start; {log}:\n{tail}")
+        return _registry_answers(reg.url(), verify)
+
+    try:
+        ok = _wait_until(up, REGISTRY_START_TIMEOUT, interval=0.1)
+    except ServiceError:
+        stop_process(pid)
+        raise
+    if not ok:
+        stop_process(pid)
+        raise ServiceError(
+            f"registry on {reg.host} did not answer GET /v2/ within "
+            f"{REGISTRY_START_TIMEOUT:.0f} s; {log}:\n{_log_tail(log)}"
+        )
+    return reg
+
+
+def stop_registry(r: Registry) -> None:
+    stop_process(r.pid)
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:port (we can bind it ourselves)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR: connections in TIME_WAIT do not count, a listener does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise
+        return True
