@@ -11,14 +11,18 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipit import context as context_mod
 from shipit import spec as spec_mod
 from shipit.context import Context, Overrides
 from shipit.errors import UsageError
+from shipit.log import Console
 from shipit.plan import Plan, make_plan
 from shipit.spec import Spec
+
+if TYPE_CHECKING:
+    from shipit.execute import RunResult
 
 DEFAULT_SPEC = "shipit.yml"
 
@@ -58,6 +62,31 @@ def plan(
     spec = load_spec(options, env)
     ctx = load_context(options, env, spec)
     return make_plan(spec, ctx, skip=skip, push=push, only=only)
+
+
+def run(plan: Plan, env: Mapping[str, str], console: Console) -> RunResult:
+    """Execute the plan: build, scan, push, sign."""
+    from shipit.execute import execute  # noqa: PLC0415 (keeps the Docker SDK out of `plan`)
+
+    return execute(plan, env, console)
+
+
+def result_document(result: RunResult) -> dict[str, Any]:
+    from shipit import report  # noqa: PLC0415
+
+    return report.document(result)
+
+
+def write_report(path: Path, result: RunResult) -> None:
+    from shipit import report  # noqa: PLC0415
+
+    report.write(path, result)
+
+
+def summary(result: RunResult) -> str:
+    from shipit import report  # noqa: PLC0415
+
+    return report.summary(result)
 
 
 def tags_document(plan: Plan) -> dict[str, Any]:

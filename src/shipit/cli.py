@@ -137,6 +137,7 @@ def cli(**_: Any) -> None:
 def plan(
     ctx: click.Context,
     /,
+    *,
     as_json: bool,
     skip: Sequence[str],
     no_push: bool,
@@ -155,10 +156,54 @@ def plan(
 
 @cli.command()
 @shared_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result document as JSON.")
+@click.option(
+    "--skip", multiple=True, metavar="STAGE", help="Leave out a stage (scan, push, sign)."
+)
+@click.option("--no-push", is_flag=True, help="Build (and scan) but push nothing.")
+@click.option("--dry-run", is_flag=True, help="Show the plan and stop (same as `shipit plan`).")
+@click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
+@click.option("--report", metavar="FILE", help="Write the result document (JSON) to FILE.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    /,
+    *,
+    as_json: bool,
+    skip: Sequence[str],
+    no_push: bool,
+    dry_run: bool,
+    only: str | None,
+    report: str | None,
+    **_: Any,
+) -> int:
+    """Build, scan, push and sign, as the plan says."""
+    options, env, console = _options(ctx)
+    result_plan = app.plan(options, env, skip=skip, push=not no_push, only=only)
+    if dry_run:
+        _emit_json(result_plan.to_json()) if as_json else click.echo(plan_text(result_plan))
+        return 0
+    for warning in result_plan.warnings:
+        console.warn(warning)
+    result = app.run(result_plan, env, console)
+    report_path = report or env.get("SHIPIT_REPORT")
+    if report_path:
+        app.write_report(Path(report_path), result)
+    if as_json:
+        _emit_json(app.result_document(result))
+    else:
+        click.echo(app.summary(result))
+    if result.error:
+        console.error(result.error)
+    return result.exit_code
+
+
+@cli.command()
+@shared_options
 @click.option("--json", "as_json", is_flag=True, help="Print version, tags and refs as JSON.")
 @click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
 @click.pass_context
-def tags(ctx: click.Context, /, as_json: bool, only: str | None, **_: Any) -> int:
+def tags(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any) -> int:
     """The full image references, one a line (for shell scripts)."""
     options, env, _console = _options(ctx)
     result = app.plan(options, env, only=only)
@@ -176,7 +221,7 @@ def tags(ctx: click.Context, /, as_json: bool, only: str | None, **_: Any) -> in
 @click.option("--json", "as_json", is_flag=True, help="Print the version of each image as JSON.")
 @click.option("--image", "only", metavar="NAME", help="The version of this image.")
 @click.pass_context
-def version(ctx: click.Context, /, as_json: bool, only: str | None, **_: Any) -> int:
+def version(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any) -> int:
     """The derived semantic version."""
     options, env, _console = _options(ctx)
     result = app.plan(options, env, only=only)

@@ -105,6 +105,18 @@ class Console:
         """Register a value that must never be shown."""
         self.masking.add(value)
 
+    def warn(self, text: str) -> None:
+        self._annotated("warning", text)
+
+    def error(self, text: str) -> None:
+        self._annotated("error", text)
+
+    def _annotated(self, kind: str, text: str) -> None:
+        if self.provider == "github":
+            self.write(f"::{kind}::{escape_github(text)}")
+        else:
+            self.write(f"{kind}: {text}")
+
     def write(self, text: str) -> None:
         self.stream.write(self.masking.mask(text) + "\n")
         self.stream.flush()

@@ -723,14 +723,20 @@ class Registry:
             mount_from=source_repo,
         )
 
-    def upload_blob(self, repository: str, data: bytes | Path) -> Descriptor:
+    def upload_blob(
+        self, repository: str, data: bytes | Path, *, known: Descriptor | None = None
+    ) -> Descriptor:
         """Store `data` (bytes, or a file streamed from disk) as a blob; skipped if present.
 
         Returns the blob's descriptor (media type "application/octet-stream": the manifest that
-        refers to it names its real type).
+        refers to it names its real type). With `known` (digest and size computed already) the
+        file is not read twice; the bytes are still checked against it while they stream.
         """
         repo = self.endpoint.repository(repository)
-        if isinstance(data, Path):
+        if known is not None and isinstance(data, Path):
+            blob = known
+            source = _file_chunks(data)
+        elif isinstance(data, Path):
             hasher = hashlib.sha256()
             with data.open("rb") as file:
                 while chunk := file.read(STREAM_CHUNK):

@@ -1,0 +1,300 @@
+"""The one module that talks to the Docker SDK (docker-py). Nothing else imports `docker`.
+
+It honours DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH and the usual docker
+config (`config.json` auths, `credsStore`, `credHelpers`), all read from the environment
+mapping it is given. Streams from the daemon are read chunk by chunk and an error inside a
+stream is a failure, even when the HTTP status said 200 (docker-py reports push errors
+that way).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.auth
+import docker.errors
+import requests.exceptions
+
+from shipit import log
+
+_log = log.get(__name__)
+_STEP = re.compile(r"^Step (\d+/\d+) : (.*)$")
+
+
+class DaemonError(Exception):
+    """The Docker daemon is unreachable or refused a request; says which and why."""
+
+
+class StreamError(DaemonError):
+    """An error reported inside a build or push stream."""
+
+    def __init__(self, message: str, *, step: str | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.step = step
+        self.transient = transient
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildRequest:
+    context: Path
+    dockerfile: str
+    tag: str  # the local name the image gets (repository:tag)
+    target: str | None = None
+    platform: str | None = None
+    build_args: Mapping[str, str] | None = None
+    labels: Mapping[str, str] | None = None
+    pull: bool = False
+    cache_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryAuth:
+    """Credentials for a registry, as the daemon takes them. Never logged."""
+
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"RegistryAuth(username={self.username!r}, password='********')"
+
+    def as_config(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password}
+
+
+class Daemon:
+    """A connection to the Docker daemon, made from an environment mapping."""
+
+    def __init__(self, env: Mapping[str, str], *, timeout: int = 600) -> None:
+        self.env = env
+        host = self.host
+        if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+            # checked here: docker-py would leak the socket of the failed connection
+            raise DaemonError(
+                f"the Docker daemon does not answer at {host} (no such socket:"
+                " is dockerd running? is DOCKER_HOST right?)"
+            )
+        try:
+            self._client = docker.from_env(environment=dict(env), timeout=timeout)
+        except docker.errors.DockerException as exc:
+            raise DaemonError(_daemon_message(exc, env)) from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def host(self) -> str:
+        return self.env.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+    def ping(self) -> str:
+        """Check the daemon answers; returns its version."""
+        try:
+            self._client.ping()
+            version = self._client.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+        return str(version.get("Version", "unknown"))
+
+    def build(self, request: BuildRequest, on_line: Callable[[str], None]) -> str:
+        """Build an image; stream its log to `on_line`; return the image id."""
+        kwargs: dict[str, Any] = {
+            "path": str(request.context),
+            "dockerfile": request.dockerfile,
+            "tag": request.tag,
+            "rm": True,
+            "forcerm": True,
+            "decode": True,
+            "pull": request.pull,
+            "buildargs": dict(request.build_args or {}),
+            "labels": dict(request.labels or {}),
+        }
+        if request.target:
+            kwargs["target"] = request.target
+        if request.platform:
+            kwargs["platform"] = request.platform
+        if request.cache_from:
+            kwargs["cache_from"] = list(request.cache_from)
+        try:
+            stream = self._client.api.build(**kwargs)
+            return _read_build(stream, on_line)
+        except docker.errors.APIError as exc:
+            raise StreamError(_api_message(exc)) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+
+    def inspect(self, image: str) -> Mapping[str, Any]:
+        try:
+            return dict(self._client.api.inspect_image(image))
+        except docker.errors.DockerException as exc:
+            raise DaemonError(str(exc)) from None
+
+    def save(self, image: str) -> Iterator[bytes]:
+        """The image as `docker save` writes it: a tar stream, read chunk by chunk."""
+        try:
+            yield from self._client.api.get_image(image, chunk_size=1024 * 1024)
+        except docker.errors.DockerException as exc:
+            raise DaemonError(f"cannot export {image} from the daemon: {exc}") from None
+        except requests.exceptions.RequestException as exc:
+            raise DaemonError(f"the export of {image} broke off: {exc}") from None
+
+    def tag(self, image: str, repository: str, tag: str) -> None:
+        try:
+            self._client.api.tag(image, repository, tag, force=True)
+        except docker.errors.DockerException as exc:
+            raise DaemonError(f"cannot tag {image} as {repository}:{tag}: {exc}") from None
+
+    def untag(self, ref: str) -> None:
+        try:
+            self._client.api.remove_image(ref, noprune=True)
+        except docker.errors.DockerException as exc:
+            _log.debug("could not remove the local tag %s: %s", ref, exc)
+
+    def push(
+        self, repository: str, tag: str, auth: RegistryAuth | None, on_line: Callable[[str], None]
+    ) -> str:
+        """Push repository:tag through the daemon; return the digest the registry holds."""
+        try:
+            stream = self._client.api.push(
+                repository,
+                tag=tag,
+                stream=True,
+                decode=True,
+                auth_config=auth.as_config() if auth else None,
+            )
+            return _read_push(stream, on_line)
+        except docker.errors.APIError as exc:
+            raise StreamError(_api_message(exc), transient=_transient_status(exc)) from None
+        except requests.exceptions.RequestException as exc:
+            raise StreamError(f"connection to the daemon failed: {exc}", transient=True) from None
+        except docker.errors.DockerException as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+
+
+def config_auth(host: str, env: Mapping[str, str]) -> RegistryAuth | None:
+    """Credentials for `host` from the docker config (auths, credsStore, credHelpers)."""
+    config_dir = env.get("DOCKER_CONFIG") or str(
+        Path(env.get("HOME", "~")).expanduser() / ".docker"
+    )
+    config_path = Path(config_dir) / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        config = docker.auth.load_config(str(config_path), credstore_env=dict(env))
+        found = config.resolve_authconfig(_config_key(host))
+    except (docker.errors.DockerException, OSError, ValueError) as exc:
+        _log.warning("cannot read credentials for %s from %s: %s", host, config_path, exc)
+        return None
+    if not found:
+        return None
+    username = found.get("username") or found.get("Username")
+    password = found.get("password") or found.get("Password") or found.get("IdentityToken")
+    if username and password:
+        return RegistryAuth(username=str(username), password=str(password))
+    return None
+
+
+def _config_key(host: str) -> str:
+    """Docker config keys Docker Hub as its index URL."""
+    return (
+        docker.auth.INDEX_NAME
+        if host in ("docker.io", "index.docker.io", "registry-1.docker.io")
+        else host
+    )
+
+
+def _read_build(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None]) -> str:
+    image_id: str | None = None
+    step: str | None = None
+    for chunk in stream:
+        if "error" in chunk or "errorDetail" in chunk:
+            detail = chunk.get("errorDetail") or {}
+            message = str(chunk.get("error") or detail.get("message") or "build failed").strip()
+            raise StreamError(message, step=step)
+        text = chunk.get("stream")
+        if isinstance(text, str):
+            for line in text.splitlines():
+                if line.strip():
+                    on_line(line)
+                    if match := _STEP.match(line.strip()):
+                        step = f"step {match.group(1)} ({match.group(2)})"
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
+            image_id = aux["ID"]
+    if image_id is None:
+        raise StreamError("the daemon finished the build without an image id", step=step)
+    return image_id
+
+
+def _read_push(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None]) -> str:
+    digest: str | None = None
+    shown: set[str] = set()
+    for chunk in stream:
+        if "error" in chunk or "errorDetail" in chunk:
+            detail = chunk.get("errorDetail") or {}
+            message = str(chunk.get("error") or detail.get("message") or "push failed").strip()
+            raise StreamError(message, transient=_transient_text(message))
+        status = chunk.get("status")
+        layer = str(chunk.get("id", ""))
+        if isinstance(status, str) and status and not chunk.get("progressDetail"):
+            line = f"{layer}: {status}" if layer else status
+            if line not in shown:
+                shown.add(line)
+                on_line(line)
+        aux = chunk.get("aux")
+        if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+            digest = aux["Digest"]
+    if digest is None:
+        raise StreamError("the daemon finished the push without reporting a digest")
+    return digest
+
+
+def _transient_text(message: str) -> bool:
+    lowered = message.lower()
+    signs = (
+        "connection reset",
+        "connection refused",
+        "timeout",
+        "eof",
+        "503",
+        "502",
+        "504",
+        "429",
+        "too many requests",
+        "temporarily",
+    )
+    return any(sign in lowered for sign in signs)
+
+
+def _transient_status(exc: docker.errors.APIError) -> bool:
+    status = getattr(exc, "status_code", None)
+    return bool(status and (status >= 500 or status == 429))
+
+
+def _api_message(exc: docker.errors.APIError) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).strip()
+
+
+def _daemon_message(exc: Exception, env: Mapping[str, str]) -> str:
+    host = env.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    text = str(exc)
+    if "No such file" in text or "FileNotFoundError" in text or "Connection refused" in text:
+        return (
+            f"the Docker daemon does not answer at {host}"
+            " (is dockerd running? is DOCKER_HOST right?)"
+        )
+    if "Permission denied" in text:
+        return (
+            f"no permission to use the Docker daemon at {host} (add the user to the docker group)"
+        )
+    return f"the Docker daemon at {host} failed: {text}"

@@ -1,0 +1,266 @@
+"""Export a built image from the daemon once, and compress each layer once.
+
+The Docker daemon compresses every layer again for every registry it pushes to, so N
+pushes cost N times one, and the digests can differ. shipit instead streams the image out
+of the daemon (`docker save`), gzips each layer once while it streams (ISA-L, several times
+faster than zlib; zlib where ISA-L is not installed), and writes the manifest itself. The
+push stage then uploads these same bytes to every registry: one compression, one digest.
+
+Both layouts `docker save` writes are read: the classic one (Docker up to 24:
+`<id>/layer.tar`, `manifest.json` last) and the OCI one (Docker 25+: `blobs/sha256/...`).
+Every layer is checked against the image config's `rootfs.diff_ids`, and the config
+against the image id, so what is pushed is exactly what was built (and scanned).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+
+from shipit.registry import DOCKER_MANIFEST, Descriptor, Manifest
+
+try:  # ISA-L's deflate: the same gzip format, several times faster than zlib
+    from isal import isal_zlib as _deflate
+
+    _LEVEL = 2
+except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps shipit working
+    import zlib as _deflate  # type: ignore[no-redef]
+
+    _LEVEL = 1
+
+LAYER_MEDIA_TYPE: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+json"
+_CHUNK: Final = 1024 * 1024
+_SMALL: Final = 4 * 1024 * 1024  # members kept in memory unless they are layers
+_IN_FLIGHT: Final = 8  # chunks read ahead of the compressor
+
+
+class ExportError(Exception):
+    """The daemon's export was not an image shipit can push; says what was wrong."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    diff_id: str  # sha256 of the uncompressed tar, as in the config
+    path: Path  # the gzipped layer on disk
+    descriptor: Descriptor  # digest and size of the gzipped bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportedImage:
+    image_id: str
+    config: bytes
+    layers: tuple[Layer, ...]  # in the image's order (a repeated layer appears twice)
+    manifest: Manifest
+
+    @property
+    def size(self) -> int:
+        unique = {layer.descriptor.digest: layer.descriptor.size for layer in self.layers}
+        return len(self.config) + sum(unique.values())
+
+
+def export_image(chunks: Iterable[bytes], image_id: str, workdir: Path) -> ExportedImage:
+    """Read a `docker save` stream of one image; gzip its layers into `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    small: dict[str, bytes] = {}
+    compressed: dict[str, tuple[str, Path, Descriptor]] = {}  # member name -> layer
+    links: dict[str, str] = {}
+    stream = io.BufferedReader(_ChunkReader(chunks), buffer_size=_CHUNK)
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+        for member in tar:
+            name = posixpath.normpath(member.name)
+            if member.issym():
+                links[name] = posixpath.join(posixpath.dirname(name), member.linkname)
+                continue
+            if member.islnk():
+                links[name] = member.linkname
+                continue
+            if not member.isfile():
+                continue
+            handle = tar.extractfile(member)
+            if handle is None:
+                continue
+            head = handle.read(512)
+            if _is_tar(head) or name.endswith("layer.tar"):
+                out = workdir / f"layer-{len(compressed)}.tar.gz"
+                diff_id, descriptor = _gzip(head, handle, out)
+                compressed[name] = (diff_id, out, descriptor)
+            elif member.size <= _SMALL:
+                small[name] = head + handle.read()
+    return _assemble(image_id, small, compressed, links, workdir)
+
+
+def _assemble(
+    image_id: str,
+    small: dict[str, bytes],
+    compressed: dict[str, tuple[str, Path, Descriptor]],
+    links: dict[str, str],
+    workdir: Path,
+) -> ExportedImage:
+    if "manifest.json" not in small:
+        raise ExportError("the export has no manifest.json: not an image saved by Docker")
+    entries = json.loads(small["manifest.json"])
+    entry = _entry_for(entries, image_id, small)
+    config = small.get(_resolve(entry["Config"], links))
+    if config is None:
+        raise ExportError(f"the export lacks the image config {entry['Config']}")
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    if config_digest != image_id:
+        raise ExportError(f"the exported config is {config_digest}, not the image {image_id}")
+    diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+    names = [_resolve(path, links) for path in entry["Layers"]]
+    if len(names) != len(diff_ids):
+        raise ExportError(f"the export lists {len(names)} layers, the config {len(diff_ids)}")
+    layers = []
+    for name, want in zip(names, diff_ids, strict=True):
+        if name not in compressed and name in small:  # an empty layer has no tar header
+            out = workdir / f"layer-{len(compressed)}.tar.gz"
+            diff_id, descriptor = _gzip(small[name], io.BytesIO(), out)
+            compressed[name] = (diff_id, out, descriptor)
+        if name not in compressed:
+            raise ExportError(f"the export lacks the layer {name}")
+        diff_id, path, descriptor = compressed[name]
+        if diff_id != want:
+            raise ExportError(f"layer {name} is {diff_id}, the config expects {want}")
+        layers.append(Layer(diff_id=diff_id, path=path, descriptor=descriptor))
+    return ExportedImage(
+        image_id=image_id,
+        config=config,
+        layers=tuple(layers),
+        manifest=_manifest(config, config_digest, layers),
+    )
+
+
+def _manifest(config: bytes, config_digest: str, layers: list[Layer]) -> Manifest:
+    document = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": CONFIG_MEDIA_TYPE, "size": len(config), "digest": config_digest},
+        "layers": [
+            {
+                "mediaType": LAYER_MEDIA_TYPE,
+                "size": layer.descriptor.size,
+                "digest": layer.descriptor.digest,
+            }
+            for layer in layers
+        ],
+    }
+    data = json.dumps(document, indent=3).encode()  # the indentation `docker push` uses
+    return Manifest.from_bytes(data, DOCKER_MANIFEST)
+
+
+def _entry_for(entries: Any, image_id: str, small: dict[str, bytes]) -> dict[str, Any]:
+    if not isinstance(entries, list) or not entries:
+        raise ExportError("manifest.json of the export lists no image")
+    hexdigest = image_id.removeprefix("sha256:")
+    for entry in entries:
+        if isinstance(entry, dict) and hexdigest in str(entry.get("Config", "")):
+            return entry
+    if len(entries) == 1 and isinstance(entries[0], dict):
+        return entries[0]
+    raise ExportError(f"the export does not contain the image {image_id}")
+
+
+def _resolve(name: str, links: dict[str, str]) -> str:
+    name = posixpath.normpath(name)
+    for _ in range(16):  # a chain of links, bounded
+        if name not in links:
+            return name
+        name = links[name]
+    raise ExportError(f"a cycle of links in the export at {name}")
+
+
+def _is_tar(head: bytes) -> bool:
+    return len(head) >= 263 and head[257:262] == b"ustar"
+
+
+def _gzip(head: bytes, rest: IO[bytes], out: Path) -> tuple[str, Descriptor]:
+    """Gzip a layer to `out`; return its diff id and the compressed blob's descriptor.
+
+    Two cores' worth: this thread reads and hashes the plain bytes while a worker thread
+    compresses, hashes and writes them (hashlib and ISA-L release the GIL).
+    """
+    plain = hashlib.sha256()
+    packer = _Packer(out)
+    pending: deque[Future[None]] = deque()
+    with ThreadPoolExecutor(max_workers=1) as worker, packer:
+        for chunk in _chunks(head, rest):
+            pending.append(worker.submit(packer.add, chunk))
+            plain.update(chunk)
+            while len(pending) > _IN_FLIGHT:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+    return f"sha256:{plain.hexdigest()}", packer.descriptor()
+
+
+class _Packer:
+    """Compresses chunks in order into a file, hashing and counting the compressed bytes."""
+
+    def __init__(self, out: Path) -> None:
+        self._sink = out.open("wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._compressor = _deflate.compressobj(_LEVEL, _deflate.DEFLATED, 31)  # 31: gzip
+
+    def add(self, chunk: bytes) -> None:
+        self._emit(self._compressor.compress(chunk))
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self._hash.update(data)
+            self._sink.write(data)
+            self._size += len(data)
+
+    def __enter__(self) -> _Packer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._emit(self._compressor.flush())
+        finally:
+            self._sink.close()
+
+    def descriptor(self) -> Descriptor:
+        return Descriptor(
+            media_type=LAYER_MEDIA_TYPE, digest=f"sha256:{self._hash.hexdigest()}", size=self._size
+        )
+
+
+def _chunks(head: bytes, rest: IO[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    while chunk := rest.read(_CHUNK):
+        yield chunk
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over an iterable of byte chunks (the daemon's export stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = memoryview(next(self._chunks))
+            except StopIteration:
+                return 0
+        count = min(len(target), len(self._buffer))
+        target[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]  # a view: no copy of the rest
+        return count

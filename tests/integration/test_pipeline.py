@@ -1,0 +1,310 @@
+"""`shipit run` for real: a real Docker daemon, real registries (plain HTTP, TLS with a private
+CA, htpasswd auth), and registries that fail on purpose."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shipit.cli import main
+from shipit.registry import Credentials, Endpoint, Registry
+from tests.support.faults import FaultProxy
+from tests.support.gitrepo import git
+from tests.support.project import make_project, run_env
+from tests.support.services import Dockerd
+from tests.support.services import Registry as RunningRegistry
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def client(reg: RunningRegistry) -> Registry:
+    credentials = (
+        Credentials(username=reg.username, password=reg.password)
+        if reg.username and reg.password
+        else None
+    )
+    return Registry(Endpoint(host=reg.host, ca_file=reg.ca_file, credentials=credentials))
+
+
+def run(
+    args: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    code = main(args, env=env)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def report_of(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def test_release_to_three_registries(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    tls_registry: RunningRegistry,
+    auth_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert tls_registry.ca_file is not None
+    spec = f"""\
+version: 1
+registries:
+  - {plain_registry.host}/release
+  - url: {tls_registry.host}/release
+    ca_file: {tls_registry.ca_file}
+  - url: {auth_registry.host}/release
+    username: {auth_registry.username}
+    password_env: REGISTRY_PASSWORD
+image:
+  name: hello
+  labels: {{org.example.team: platform}}
+"""
+    project = make_project(tmp_path / "project", spec, tag="v1.2.3")
+    git(project, "checkout", "-q", "v1.2.3")  # as CI checks out a tag: detached
+    sha = git(project, "rev-parse", "HEAD")
+    report = tmp_path / "report.json"
+    env = run_env(dockerd.host, tmp_path, REGISTRY_PASSWORD=auth_registry.password or "")
+    code, out, err = run(["run", "-C", str(project), "--report", str(report), "-v"], env, capsys)
+    assert code == 0, err
+    assert "result: success" in out
+
+    document = report_of(report)
+    assert document["status"] == "success" and document["version"] == "1.2.3"
+    [image] = document["images"]
+    expected_tags = ["1.2.3", "1.2", "1", "v1.2.3", f"sha-{sha[:7]}", "latest"]
+    assert image["tags"] == expected_tags
+    digests = {ref["digest"] for ref in image["refs"]}
+    assert len(digests) == 1 and None not in digests
+    [digest] = digests
+    assert all(ref["pushed"] for ref in image["refs"])
+    assert len(image["refs"]) == 3 * len(expected_tags)
+
+    for reg in (plain_registry, tls_registry, auth_registry):
+        registry = client(reg)
+        assert sorted(registry.tags("release/hello")) == sorted(expected_tags)
+        for tag in expected_tags:
+            assert registry.manifest("release/hello", tag).digest == digest
+    manifest = json.loads(client(tls_registry).manifest("release/hello", "1.2.3").data)
+    config_digest = manifest["config"]["digest"]
+    import requests
+
+    config = requests.get(
+        f"https://{tls_registry.host}/v2/release/hello/blobs/{config_digest}",
+        verify=str(tls_registry.ca_file),
+        timeout=30,
+    ).json()
+    labels = config["config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == "1.2.3"
+    assert labels["org.opencontainers.image.revision"] == sha
+    assert labels["org.opencontainers.image.title"] == "hello"
+    assert labels["org.example.team"] == "platform"
+    assert auth_registry.password not in out + err + report.read_text(encoding="utf-8")
+
+
+def test_wrong_password_fails_in_preflight_before_the_build(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    auth_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = f"""\
+version: 1
+registries:
+  - {plain_registry.host}/wrongpw
+  - {{url: {auth_registry.host}/wrongpw, username: shipit, password_env: REGISTRY_PASSWORD}}
+image: {{name: hello}}
+"""
+    project = make_project(tmp_path / "project", spec)
+    env = run_env(dockerd.host, tmp_path, REGISTRY_PASSWORD="not-the-password")
+    code, _, err = run(["run", "-C", str(project)], env, capsys)
+    assert code == 1
+    assert f"{auth_registry.host}/wrongpw" in err
+    assert "401" in err or "credentials" in err
+    assert "==> build" not in err
+    assert "not-the-password" not in err
+    assert client(plain_registry).tags("wrongpw/hello") == []
+
+
+def test_missing_password_variable_is_named(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    auth_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = f"version: 1\nregistries: [{{url: {auth_registry.host}/x, username: u, password_env: NOT_SET_HERE}}]\nimage: {{name: hello}}\n"
+    project = make_project(tmp_path / "project", spec)
+    code, _, err = run(["run", "-C", str(project)], run_env(dockerd.host, tmp_path), capsys)
+    assert code == 1
+    assert "NOT_SET_HERE is not set" in err
+
+
+def test_failing_dockerfile_names_the_step(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = f"version: 1\nregistries: [{plain_registry.host}/broken]\nimage: {{name: hello}}\n"
+    dockerfile = "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY missing.txt /missing.txt\n"
+    project = make_project(tmp_path / "project", spec, dockerfile=dockerfile)
+    report = tmp_path / "report.json"
+    code, _, err = run(
+        ["run", "-C", str(project), "--report", str(report)],
+        run_env(dockerd.host, tmp_path),
+        capsys,
+    )
+    assert code == 1
+    assert "build: image hello: step 3/" in err
+    assert "COPY missing.txt /missing.txt) failed" in err
+    assert report_of(report)["status"] == "failed"
+    assert client(plain_registry).tags("broken/hello") == []
+
+
+def test_one_dead_registry_the_others_still_get_the_image(
+    tmp_path: Path, dockerd: Dockerd, registry_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = [registry_factory(), registry_factory()]
+    doomed = registry_factory()
+    proxy = FaultProxy(f"http://{doomed.host}", mode="dead_after_preflight")
+    try:
+        spec = (
+            f"version: 1\nregistries: [{good[0].host}/p, {proxy.host}/p, {good[1].host}/p]\n"
+            "image: {name: hello}\npush: {retries: 1}\n"
+        )
+        project = make_project(tmp_path / "project", spec)
+        report = tmp_path / "report.json"
+        code, out, _ = run(
+            ["run", "-C", str(project), "--report", str(report)],
+            run_env(dockerd.host, tmp_path),
+            capsys,
+        )
+    finally:
+        proxy.stop()
+    assert code == 1
+    document = report_of(report)
+    assert document["status"] == "failed"
+    refs = document["images"][0]["refs"]
+    by_registry: dict[str, list[dict[str, Any]]] = {}
+    for ref in refs:
+        by_registry.setdefault(ref["registry"], []).append(ref)
+    assert all(r["pushed"] and r["digest"] for r in by_registry[f"{good[0].host}/p"])
+    assert all(r["pushed"] and r["digest"] for r in by_registry[f"{good[1].host}/p"])
+    assert not any(r["pushed"] for r in by_registry[f"{proxy.host}/p"])
+    assert all(r["error"] for r in by_registry[f"{proxy.host}/p"])
+    assert f"{proxy.host}/p" in out and "failed" in out
+    assert client(good[1]).tags("p/hello") != []
+
+
+def test_a_registry_that_rejects_the_manifest_is_a_failure(
+    tmp_path: Path, dockerd: Dockerd, registry_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    upstream = registry_factory()
+    proxy = FaultProxy(f"http://{upstream.host}", mode="reject_manifests")
+    try:
+        spec = f"version: 1\nregistries: [{proxy.host}/m]\nimage: {{name: hello}}\n"
+        project = make_project(tmp_path / "project", spec)
+        report = tmp_path / "report.json"
+        code, out, _ = run(
+            ["run", "-C", str(project), "--report", str(report)],
+            run_env(dockerd.host, tmp_path),
+            capsys,
+        )
+    finally:
+        proxy.stop()
+    assert code == 1
+    document = report_of(report)
+    assert document["status"] == "failed"
+    assert not any(ref["pushed"] for ref in document["images"][0]["refs"])
+    assert "MANIFEST_INVALID" in out or "rejected" in out
+    assert "result: failed" in out
+
+
+def test_a_second_run_is_a_quick_no_op_with_the_same_digest(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = f"version: 1\nregistries: [{plain_registry.host}/again]\nimage: {{name: hello}}\n"
+    project = make_project(tmp_path / "project", spec)
+    reports = [tmp_path / "one.json", tmp_path / "two.json"]
+    for report in reports:
+        code, _, err = run(
+            ["run", "-C", str(project), "--report", str(report)],
+            run_env(dockerd.host, tmp_path),
+            capsys,
+        )
+        assert code == 0, err
+    first, second = (report_of(r)["images"][0]["refs"] for r in reports)
+    assert [r["digest"] for r in first] == [r["digest"] for r in second]
+
+
+def test_no_push_builds_but_pushes_nothing(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = f"version: 1\nregistries: [{plain_registry.host}/nopush]\nimage: {{name: hello}}\n"
+    project = make_project(tmp_path / "project", spec)
+    code, out, err = run(
+        ["run", "-C", str(project), "--no-push", "--json"], run_env(dockerd.host, tmp_path), capsys
+    )
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["images"][0]["image_id"].startswith("sha256:")
+    assert document["images"][0]["refs"] == []
+    assert client(plain_registry).tags("nopush/hello") == []
+
+
+def test_credentials_from_the_docker_config(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    auth_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    token = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode()).decode()
+    (home / ".docker" / "config.json").write_text(
+        json.dumps({"auths": {auth_registry.host: {"auth": token}}}), encoding="utf-8"
+    )
+    spec = f"version: 1\nregistries: [{auth_registry.host}/fromconfig]\nimage: {{name: hello}}\n"
+    project = make_project(tmp_path / "project", spec)
+    code, out, err = run(["run", "-C", str(project), "-v"], run_env(dockerd.host, home), capsys)
+    assert code == 0, err
+    assert client(auth_registry).tags("fromconfig/hello") != []
+    assert (auth_registry.password or "?") not in out + err
+
+
+def test_two_namespaces_on_one_host_share_blobs_by_mount(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = f"version: 1\nregistries: [{plain_registry.host}/team-a, {plain_registry.host}/team-b]\nimage: {{name: hello}}\n"
+    project = make_project(tmp_path / "project", spec)
+    code, _, err = run(["run", "-C", str(project)], run_env(dockerd.host, tmp_path), capsys)
+    assert code == 0, err
+    assert f"blobs mounted from {plain_registry.host}/team-a" in err
+    a, b = client(plain_registry), client(plain_registry)
+    assert a.manifest("team-a/hello", "main").digest == b.manifest("team-b/hello", "main").digest
+
+
+def test_no_daemon_is_a_clear_preflight_failure(
+    tmp_path: Path, plain_registry: RunningRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"version: 1\nregistries: [{plain_registry.host}/nodaemon]\nimage: {{name: hello}}\n"
+    project = make_project(tmp_path / "project", spec)
+    env = run_env(f"unix://{tmp_path}/no-docker.sock", tmp_path)
+    code, _, err = run(["run", "-C", str(project)], env, capsys)
+    assert code == 1
+    assert "the Docker daemon does not answer" in err
+    assert "Traceback" not in err
