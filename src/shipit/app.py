@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from shipit.execute import RunResult
 
 DEFAULT_SPEC = "shipit.yml"
+DEFAULT_REPORT = "shipit-report.json"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -163,7 +163,9 @@ def plan(
 @click.option("--no-push", is_flag=True, help="Build (and scan) but push nothing.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and stop (same as `shipit plan`).")
 @click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
-@click.option("--report", metavar="FILE", help="Write the result document (JSON) to FILE.")
+@click.option(
+    "--report", metavar="FILE", help="Write the result document here (default shipit-report.json)."
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -186,9 +188,8 @@ def run(
     for warning in result_plan.warnings:
         console.warn(warning)
     result = app.run(result_plan, env, console)
-    report_path = report or env.get("SHIPIT_REPORT")
-    if report_path:
-        app.write_report(Path(report_path), result)
+    report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
+    app.write_report(report_path, result)
     if as_json:
         _emit_json(app.result_document(result))
     else:
@@ -231,6 +232,49 @@ def version(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any)
     else:
         click.echo(result.version)
     return 0
+
+
+@cli.command()
+@shared_options
+@click.argument("refs", nargs=-1)
+@click.option(
+    "--report", metavar="FILE", help="The run's result document (default shipit-report.json)."
+)
+@click.option(
+    "--key", "public_key", metavar="KEY", help="Verify with this public key (file or KMS URI)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    /,
+    *,
+    refs: Sequence[str],
+    report: str | None,
+    public_key: str | None,
+    as_json: bool,
+    **_: Any,
+) -> int:
+    """Check the cosign signatures of what a run pushed (or of REFS)."""
+    from shipit import verify as verify_mod  # noqa: PLC0415
+
+    options, env, console = _options(ctx)
+    spec = app.load_spec(options, env)
+    if refs:
+        targets = list(refs)
+    else:
+        default = options.directory / app.DEFAULT_REPORT
+        targets = verify_mod.refs_from_report(Path(report or env.get("SHIPIT_REPORT") or default))
+    results = verify_mod.verify_refs(spec, targets, env, console, public_key=public_key)
+    if as_json:
+        _emit_json([{"ref": r.ref, "ok": r.ok, "error": r.error} for r in results])
+    else:
+        for result in results:
+            click.echo(f"{'verified' if result.ok else 'FAILED  '}  {result.ref}")
+    failed = [r for r in results if not r.ok]
+    for result in failed:
+        console.error(f"{result.ref}: {result.error}")
+    return EXIT_FAILED if failed else 0
 
 
 @cli.command()

@@ -3,8 +3,9 @@
 It honours DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH and the usual docker
 config (`config.json` auths, `credsStore`, `credHelpers`), all read from the environment
 mapping it is given. Streams from the daemon are read chunk by chunk and an error inside a
-stream is a failure, even when the HTTP status said 200 (docker-py reports push errors
-that way).
+stream is a failure, even when the HTTP status said 200 (docker-py reports build and push
+errors that way). shipit never pushes through the daemon: it exports the image once
+(`save`) and uploads it itself (see stages/push.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ class DaemonError(Exception):
 
 
 class StreamError(DaemonError):
-    """An error reported inside a build or push stream."""
+    """An error reported inside a build stream (the HTTP status said 200)."""
 
-    def __init__(self, message: str, *, step: str | None = None, transient: bool = False) -> None:
+    def __init__(self, message: str, *, step: str | None = None) -> None:
         super().__init__(message)
         self.step = step
-        self.transient = transient
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,9 +61,6 @@ class RegistryAuth:
 
     def __repr__(self) -> str:
         return f"RegistryAuth(username={self.username!r}, password='********')"
-
-    def as_config(self) -> dict[str, str]:
-        return {"username": self.username, "password": self.password}
 
 
 class Daemon:
@@ -159,26 +156,6 @@ class Daemon:
         except docker.errors.DockerException as exc:
             _log.debug("could not remove the local tag %s: %s", ref, exc)
 
-    def push(
-        self, repository: str, tag: str, auth: RegistryAuth | None, on_line: Callable[[str], None]
-    ) -> str:
-        """Push repository:tag through the daemon; return the digest the registry holds."""
-        try:
-            stream = self._client.api.push(
-                repository,
-                tag=tag,
-                stream=True,
-                decode=True,
-                auth_config=auth.as_config() if auth else None,
-            )
-            return _read_push(stream, on_line)
-        except docker.errors.APIError as exc:
-            raise StreamError(_api_message(exc), transient=_transient_status(exc)) from None
-        except requests.exceptions.RequestException as exc:
-            raise StreamError(f"connection to the daemon failed: {exc}", transient=True) from None
-        except docker.errors.DockerException as exc:
-            raise DaemonError(_daemon_message(exc, self.env)) from None
-
 
 def config_auth(host: str, env: Mapping[str, str]) -> RegistryAuth | None:
     """Credentials for `host` from the docker config (auths, credsStore, credHelpers)."""
@@ -233,51 +210,6 @@ def _read_build(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], No
     if image_id is None:
         raise StreamError("the daemon finished the build without an image id", step=step)
     return image_id
-
-
-def _read_push(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None]) -> str:
-    digest: str | None = None
-    shown: set[str] = set()
-    for chunk in stream:
-        if "error" in chunk or "errorDetail" in chunk:
-            detail = chunk.get("errorDetail") or {}
-            message = str(chunk.get("error") or detail.get("message") or "push failed").strip()
-            raise StreamError(message, transient=_transient_text(message))
-        status = chunk.get("status")
-        layer = str(chunk.get("id", ""))
-        if isinstance(status, str) and status and not chunk.get("progressDetail"):
-            line = f"{layer}: {status}" if layer else status
-            if line not in shown:
-                shown.add(line)
-                on_line(line)
-        aux = chunk.get("aux")
-        if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
-            digest = aux["Digest"]
-    if digest is None:
-        raise StreamError("the daemon finished the push without reporting a digest")
-    return digest
-
-
-def _transient_text(message: str) -> bool:
-    lowered = message.lower()
-    signs = (
-        "connection reset",
-        "connection refused",
-        "timeout",
-        "eof",
-        "503",
-        "502",
-        "504",
-        "429",
-        "too many requests",
-        "temporarily",
-    )
-    return any(sign in lowered for sign in signs)
-
-
-def _transient_status(exc: docker.errors.APIError) -> bool:
-    status = getattr(exc, "status_code", None)
-    return bool(status and (status >= 500 or status == 429))
 
 
 def _api_message(exc: docker.errors.APIError) -> str:

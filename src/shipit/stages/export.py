@@ -79,10 +79,12 @@ def export_image(chunks: Iterable[bytes], image_id: str, workdir: Path) -> Expor
         for member in tar:
             name = posixpath.normpath(member.name)
             if member.issym():
-                links[name] = posixpath.join(posixpath.dirname(name), member.linkname)
+                links[name] = posixpath.normpath(
+                    posixpath.join(posixpath.dirname(name), member.linkname)
+                )
                 continue
             if member.islnk():
-                links[name] = member.linkname
+                links[name] = posixpath.normpath(member.linkname)
                 continue
             if not member.isfile():
                 continue

@@ -27,15 +27,6 @@ class Access:
     client: Registry
     credentials: Credentials | None
 
-    @property
-    def auth(self) -> docker_api.RegistryAuth | None:
-        """The same credentials, in the form the Docker daemon takes."""
-        if self.credentials is None:
-            return None
-        return docker_api.RegistryAuth(
-            username=self.credentials.username, password=self.credentials.password
-        )
-
 
 def credentials_for(registry: spec.Registry, env: Mapping[str, str]) -> Credentials | None:
     if registry.password_env:
