@@ -43,5 +43,5 @@ def test_a_stream_that_ends_without_an_image_is_an_error() -> None:
 
 
 def test_a_missing_socket_is_named_without_a_connection_attempt(tmp_path: Path) -> None:
-    with pytest.raises(DaemonError, match="does not answer at unix://.*no such socket"):
+    with pytest.raises(DaemonError, match=r"does not answer at unix://.*no such socket"):
         Daemon({"DOCKER_HOST": f"unix://{tmp_path}/docker.sock"})
