@@ -84,6 +84,16 @@ def write_report(path: Path, result: RunResult) -> None:
     report.write(path, result)
 
 
+def write_ci_outputs(result: RunResult, env: Mapping[str, str], *, directory: Path) -> None:
+    """GitHub step outputs and summary, or GitLab's dotenv, when running there."""
+    from shipit import ci_outputs  # noqa: PLC0415
+
+    if env.get("GITHUB_ACTIONS") == "true":
+        ci_outputs.write_github(result, env)
+    if env.get("GITLAB_CI") == "true":
+        ci_outputs.write_gitlab(result, Path(env.get("CI_PROJECT_DIR") or directory))
+
+
 def summary(result: RunResult) -> str:
     from shipit import report  # noqa: PLC0415
 

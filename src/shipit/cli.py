@@ -190,6 +190,7 @@ def run(
     result = app.run(result_plan, env, console)
     report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
     app.write_report(report_path, result)
+    app.write_ci_outputs(result, env, directory=options.directory)
     if as_json:
         _emit_json(app.result_document(result))
     else:

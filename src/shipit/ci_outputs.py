@@ -1,0 +1,128 @@
+"""What a run hands to its CI system: GitHub step outputs and summary, GitLab's dotenv.
+
+GitHub Actions: `version`, `tags` (full refs, one a line), `digest` and `json` (the result
+document) go to GITHUB_OUTPUT, each in a heredoc with a random delimiter, so no value can end
+its own entry or start another; a Markdown table is appended (never written over) to
+GITHUB_STEP_SUMMARY. GitLab CI: `shipit.env` (SHIPIT_VERSION, SHIPIT_DIGEST, SHIPIT_TAGS) for
+`artifacts:reports:dotenv`, one line per variable.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from shipit.execute import RunResult
+from shipit.report import document
+
+DOTENV = "shipit.env"
+_SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
+
+
+def outputs(result: RunResult) -> dict[str, str]:
+    """The four outputs: version, tags (pushed refs, one a line), digest, json."""
+    doc = document(result)
+    refs = [ref["ref"] for image in doc["images"] for ref in image["refs"] if ref["pushed"]]
+    digests = [ref["digest"] for image in doc["images"] for ref in image["refs"] if ref["digest"]]
+    return {
+        "version": result.version or "",
+        "tags": "\n".join(refs),
+        "digest": digests[0] if digests else "",
+        "json": json.dumps(doc, separators=(",", ":")),
+    }
+
+
+def write_github(result: RunResult, env: Mapping[str, str]) -> None:
+    output = env.get("GITHUB_OUTPUT")
+    if output:
+        with Path(output).open("a", encoding="utf-8") as handle:
+            for name, value in outputs(result).items():
+                handle.write(github_output(name, value))
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with Path(summary).open("a", encoding="utf-8") as handle:
+            handle.write(markdown_summary(result))
+
+
+def github_output(name: str, value: str) -> str:
+    """One output as a heredoc whose delimiter appears nowhere in the value."""
+    while True:
+        delimiter = f"ghadelimiter_{secrets.token_hex(16)}"
+        if delimiter not in value:
+            return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
+
+
+def write_gitlab(result: RunResult, directory: Path) -> Path:
+    values = outputs(result)
+    lines = {
+        "SHIPIT_VERSION": values["version"],
+        "SHIPIT_DIGEST": values["digest"],
+        "SHIPIT_TAGS": ",".join(values["tags"].splitlines()),
+        "SHIPIT_STATUS": result.status,
+    }
+    path = directory / DOTENV
+    path.write_text(
+        "".join(f"{key}={_one_line(value)}\n" for key, value in lines.items()), encoding="utf-8"
+    )
+    return path
+
+
+def markdown_summary(result: RunResult) -> str:
+    doc = document(result)
+    lines = [
+        f"### shipit: {_escape(doc['status'])}, version `{_escape(doc['version'] or '-')}`",
+        "",
+    ]
+    lines += ["| image | registry | tags | digest | signed |", "| --- | --- | --- | --- | --- |"]
+    for image in doc["images"]:
+        lines.extend(_image_rows(image))
+    for image in doc["images"]:
+        scan = image.get("scan")
+        if scan:
+            counts = ", ".join(f"{s} {scan['counts'].get(s, 0)}" for s in _SEVERITIES)
+            verdict = "blocked the release" if scan["blocked"] else "passed"
+            lines.append(f"\nScan of `{_escape(image['name'])}`: {counts}; the gate {verdict}.")
+    if doc.get("error"):
+        lines.append(f"\n**Error:** {_escape(doc['error'])}")
+    return "\n".join(lines) + "\n\n"
+
+
+def _image_rows(image: Mapping[str, Any]) -> list[str]:
+    by_registry: dict[str, list[Mapping[str, Any]]] = {}
+    for ref in image["refs"]:
+        by_registry.setdefault(ref["registry"], []).append(ref)
+    if not by_registry:
+        return [f"| {_escape(image['name'])} | - | - | - | {image['status']} |"]
+    rows = []
+    for registry, refs in by_registry.items():
+        tags = ", ".join(
+            f"`{_escape(r['ref'].rpartition(':')[2])}`" + ("" if r["pushed"] else " (failed)")
+            for r in refs
+        )
+        digest = next((r["digest"] for r in refs if r["digest"]), None)
+        signed = "yes" if refs and all(r["signed"] for r in refs) else "no"
+        shown = f"`{digest[:19]}`" if digest else "-"
+        rows.append(
+            f"| {_escape(image['name'])} | {_escape(registry)} | {tags} | {shown} | {signed} |"
+        )
+    return rows
+
+
+def _escape(text: str) -> str:
+    """Text for a Markdown table cell: no pipes, no newlines, no HTML."""
+    return (
+        str(text)
+        .replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ")

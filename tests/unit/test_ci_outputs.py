@@ -1,0 +1,107 @@
+"""GitHub outputs that cannot be injected into, the step summary, GitLab's dotenv."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from shipit import ci_outputs
+from shipit.execute import ImageResult, RunResult
+from shipit.stages.push import TargetResult
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def result(error: str | None = None) -> RunResult:
+    target = TargetResult(
+        registry="ghcr.io/acme",
+        host="ghcr.io",
+        repository="acme/app",
+        refs=("ghcr.io/acme/app:1.0.0", "ghcr.io/acme/app:latest"),
+        pushed=("ghcr.io/acme/app:1.0.0", "ghcr.io/acme/app:latest"),
+        digest=DIGEST,
+    )
+    failed = TargetResult(
+        registry="quay.io/acme",
+        host="quay.io",
+        repository="acme/app",
+        refs=("quay.io/acme/app:1.0.0", "quay.io/acme/app:latest"),
+        pushed=(),
+        digest=None,
+        error="connection refused",
+    )
+    image = ImageResult(
+        name="app",
+        version="1.0.0",
+        tags=("1.0.0", "latest"),
+        status="failed",
+        image_id="sha256:1",
+        targets=(target, failed),
+    )
+    return RunResult(version="1.0.0", images=(image,), status="failed", error=error)
+
+
+def parse_github_output(text: str) -> dict[str, str]:
+    """GITHUB_OUTPUT as the runner reads it: name<<DELIM ... DELIM, or name=value."""
+    values: dict[str, str] = {}
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line:
+            i += 1
+            continue
+        if "<<" in line:
+            name, delimiter = line.split("<<", 1)
+            end = lines.index(delimiter, i + 1)
+            values[name] = "\n".join(lines[i + 1 : end])
+            i = end + 1
+        else:
+            name, value = line.split("=", 1)
+            values[name] = value
+            i += 1
+    return values
+
+
+def test_github_outputs_are_heredocs_with_random_delimiters(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    output.write_text("earlier=step\n", encoding="utf-8")
+    summary = tmp_path / "summary.md"
+    summary.write_text("# an earlier step's summary\n", encoding="utf-8")
+    evil = "boom\n::set-output name=digest::sha256:evil\ndigest<<EOF\nsha256:evil\nEOF"
+    ci_outputs.write_github(
+        result(error=evil), {"GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary)}
+    )
+    values = parse_github_output(output.read_text(encoding="utf-8"))
+    assert values["earlier"] == "step"  # appended, not overwritten
+    assert values["version"] == "1.0.0"
+    assert values["digest"] == DIGEST
+    assert values["tags"].splitlines() == ["ghcr.io/acme/app:1.0.0", "ghcr.io/acme/app:latest"]
+    document = json.loads(values["json"])
+    assert document["error"] == evil
+    assert set(values) == {"earlier", "version", "tags", "digest", "json"}
+    delimiters = re.findall(r"^\w+<<(ghadelimiter_\w+)$", output.read_text(encoding="utf-8"), re.MULTILINE)
+    assert len(set(delimiters)) == 4
+
+
+def test_step_summary_is_appended_and_escaped(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("# earlier\n", encoding="utf-8")
+    ci_outputs.write_github(result(error="a | b <script>"), {"GITHUB_STEP_SUMMARY": str(summary)})
+    text = summary.read_text(encoding="utf-8")
+    assert text.startswith("# earlier\n")
+    assert "| app | ghcr.io/acme | `1.0.0`, `latest` | `sha256:abababababab` | no |" in text
+    assert "`1.0.0` (failed)" in text
+    assert "a \\| b &lt;script&gt;" in text
+
+
+def test_gitlab_dotenv(tmp_path: Path) -> None:
+    path = ci_outputs.write_gitlab(result(), tmp_path)
+    assert path == tmp_path / "shipit.env"
+    assert path.read_text(encoding="utf-8").splitlines() == [
+        "SHIPIT_VERSION=1.0.0",
+        f"SHIPIT_DIGEST={DIGEST}",
+        "SHIPIT_TAGS=ghcr.io/acme/app:1.0.0,ghcr.io/acme/app:latest",
+        "SHIPIT_STATUS=failed",
+    ]
