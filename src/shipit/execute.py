@@ -28,6 +28,7 @@ from shipit.errors import (
 from shipit.log import Console
 from shipit.plan import ImagePlan, Plan
 from shipit.stages.export import ExportedImage, ExportError, export_image
+from shipit.stages.push import BlobUploads, push_image
 
 if TYPE_CHECKING:
     from shipit.stages.push import TargetResult
@@ -122,60 +123,82 @@ def execute(plan: Plan, env: Mapping[str, str], console: Console) -> RunResult:
                 for item in access.values():
                     stack.callback(item.client.close)
                 preflight.check_registries(images, access, console)
-            exported = _build_all(run, images, daemon, workdir)
+            ready = _build_all(
+                run, images, daemon=daemon, access=access, workdir=workdir, stack=stack
+            )
         except GateBlocked as exc:
             return run.finish("blocked", str(exc))
         except (docker_api.DaemonError, ExportError) as exc:
             _mark_unfinished(run, str(exc))
-            return run.finish("failed", f"docker: {exc}")
+            return run.finish("failed", str(exc))
         except ShipitError as exc:
             _mark_unfinished(run, str(exc))
             return run.finish("failed", str(exc))
-        return _publish(run, images, exported, access, signers)
+        return _publish(run, images, ready, access, signers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Ready:
+    """An image built, scanned and exported, its blobs on their way to the registries."""
+
+    exported: ExportedImage
+    uploads: BlobUploads
 
 
 def _build_all(
-    run: _Run, images: tuple[ImagePlan, ...], daemon: Any, workdir: Path
-) -> dict[str, ExportedImage]:
-    """Build (and scan) every image, then export the ones to push: nothing is pushed yet."""
+    run: _Run,
+    images: tuple[ImagePlan, ...],
+    *,
+    daemon: Any,
+    access: Any,
+    workdir: Path,
+    stack: contextlib.ExitStack,
+) -> dict[str, _Ready]:
+    """Build and scan every image, then export the ones to push; no manifest is written yet."""
     from shipit.stages import build  # noqa: PLC0415
 
     builder = build.SdkBuilder(daemon)
-    exported: dict[str, ExportedImage] = {}
+    ready: dict[str, _Ready] = {}
     for image in images:
         built = builder.build(image, run.console)
         run.update(image.name, image_id=built.image_id, status="built")
         if "scan" in image.stages:
             _scan(run, image, built.local_ref, many=len(images) > 1)
         if "push" in image.stages:
+            uploads = BlobUploads(image, access)
+            stack.callback(uploads.close)
             with run.console.group(f"export {image.name}"):
-                exported[image.name] = export_image(
-                    daemon.save(built.image_id), built.image_id, workdir / image.name
+                exported = export_image(
+                    daemon.save(built.image_id),
+                    built.image_id,
+                    workdir / image.name,
+                    on_layer=uploads.add_layer,
                 )
-                done = exported[image.name]
+                uploads.add_config(exported.config)
                 run.console.write(
-                    f"{len(done.layers)} layers compressed once, manifest {done.manifest.digest}"
+                    f"{len(exported.layers)} layers compressed once,"
+                    f" manifest {exported.manifest.digest}; uploads started"
                 )
-    return exported
+            ready[image.name] = _Ready(exported=exported, uploads=uploads)
+    return ready
 
 
 def _publish(
     run: _Run,
     images: tuple[ImagePlan, ...],
-    exported: Mapping[str, ExportedImage],
+    ready: Mapping[str, _Ready],
     access: Mapping[str, Any],
     signers: Mapping[str, Any],
 ) -> RunResult:
     """Push every image, then sign what every registry got."""
-    from shipit.stages import push  # noqa: PLC0415
-
     env, console = run.env, run.console
     failed = False
     for image in images:
         if "push" not in image.stages:
             run.update(image.name, status="ok")
             continue
-        targets = push.push_image(image, exported[image.name], access, console)
+        item = ready[image.name]
+        targets = push_image(image, item.exported, item.uploads, access, console)
         ok = all(t.ok for t in targets)
         failed = failed or not ok
         run.update(image.name, targets=targets, status="ok" if ok else "failed")

@@ -83,7 +83,7 @@ def summary(result: RunResult) -> str:
             digest = target.digest[:19] if target.digest else "-"
             rows.append([image.name, target.registry, ", ".join(tags), digest, status])
     lines = [table(["image", "registry", "tags", "digest", "status"], rows)]
-    lines.append(f"result: {result.status}" + (f" ({result.error})" if result.error else ""))
+    lines.append(f"result: {result.status}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,8 @@ BuildKit: no `RUN --mount`, no `--secret`, no multi-platform image in one build.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,7 +51,7 @@ class SdkBuilder:
         )
         with console.group(f"build {image.name} {image.version.text}"):
             try:
-                image_id = self.daemon.build(request, console.write)
+                image_id = self.daemon.build(request, _build_log(console))
             except StreamError as exc:
                 where = f"{exc.step} failed" if exc.step else "failed"
                 raise StageError("build", f"image {image.name}: {where}: {exc}") from None
@@ -60,6 +62,21 @@ class SdkBuilder:
                 self.daemon.tag(image_id, repository, tag)
             console.write(f"built {image.name} as {image_id[:19]}, tagged {len(image.refs)} refs")
         return BuiltImage(image_id=image_id, local_ref=local_ref)
+
+
+_NOISE = re.compile(
+    r"^( ---> (Running in |Using cache$|[0-9a-f]{12}$|$)|Removing intermediate container )"
+)
+
+
+def _build_log(console: Console) -> Callable[[str], None]:
+    """The build's lines; the classic builder's bookkeeping only with -v."""
+
+    def show(line: str) -> None:
+        if console.verbosity > 0 or not _NOISE.match(line):
+            console.write(line)
+
+    return show
 
 
 def local_name(image: ImagePlan) -> str:

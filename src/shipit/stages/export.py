@@ -20,7 +20,7 @@ import json
 import posixpath
 import tarfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +68,19 @@ class ExportedImage:
         return len(self.config) + sum(unique.values())
 
 
-def export_image(chunks: Iterable[bytes], image_id: str, workdir: Path) -> ExportedImage:
-    """Read a `docker save` stream of one image; gzip its layers into `workdir`."""
+def export_image(
+    chunks: Iterable[bytes],
+    image_id: str,
+    workdir: Path,
+    *,
+    on_layer: Callable[[Layer], None] | None = None,
+) -> ExportedImage:
+    """Read a `docker save` stream of one image; gzip its layers into `workdir`.
+
+    `on_layer` hears of each layer as soon as its file is complete (before the export ends),
+    so uploads can start while the rest still streams; every layer it hears of is checked
+    against the config by the time this returns.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     small: dict[str, bytes] = {}
     compressed: dict[str, tuple[str, Path, Descriptor]] = {}  # member name -> layer
@@ -96,6 +107,8 @@ def export_image(chunks: Iterable[bytes], image_id: str, workdir: Path) -> Expor
                 out = workdir / f"layer-{len(compressed)}.tar.gz"
                 diff_id, descriptor = _gzip(head, handle, out)
                 compressed[name] = (diff_id, out, descriptor)
+                if on_layer is not None:
+                    on_layer(Layer(diff_id=diff_id, path=out, descriptor=descriptor))
             elif member.size <= _SMALL:
                 small[name] = head + handle.read()
     return _assemble(image_id, small, compressed, links, workdir)

@@ -11,12 +11,12 @@ does not stop the others, and the result says exactly which refs each registry g
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from shipit.log import Console
 from shipit.plan import ImagePlan, Target
-from shipit.registry import Registry, RegistryError, copy_image
+from shipit.registry import Descriptor, Registry, RegistryError, copy_image
 from shipit.stages.export import ExportedImage, Layer
 from shipit.stages.preflight import Access
 
@@ -41,23 +41,86 @@ class TargetResult:
         return f"{self.host}/{self.repository}@{self.digest}" if self.digest else None
 
 
+class BlobUploads:
+    """Blob uploads that start while the image is still being exported, layer by layer.
+
+    A blob is invisible until a manifest names it, so uploading early publishes nothing: the
+    manifests and tags are written only in `push_image`, once every image has passed. One
+    upload per registry host (the others on that host mount the blobs later).
+    """
+
+    def __init__(self, image: ImagePlan, access: Mapping[str, Access]) -> None:
+        self._targets = _first_per_host(image.targets)
+        self._access = access
+        self._pool = ThreadPoolExecutor(max_workers=max(1, image.image.push.parallel))
+        self._started: set[str] = set()
+        self._futures: dict[str, list[Future[Descriptor]]] = {t.registry: [] for t in self._targets}
+
+    def add_layer(self, layer: Layer) -> None:
+        if layer.descriptor.digest in self._started:
+            return
+        self._started.add(layer.descriptor.digest)
+        for target in self._targets:
+            client = self._access[target.registry].client
+            future = self._pool.submit(
+                client.upload_blob, target.repository, layer.path, known=layer.descriptor
+            )
+            self._futures[target.registry].append(future)
+
+    def add_config(self, config: bytes) -> None:
+        for target in self._targets:
+            client = self._access[target.registry].client
+            future = self._pool.submit(client.upload_blob, target.repository, config)
+            self._futures[target.registry].append(future)
+
+    def error_for(self, target: Target) -> str | None:
+        """Wait for `target`'s uploads; the first failure's message, or None."""
+        for future in self._futures.get(target.registry, []):
+            try:
+                future.result()
+            except RegistryError as exc:
+                return str(exc)
+        return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _first_per_host(targets: Sequence[Target]) -> list[Target]:
+    firsts: dict[str, Target] = {}
+    for target in targets:
+        firsts.setdefault(target.host, target)
+    return list(firsts.values())
+
+
 def push_image(
     image: ImagePlan,
     exported: ExportedImage,
+    uploads: BlobUploads,
     access: Mapping[str, Access],
     console: Console,
 ) -> tuple[TargetResult, ...]:
-    """Upload `exported` to every target of `image`; never raises for a registry's failure."""
+    """Finish the uploads `uploads` started, then write the manifest and every tag to every
+    target of `image`; never raises for a registry's failure."""
     policy = image.image.push
     digest = exported.manifest.digest
     size = _size(exported.size)
-    with console.group(f"push {image.name} ({size}) to {len(image.targets)} registries"):
+    count = len(image.targets)
+    where = f"{count} registries" if count != 1 else "1 registry"
+    with console.group(f"push {image.name} ({size}) to {where}"):
         by_host: dict[str, list[Target]] = {}
         for target in image.targets:
             by_host.setdefault(target.host, []).append(target)
 
         def push_host(targets: list[Target]) -> list[TargetResult]:
-            first = _upload(image, exported, targets[0], access, console)
+            first = _tag(
+                image=image,
+                exported=exported,
+                uploads=uploads,
+                target=targets[0],
+                access=access,
+                console=console,
+            )
             results = [first]
             for target in targets[1:]:  # same host: mount the blobs, don't upload them again
                 results.append(
@@ -80,25 +143,29 @@ def push_image(
     return _check_digests([done[t.registry] for t in image.targets], digest)
 
 
-def _upload(
+def _tag(
+    *,
     image: ImagePlan,
     exported: ExportedImage,
+    uploads: BlobUploads,
     target: Target,
     access: Mapping[str, Access],
     console: Console,
 ) -> TargetResult:
+    """Once `target` holds every blob, write the manifest under each tag."""
+    digest = exported.manifest.digest
+    error = uploads.error_for(target)
+    if error is not None:
+        return _result(target, image.tags, [], digest, error=error)
     client = access[target.registry].client
-    repository = target.repository
     written: list[str] = []
     try:
-        client.upload_blob(repository, exported.config)
-        for layer in _largest_first(exported):
-            client.upload_blob(repository, layer.path, known=layer.descriptor)
-        written = _put_tags(client, repository, image.tags, exported)
+        written = _put_tags(client, target.repository, image.tags, exported)
     except RegistryError as exc:
-        return _result(target, image.tags, written, exported.manifest.digest, error=str(exc))
-    console.write(f"{target.registry}: {len(written)} tags -> {exported.manifest.digest}")
-    return _result(target, image.tags, written, exported.manifest.digest)
+        written = _confirmed(client, target, digest)
+        return _result(target, image.tags, written, digest, error=str(exc))
+    console.write(f"{target.registry}: {len(written)} tags -> {digest}")
+    return _result(target, image.tags, written, digest)
 
 
 def _mount(
@@ -148,11 +215,6 @@ def _put_tags(
             )
         written.append(tag)
     return written
-
-
-def _largest_first(exported: ExportedImage) -> list[Layer]:
-    unique = {layer.descriptor.digest: layer for layer in exported.layers}
-    return sorted(unique.values(), key=lambda layer: -layer.descriptor.size)
 
 
 def _confirmed(client: Registry, target: Target, digest: str) -> list[str]:
