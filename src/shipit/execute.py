@@ -24,6 +24,7 @@ from shipit.errors import (
     EXIT_OK,
     GateBlocked,
     ShipitError,
+    UsageError,
 )
 from shipit.log import Console
 from shipit.plan import ImagePlan, Plan
@@ -205,6 +206,7 @@ def _publish(
         if "sign" in image.stages:
             signatures = _sign(
                 image=image,
+                scan=run.results[image.name].scan,
                 targets=targets,
                 access=access,
                 signer=signers[image.name],
@@ -237,6 +239,11 @@ def _check_signing(images: tuple[ImagePlan, ...], env: Mapping[str, str]) -> dic
 
         signers[image.name] = sign.check_signing(policy, env)
         sign.check_annotations(image.annotations)
+        scan_policy = image.image.scan
+        if policy.attest_sbom and (scan_policy is None or scan_policy.sbom is None):
+            raise UsageError(
+                f"image {image.name}: sign.attest_sbom needs an SBOM: set scan.sbom: cyclonedx"
+            )
     return signers
 
 
@@ -268,6 +275,7 @@ def _scan(run: _Run, image: ImagePlan, local_ref: str, *, many: bool) -> None:
 def _sign(
     *,
     image: ImagePlan,
+    scan: ScanReport | None,
     targets: tuple[TargetResult, ...],
     access: Mapping[str, Any],
     signer: Any,
@@ -297,13 +305,16 @@ def _sign(
         )
     if not sign_targets:
         return ()
+    parallel = image.image.push.parallel
     results = sign.sign_all(
-        signer,
-        sign_targets,
-        policy,
-        image.annotations,
-        env=env,
-        console=console,
-        parallel=image.image.push.parallel,
+        signer, sign_targets, policy, image.annotations, env=env, console=console, parallel=parallel
     )
+    sbom = scan.sbom if scan is not None else None
+    if policy.attest_sbom and sbom is not None:
+        signed = [t for t, r in zip(sign_targets, results, strict=True) if r.ok]
+        attested = sign.attest_all(
+            signer, signed, policy, sbom, env=env, console=console, parallel=parallel
+        )
+        failures = {r.ref: r for r in attested if not r.ok}
+        results = [failures.get(r.ref, r) for r in results]
     return tuple(results)

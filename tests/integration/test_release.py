@@ -313,3 +313,65 @@ def test_the_hello_example_runs_whole_offline(
     assert code == 0, err
     assert "signed" in out
     assert tags(registry, "examples/hello") != []
+
+
+def test_the_sbom_is_attested_to_every_digest(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    keys: tuple[Path, Path, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    private, public, password = keys
+    spec = f"""\
+version: 1
+registries: [{plain_registry.host}/attested]
+image: {{name: hello}}
+scan: {{scanners: [secret], sbom: cyclonedx}}
+sign: {{key: {private}, tlog: false, attest_sbom: true}}
+"""
+    project = make_project(tmp_path / "project", spec)
+    code, out, err = run(
+        ["run", "-C", str(project)], env_for(dockerd, tmp_path, COSIGN_PASSWORD=password), capsys
+    )
+    assert code == 0, err
+    assert "attested" in err
+    digest = report(project / "shipit-report.json")["images"][0]["refs"][0]["digest"]
+    ref = f"{plain_registry.host}/attested/hello@{digest}"
+    checked = subprocess.run(
+        [
+            tool_path("cosign"),
+            "verify-attestation",
+            "--key",
+            str(public),
+            "--type",
+            "cyclonedx",
+            "--insecure-ignore-tlog",
+            "--allow-http-registry",
+            "--allow-insecure-registry",
+            ref,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_attesting_without_an_sbom_is_refused_before_the_build(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    keys: tuple[Path, Path, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    private, _, password = keys
+    spec = f"version: 1\nregistries: [{plain_registry.host}/x]\nimage: {{name: hello}}\nsign: {{key: {private}, attest_sbom: true}}\n"
+    project = make_project(tmp_path / "project", spec)
+    code, _, err = run(
+        ["run", "-C", str(project)], env_for(dockerd, tmp_path, COSIGN_PASSWORD=password), capsys
+    )
+    assert code == 2
+    assert "scan.sbom: cyclonedx" in err
+    assert "==> build" not in err

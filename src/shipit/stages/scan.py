@@ -39,7 +39,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -110,6 +110,7 @@ class ScanReport:
     expired_ignores: tuple[str, ...]  # ignore entries whose date has passed
     reports: tuple[Path, ...]  # files written
     fail_on: str = "HIGH"
+    sbom: Path | None = None  # the CycloneDX SBOM, when `scan.sbom` asked for one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -1061,6 +1062,7 @@ def scan_image(
             now=now,
             written=(*written, *sbom),
         )
+        report = replace(report, sbom=sbom[0] if sbom else None)
         _log_outcome(report, console, label)
         return report
 

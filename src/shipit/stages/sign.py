@@ -281,6 +281,27 @@ def sign_command(
     return argv
 
 
+def attest_command(
+    signer: Signer,
+    target: SignTarget,
+    policy: SignPolicy,
+    predicate: Path,
+    env: Mapping[str, str],
+) -> list[str]:
+    """`cosign attest` of a CycloneDX SBOM to one digest, signed like the signature."""
+    signing = sign_command(signer, target, policy, {}, env)
+    # the same key or OIDC, format and registry flags as `cosign sign`, on another verb
+    return [
+        signer.cosign,
+        "attest",
+        "--type",
+        "cyclonedx",
+        "--predicate",
+        str(predicate),
+        *signing[2:],
+    ]
+
+
 def sign_format_flags(major: int, policy: SignPolicy) -> list[str]:
     """The signature format and transparency-log flags of `cosign sign`.
 
@@ -467,6 +488,31 @@ def sign_all(
     what = f"key {signer.key}" if signer.mode == "key" else "keyless (OIDC)"
     with console.group(f"sign {_refs(targets)} with cosign {signer.major} ({what})"):
         return _each(targets, sign_one, parallel, console, done="signed")
+
+
+def attest_all(
+    signer: Signer,
+    targets: Sequence[SignTarget],
+    policy: SignPolicy,
+    predicate: Path,
+    *,
+    env: Mapping[str, str],
+    console: log.Console,
+    parallel: int = 4,
+) -> list[SignResult]:
+    """Attach the SBOM at `predicate` to every target as a signed CycloneDX attestation."""
+    if not targets:
+        return []
+    secrets = secrets_of(env, targets, signer.key)
+    commands = {t.ref: attest_command(signer, t, policy, predicate, env) for t in targets}
+
+    def attest_one(target: SignTarget) -> SignResult:
+        return _run_cosign(
+            commands[target.ref], target, env=env, secrets=secrets, timeout=SIGN_TIMEOUT
+        )
+
+    with console.group(f"attest the SBOM to {_refs(targets)}"):
+        return _each(targets, attest_one, parallel, console, done="attested")
 
 
 def verify_all(
