@@ -331,7 +331,7 @@ scan: {{scanners: [secret], sbom: cyclonedx}}
 sign: {{key: {private}, tlog: false, attest_sbom: true}}
 """
     project = make_project(tmp_path / "project", spec)
-    code, out, err = run(
+    code, _, err = run(
         ["run", "-C", str(project)], env_for(dockerd, tmp_path, COSIGN_PASSWORD=password), capsys
     )
     assert code == 0, err
