@@ -1,22 +1,37 @@
 """Jinja2 templates for tags, build args, labels and annotations, in a sandbox.
 
 Undefined names are errors (a typo must not silently produce an empty tag), Python
-internals are out of reach (`{{ ''.__class__ }}` fails), and a template cannot run
-away: output and loop sizes are bounded.
+internals are out of reach (`{{ ''.__class__ }}` fails), and a template cannot run away:
+there are no loops, macros or includes (a tag needs expressions, not programs), `range()`
+and repetition (`'x' * n`) are bounded, powers are small, and the output is capped.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Mapping
 from typing import Any
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_OUTPUT = 4096
 MAX_RANGE = 1000
+MAX_EXPONENT = 64
+# Statements a template may not use: each could loop, recurse or read other files.
+_FORBIDDEN = (
+    nodes.For,
+    nodes.Macro,
+    nodes.CallBlock,
+    nodes.FilterBlock,
+    nodes.Include,
+    nodes.Import,
+    nodes.FromImport,
+    nodes.Extends,
+    nodes.Block,
+)
 
 
 class TemplateError(Exception):
@@ -24,6 +39,25 @@ class TemplateError(Exception):
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "**":
+            if isinstance(right, int) and abs(right) > MAX_EXPONENT:
+                raise TemplateError(f"an exponent of {right} is larger than {MAX_EXPONENT}")
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and left.bit_length() * right > 4096
+            ):
+                raise TemplateError("the power is too large")
+            return operator.pow(left, right)
+        for sequence, count in ((left, right), (right, left)):
+            repeated = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+            if repeated and len(sequence) * count > MAX_OUTPUT:
+                raise TemplateError(f"repeating a value {count} times makes it too large")
+        return operator.mul(left, right)
+
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         # Only plain data is exposed; no attribute that starts with an underscore, and no
         # reaching into modules, functions or classes through their attributes.
@@ -53,10 +87,15 @@ def _environment() -> _Sandbox:
 
 @functools.lru_cache(maxsize=512)
 def _compile(source: str) -> jinja2.Template:
+    environment = _environment()
     try:
-        return _environment().from_string(source)
+        ast = environment.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message}") from None
+    for node in ast.find_all(_FORBIDDEN):
+        word = type(node).__name__.lower()
+        raise TemplateError(f"'{word}' is not allowed in a template (expressions and if only)")
+    return environment.from_string(ast)
 
 
 def check(source: str) -> str | None:
