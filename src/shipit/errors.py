@@ -56,7 +56,12 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.message}"
+        return f"{self.location}: {printable(self.message)}"
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control and other invisible characters escaped, as repr() would."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class SpecError(UsageError):
