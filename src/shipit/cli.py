@@ -21,7 +21,14 @@ import click
 
 from shipit import __version__, app
 from shipit.context import EVENTS, Overrides
-from shipit.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, ShipitError, SpecError
+from shipit.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    ShipitError,
+    SpecError,
+    printable,
+)
 from shipit.log import Console, escape_github
 from shipit.render import plan_text
 
@@ -237,6 +244,51 @@ def version(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any)
 
 @cli.command()
 @shared_options
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["github", "gitlab"]),
+    default="github",
+    show_default=True,
+    help="github: the JSON matrix; gitlab: a parallel:matrix snippet to paste.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The JSON matrix (what github prints).")
+@click.pass_context
+def matrix(ctx: click.Context, /, *, output_format: str, as_json: bool, **_: Any) -> int:
+    """The images of the spec as a CI matrix, to run one job per image.
+
+    Prints {"include": [{"image": ..., "version": ..., "context": ...}, ...]} on one line (the
+    context relative to the spec's folder), for GitHub's `strategy: matrix: ${{
+    fromJSON(needs.JOB.outputs.matrix) }}`; in GitHub Actions it also goes to the step output
+    `matrix`. Each job then runs `shipit run --image NAME` (the action's `image` input). Images
+    this build does not release are left out: a monorepo tag api/v1.2.0 fans out to api only.
+
+    --format gitlab prints `parallel: matrix: - IMAGE: [...]` to paste into the job that extends
+    `.shipit`, with `SHIPIT_ARGS: --image $IMAGE`. GitLab cannot make a matrix from a value
+    computed in the pipeline, and a generated child pipeline would move the jobs, their
+    artifacts and reports out of the main pipeline; a pasted matrix keeps them in it. Print it
+    on a branch, where every image is built; on a monorepo tag the jobs of the other images
+    build and push nothing.
+    """
+    from shipit import matrix as matrix_mod  # noqa: PLC0415
+
+    if as_json and output_format == "gitlab":
+        raise click.UsageError("--json and --format gitlab do not go together")
+    options, env, console = _options(ctx)
+    result = app.plan(options, env)
+    for warning in result.warnings:
+        console.warn(warning)
+    document = matrix_mod.document(result)
+    matrix_mod.write_github_output(document, env)
+    if output_format == "gitlab":
+        click.echo(matrix_mod.gitlab_snippet(document), nl=False)
+    else:
+        click.echo(matrix_mod.to_json(document))
+    return 0
+
+
+@cli.command()
+@shared_options
 @click.argument("refs", nargs=-1)
 @click.option(
     "--report", metavar="FILE", help="The run's result document (default shipit-report.json)."
@@ -287,6 +339,44 @@ def validate(ctx: click.Context, /, **_: Any) -> int:
     spec = app.load_spec(options, env)
     count = len(spec.images)
     click.echo(f"{options.spec_path}: valid ({count} image{'s' if count != 1 else ''})")
+    return 0
+
+
+@cli.command()
+@shared_options
+@click.option("--force", is_flag=True, help="Write over an existing spec.")
+@click.pass_context
+def init(ctx: click.Context, /, *, force: bool, **_: Any) -> int:
+    """Write a starter shipit.yml for the repository in -C (or at -f).
+
+    The registry comes from the CI variables or the git remote: GitHub (GITHUB_REPOSITORY_OWNER,
+    or a github.com remote) pushes to ghcr.io/OWNER with the workflow's GITHUB_TOKEN; GitLab
+    (CI_REGISTRY_IMAGE, or a GitLab remote) to the project's registry with CI_REGISTRY_USER and
+    CI_REGISTRY_PASSWORD; anything else to localhost:5000. The image is named after the
+    repository (or the folder, for a subfolder of one); its context is the folder of the first
+    Dockerfile found. The spec scans with Trivy (fail_on: HIGH) and has signing written out,
+    commented. Then the CI configuration that runs it is printed, like every message, on
+    stderr. An existing spec is kept unless --force is given.
+    """
+    from shipit import init as init_mod  # noqa: PLC0415
+
+    options, env, console = _options(ctx)
+    result = init_mod.init(
+        options.directory,
+        options.spec_path,
+        env,
+        force=force,
+        spec_file=options.spec_file,
+    )
+    for warning in result.warnings:
+        console.warn(warning)
+    if console.verbosity >= 0:
+        check = "shipit plan"
+        if str(options.directory) != ".":
+            check += f" -C {options.directory}"
+        if options.spec_file:
+            check += f" -f {options.spec_file}"
+        click.echo(init_mod.next_steps(result, check), err=True)
     return 0
 
 
@@ -344,7 +434,7 @@ def _report(exc: ShipitError, env: Mapping[str, str]) -> None:
             if github:
                 click.echo(
                     f"::error file={loc.file},line={loc.line},col={loc.column}::"
-                    f"{escape_github(problem.message)}",
+                    f"{escape_github(printable(problem.message))}",
                     err=True,
                 )
         count = len(exc.problems)

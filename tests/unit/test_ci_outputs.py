@@ -81,7 +81,9 @@ def test_github_outputs_are_heredocs_with_random_delimiters(tmp_path: Path) -> N
     document = json.loads(values["json"])
     assert document["error"] == evil
     assert set(values) == {"earlier", "version", "tags", "digest", "json"}
-    delimiters = re.findall(r"^\w+<<(ghadelimiter_\w+)$", output.read_text(encoding="utf-8"), re.MULTILINE)
+    delimiters = re.findall(
+        r"^\w+<<(ghadelimiter_\w+)$", output.read_text(encoding="utf-8"), re.MULTILINE
+    )
     assert len(set(delimiters)) == 4
 
 
