@@ -113,6 +113,9 @@ def execute(plan: Plan, env: Mapping[str, str], console: Console) -> RunResult:
 
     run = _Run(plan, env, console)
     images = plan.active()
+    if not images:  # e.g. a monorepo tag that releases another image: nothing to do here
+        console.write("no image of this spec is built for this ref")
+        return run.finish("success")
     signers = _check_signing(images, env)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shipit-")))

@@ -308,3 +308,24 @@ def test_no_daemon_is_a_clear_preflight_failure(
     assert code == 1
     assert "the Docker daemon does not answer" in err
     assert "Traceback" not in err
+
+
+def test_a_tag_of_another_image_builds_nothing_and_succeeds(
+    tmp_path: Path, plain_registry: RunningRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = f"""\
+version: 1
+registries: [{plain_registry.host}/mono]
+images:
+  - {{name: api, release: {{tag_pattern: "api/v(?P<version>.*)"}}}}
+  - {{name: web, release: {{tag_pattern: "web/v(?P<version>.*)"}}}}
+"""
+    project = make_project(tmp_path / "project", spec)
+    # no daemon at all: nothing may be built, so nothing may need one
+    env = run_env(f"unix://{tmp_path}/no-docker.sock", tmp_path)
+    code, out, err = run(
+        ["run", "-C", str(project), "--image", "web", "--ref", "refs/tags/api/v1.0.0"], env, capsys
+    )
+    assert code == 0, err
+    assert "no image of this spec is built for this ref" in err
+    assert "result: success" in out
