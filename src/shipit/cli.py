@@ -8,11 +8,14 @@ SHIPIT_* environment > spec > defaults.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,6 +124,23 @@ def _options(ctx: click.Context) -> tuple[app.Options, Mapping[str, str], Consol
     return options, state.env, console
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job) stops a run the way Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _emit_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=False))
 
@@ -194,7 +214,8 @@ def run(
         return 0
     for warning in result_plan.warnings:
         console.warn(warning)
-    result = app.run(result_plan, env, console)
+    with _sigterm_as_interrupt():
+        result = app.run(result_plan, env, console)
     report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
     app.write_report(report_path, result)
     app.write_ci_outputs(result, env, directory=options.directory)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shipit import proc
 from shipit.errors import (
     EXIT_BLOCKED,
     EXIT_FAILED,
@@ -106,12 +107,26 @@ class _Run:
 def execute(plan: Plan, env: Mapping[str, str], console: Console) -> RunResult:
     """Run every stage the plan lists; never raises for a stage failure, returns the result.
 
-    Usage errors found before anything started (a missing signing key) still raise.
+    Usage errors found before anything started (a missing signing key) still raise. Ctrl-C
+    (or SIGTERM, which the command line turns into the same) stops every child process and
+    ends the run as "interrupted"; every push is safe to repeat, so a second run finishes it.
     """
+    run = _Run(plan, env, console)
+    try:
+        return _execute(run)
+    except KeyboardInterrupt:
+        proc.terminate_children()
+        _mark_unfinished(run, "interrupted")
+        return run.finish(
+            "interrupted", "interrupted; pushes are safe to repeat: run again to finish"
+        )
+
+
+def _execute(run: _Run) -> RunResult:
     from shipit import docker_api  # noqa: PLC0415 (the Docker SDK is loaded only for a run)
     from shipit.stages import preflight  # noqa: PLC0415
 
-    run = _Run(plan, env, console)
+    plan, env, console = run.plan, run.env, run.console
     images = plan.active()
     if not images:  # e.g. a monorepo tag that releases another image: nothing to do here
         console.write("no image of this spec is built for this ref")

@@ -91,13 +91,7 @@ class _Running:
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+            _stop(proc, grace)
 
 
 RUNNING = _Running()
@@ -148,6 +142,9 @@ def run(
             timed_out = True
             _signal_group(proc, signal.SIGKILL)
             out, err = proc.communicate()
+        except BaseException:  # Ctrl-C or SIGTERM while waiting: the child goes too
+            _stop(proc)
+            raise
     finally:
         RUNNING.discard(proc)
     result = Result(
@@ -161,6 +158,16 @@ def run(
     if timed_out or (check and proc.returncode != 0):
         raise CommandError(result, timed_out=timed_out, secrets=secret_list)
     return result
+
+
+def _stop(proc: subprocess.Popen[str], grace: float = 5.0) -> None:
+    """SIGTERM to the child's process group, SIGKILL if it is still there after `grace`."""
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
 
 
 def _signal_group(proc: subprocess.Popen[str], sig: int) -> None:
