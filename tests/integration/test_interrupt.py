@@ -61,7 +61,7 @@ def test_a_signal_during_the_scan_stops_the_scanner_and_exits_130(
     scanner = int(pidfile.read_text())
     assert alive(scanner)
     child.send_signal(sig)
-    out, err = child.communicate(timeout=60)
+    _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
     assert "interrupted" in err
     time.sleep(0.5)
