@@ -329,3 +329,17 @@ images:
     assert code == 0, err
     assert "no image of this spec is built for this ref" in err
     assert "result: success" in out
+
+
+def test_a_build_only_run_needs_no_registry_secret(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    auth_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = f"version: 1\nregistries: [{{url: {auth_registry.host}/pr, username: u, password_env: UNSET_ON_FORKS}}]\nimage: {{name: hello}}\n"
+    project = make_project(tmp_path / "project", spec)
+    code, _, err = run(
+        ["run", "-C", str(project), "--no-push"], run_env(dockerd.host, tmp_path), capsys
+    )
+    assert code == 0, err

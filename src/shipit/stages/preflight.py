@@ -50,6 +50,8 @@ def open_registries(
     """A client per registry the images push to (by url), credentials resolved."""
     access: dict[str, Access] = {}
     for image in images:
+        if "push" not in image.stages:
+            continue  # a build-only run (a fork's pull request) needs no registry secret
         for registry in image.image.registries:
             if registry.url in access:
                 continue
