@@ -6,7 +6,6 @@ matrix that agrees with `shipit matrix --format gitlab`.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -135,9 +134,6 @@ def test_ci_files_use_the_action_and_template_as_declared(name: str) -> None:
             )
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("check_jsonschema") is None, reason="check-jsonschema not installed"
-)
 @pytest.mark.parametrize("name", [n for n in NAMES if ci_files(n)])
 def test_ci_files_match_the_providers_schemas(name: str) -> None:
     for path in ci_files(name):

