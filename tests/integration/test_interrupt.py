@@ -47,21 +47,29 @@ def test_a_signal_during_the_scan_stops_the_scanner_and_exits_130(
     env = run_env(dockerd.host, tmp_path)
     env["PATH"] = f"{fake}{os.pathsep}{env['PATH']}"
     shipit = str(Path(sys.executable).parent / "shipit")
-    child = subprocess.Popen(
+    # A terminal's Ctrl-C reaches a process whose SIGINT is the default; a test runner started
+    # in the background may have SIGINT ignored, and the child would inherit that.
+    with subprocess.Popen(
         [shipit, "run", "-C", str(project)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not pidfile.exists() and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.1)
-    assert pidfile.exists(), child.communicate()[1]
-    scanner = int(pidfile.read_text())
-    assert alive(scanner)
-    child.send_signal(sig)
-    _, err = child.communicate(timeout=60)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    ) as child:
+        try:
+            deadline = time.monotonic() + 120
+            while not pidfile.exists() and time.monotonic() < deadline and child.poll() is None:
+                time.sleep(0.1)
+            assert pidfile.exists(), "the fake scanner never started"
+            scanner = int(pidfile.read_text())
+            assert alive(scanner)
+            child.send_signal(sig)
+            _, err = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
     assert child.returncode == 130, err
     assert "interrupted" in err
     time.sleep(0.5)
