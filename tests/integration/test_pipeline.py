@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shipit.cli import main
 from shipit.registry import Credentials, Endpoint, Registry
+from tests.support.cli import run_shipit
 from tests.support.faults import FaultProxy
 from tests.support.gitrepo import git
 from tests.support.project import make_project, run_env
@@ -33,9 +33,7 @@ def client(reg: RunningRegistry) -> Registry:
 def run(
     args: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, str]:
-    code = main(args, env=env)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_shipit(args, capsys, env)
 
 
 def report_of(path: Path) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from shipit.cli import main
 from shipit.registry import Endpoint, Registry
+from tests.support.cli import run_shipit
 from tests.support.project import make_project, run_env
 from tests.support.services import Dockerd, RegistryFactory, tool_path
 from tests.support.services import Registry as RunningRegistry
@@ -41,9 +41,7 @@ def env_for(dockerd: Dockerd, home: Path, **extra: str) -> dict[str, str]:
 def run(
     args: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, str]:
-    code = main(args, env=env)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_shipit(args, capsys, env)
 
 
 def tags(reg: RunningRegistry, repository: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shipit.cli import main
+from tests.support.cli import run_shipit
 from tests.support.gitrepo import make_repo
 
 SPEC = """\
@@ -41,12 +41,7 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def run(
-    args: list[str], capsys: pytest.CaptureFixture[str], env: dict[str, str] | None = None
-) -> tuple[int, str, str]:
-    code = main(args, env={"PATH": os.environ["PATH"], **(env or {})})
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_shipit
 
 
 def test_plan_human_output(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:

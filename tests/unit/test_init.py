@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,17 +9,11 @@ import pytest
 import yaml
 
 from shipit import init
-from shipit.cli import main
 from tests.conftest import write
+from tests.support.cli import run_shipit
 from tests.support.gitrepo import git, make_repo
 
-
-def run(
-    args: list[str], capsys: pytest.CaptureFixture[str], env: dict[str, str] | None = None
-) -> tuple[int, str, str]:
-    code = main(args, env={"PATH": os.environ["PATH"], **(env or {})})
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_shipit
 
 
 def repository(path: Path, remote: str | None = None, *, dockerfile: str = "Dockerfile") -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,12 +10,12 @@ import pytest
 import yaml
 
 from shipit import matrix
-from shipit.cli import main
 from shipit.context import GitFacts, GitTag, History, Overrides, resolve
 from shipit.errors import UsageError
 from shipit.plan import Plan, make_plan
 from shipit.spec import parse
 from tests.conftest import write
+from tests.support.cli import run_shipit
 from tests.support.gitrepo import make_repo
 
 SHA = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"
@@ -132,12 +131,7 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def run(
-    args: list[str], capsys: pytest.CaptureFixture[str], env: dict[str, str] | None = None
-) -> tuple[int, str, str]:
-    code = main(args, env={"PATH": os.environ["PATH"], **(env or {})})
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_shipit
 
 
 def test_command_prints_the_matrix(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
