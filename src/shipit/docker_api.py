@@ -20,6 +20,7 @@ import docker
 import docker.auth
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from shipit import log
 
@@ -128,6 +129,11 @@ class Daemon:
             raise StreamError(_api_message(exc)) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DaemonError(_daemon_message(exc, self.env)) from None
+        except urllib3.exceptions.HTTPError as exc:  # the stream broke off (daemon gone)
+            raise DaemonError(
+                f"the connection to the Docker daemon at {self.host} broke off during the"
+                f" build ({exc}): did dockerd stop or restart?"
+            ) from None
 
     def inspect(self, image: str) -> Mapping[str, Any]:
         try:
@@ -141,8 +147,10 @@ class Daemon:
             yield from self._client.api.get_image(image, chunk_size=1024 * 1024)
         except docker.errors.DockerException as exc:
             raise DaemonError(f"cannot export {image} from the daemon: {exc}") from None
-        except requests.exceptions.RequestException as exc:
-            raise DaemonError(f"the export of {image} broke off: {exc}") from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+            raise DaemonError(
+                f"the export of {image} from the Docker daemon at {self.host} broke off: {exc}"
+            ) from None
 
     def tag(self, image: str, repository: str, tag: str) -> None:
         try:

@@ -976,7 +976,7 @@ class Registry:
                 response = self._send("GET", f"http://{host}/v2/", headers={}, authorization=None)
             except requests.RequestException as exc:
                 http_error, transient = self._transport_error(exc)
-                if https_error.kind == "tls" or not transient or attempt >= self._retries:
+                if not transient or attempt >= self._retries:
                     raise (https_error if https_error.kind == "tls" else http_error) from exc
                 delay = retry_delay(attempt, backoff=self._backoff)
                 self._notify_retry(
@@ -1117,9 +1117,10 @@ class Registry:
             attempt += 1
 
     def _notify_retry(self, message: str) -> None:
-        log.info("%s", message)
         if self._on_retry is not None:
-            self._on_retry(message)
+            self._on_retry(message)  # the caller shows it, with the registry's name
+        else:
+            log.info("%s", message)
 
     # ------------------------------------------------------------------ authentication
 

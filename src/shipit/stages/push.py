@@ -160,9 +160,10 @@ def _tag(
     client = access[target.registry].client
     written: list[str] = []
     try:
-        written = _put_tags(client, target.repository, image.tags, exported)
+        _put_tags(client, target.repository, image.tags, exported, written)
     except RegistryError as exc:
-        written = _confirmed(client, target, digest)
+        # the tags the registry accepted, and any it turns out to hold all the same
+        written += [t for t in _confirmed(client, target, digest) if t not in written]
         return _result(target, image.tags, written, digest, error=str(exc))
     console.write(f"{target.registry}: {len(written)} tags -> {digest}")
     return _result(target, image.tags, written, digest)
@@ -202,9 +203,14 @@ def _mount(
 
 
 def _put_tags(
-    client: Registry, repository: str, tags: Sequence[str], exported: ExportedImage
-) -> list[str]:
-    written: list[str] = []
+    client: Registry,
+    repository: str,
+    tags: Sequence[str],
+    exported: ExportedImage,
+    written: list[str],
+) -> None:
+    """Write every tag; `written` collects each one the registry accepted, as it goes, so a
+    failure halfway still knows what went through."""
     for tag in tags:
         got = client.put_manifest(repository, tag, exported.manifest)
         if got != exported.manifest.digest:
@@ -214,7 +220,6 @@ def _put_tags(
                 kind="protocol",
             )
         written.append(tag)
-    return written
 
 
 def _confirmed(client: Registry, target: Target, digest: str) -> list[str]:

@@ -217,6 +217,14 @@ def find_cosign(env: Mapping[str, str]) -> CosignTool:
     has_flag = proc.run(probe, env=env, timeout=PROBE_TIMEOUT, check=False).returncode == 0
     if major is None:
         usage = proc.run([path, "sign", "--help"], env=env, timeout=PROBE_TIMEOUT, check=False)
+        if version.returncode != 0 and usage.returncode != 0:  # every cosign answers these
+            said = (version.stderr or version.stdout).strip().splitlines()[-3:]
+            raise StageError(
+                "preflight",
+                f"cosign at {path} does not work: `cosign version` exited with"
+                f" {version.returncode}" + (": " + " / ".join(said) if said else ""),
+                hint=COSIGN_HINT,
+            )
         major = major_from_help(usage.stdout + usage.stderr, accepts_new_bundle_format=has_flag)
     _log.debug("cosign at %s is version %d", path, major)
     return CosignTool(path=path, major=major, new_bundle_flag=has_flag)
