@@ -214,9 +214,10 @@ def run(
         return 0
     for warning in result_plan.warnings:
         console.warn(warning)
+    report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
+    report_path.unlink(missing_ok=True)  # an older run's report must not pass for this one's
     with _sigterm_as_interrupt():
         result = app.run(result_plan, env, console)
-    report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
     app.write_report(report_path, result)
     app.write_ci_outputs(result, env, directory=options.directory)
     if as_json:

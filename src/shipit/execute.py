@@ -136,6 +136,10 @@ def _execute(run: _Run) -> RunResult:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shipit-")))
         try:
             with console.group("preflight"):
+                if any("scan" in image.stages for image in images):
+                    from shipit.stages import scan  # noqa: PLC0415
+
+                    scan.find_trivy(env)  # a missing scanner is found before the build
                 daemon = stack.enter_context(docker_api.Daemon(env))
                 preflight.check_daemon(daemon, console)
                 access = preflight.open_registries(images, env, console)
@@ -152,7 +156,7 @@ def _execute(run: _Run) -> RunResult:
             return run.finish("failed", str(exc))
         except ShipitError as exc:
             _mark_unfinished(run, str(exc))
-            return run.finish("failed", str(exc))
+            return run.finish("failed", f"{exc}\nhint: {exc.hint}" if exc.hint else str(exc))
         return _publish(run, images, ready, access, signers)
 
 
@@ -179,6 +183,7 @@ def _build_all(
     builder = build.SdkBuilder(daemon)
     ready: dict[str, _Ready] = {}
     for image in images:
+        run.update(image.name, status="building")
         built = builder.build(image, run.console)
         run.update(image.name, image_id=built.image_id, status="built")
         if "scan" in image.stages:
@@ -239,11 +244,12 @@ def _publish(
 
 
 def _mark_unfinished(run: _Run, error: str) -> None:
+    """After a failure: the image being worked on failed; those not reached were not run."""
     for name, result in run.results.items():
-        if result.status in ("not run", "built"):
-            run.update(
-                name, status="failed" if result.status == "built" else "not run", error=error
-            )
+        if result.status in ("building", "built"):
+            run.update(name, status="failed", error=error)
+        elif result.status == "not run":
+            run.update(name, error=error)
 
 
 def _check_signing(images: tuple[ImagePlan, ...], env: Mapping[str, str]) -> dict[str, Any]:

@@ -160,7 +160,9 @@ def test_failing_dockerfile_names_the_step(
     assert code == 1
     assert "build: image hello: step 3/" in err
     assert "COPY missing.txt /missing.txt) failed" in err
-    assert report_of(report)["status"] == "failed"
+    document = report_of(report)
+    assert document["status"] == "failed"
+    assert document["images"][0]["status"] == "failed"
     assert client(plain_registry).tags("broken/hello") == []
 
 

@@ -117,5 +117,5 @@ def check_registries(
     if problems:
         raise StageError(
             "preflight",
-            "a registry refused the push, nothing was built:\n  " + "\n  ".join(problems),
+            "a registry cannot take the push, nothing was built:\n  " + "\n  ".join(problems),
         )
