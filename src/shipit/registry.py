@@ -729,13 +729,15 @@ class Registry:
         """Store `data` (bytes, or a file streamed from disk) as a blob; skipped if present.
 
         Returns the blob's descriptor (media type "application/octet-stream": the manifest that
-        refers to it names its real type). With `known` (digest and size computed already) the
-        file is not read twice; the bytes are still checked against it while they stream.
+        refers to it names its real type). With `known` (digest and size computed when the
+        file was written) the file is not hashed again; its size is still checked, and the
+        registry checks the digest before it accepts the blob.
         """
         repo = self.endpoint.repository(repository)
+        check = True
         if known is not None and isinstance(data, Path):
-            blob = known
-            source = _file_chunks(data)
+            # hashed as it was written: not again for every registry (each checks it anyway)
+            blob, source, check = known, _file_chunks(data), False
         elif isinstance(data, Path):
             hasher = hashlib.sha256()
             with data.open("rb") as file:
@@ -756,7 +758,7 @@ class Registry:
             source = _bytes_chunks(data)
         if not self.has_blob(repo, blob.digest):
             origin = f"file {data}" if isinstance(data, Path) else "memory"
-            self._upload(repo, blob, source, origin=origin, origin_host=self.host)
+            self._upload(repo, blob, source, origin=origin, origin_host=self.host, check=check)
         return blob
 
     def _upload(
@@ -769,6 +771,7 @@ class Registry:
         origin_host: str,
         session: str | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        check: bool = True,
     ) -> None:
         """Stream `blob` from `source` into `repo`, restarting the upload session on failure.
 
@@ -789,6 +792,7 @@ class Registry:
                     source,
                     origin=(origin, origin_host),
                     on_bytes=on_bytes,
+                    check=check,
                 )
             except RegistryError as error:
                 self._cancel_upload(url, repo)
@@ -820,10 +824,13 @@ class Registry:
         *,
         origin: tuple[str, str],
         on_bytes: Callable[[int], None] | None,
+        check: bool = True,
     ) -> None:
         what = f"the upload of blob {_short(blob.digest)} to {repo}"
         with source() as chunks:
-            body = _VerifiedBody(chunks, blob, origin=origin[0], host=origin[1], on_bytes=on_bytes)
+            body = _VerifiedBody(
+                chunks, blob, origin=origin[0], host=origin[1], on_bytes=on_bytes, check=check
+            )
             if self._chunk_size is not None:
                 final = self._send_chunks(url, body, repo, what)
                 data: _VerifiedBody | bytes = b""
@@ -1359,19 +1366,21 @@ class _VerifiedBody:
         origin: str,
         host: str,
         on_bytes: Callable[[int], None] | None,
+        check: bool = True,
     ) -> None:
         self._chunks = chunks
         self._blob = blob
         self._origin = origin
         self._host = host
         self._on_bytes = on_bytes
+        self._check = check
 
     def __len__(self) -> int:
         return self._blob.size
 
     def __iter__(self) -> Iterator[bytes]:
         blob = self._blob
-        hasher = hashlib.new(blob.digest.split(":", 1)[0])
+        hasher = hashlib.new(blob.digest.split(":", 1)[0]) if self._check else None
         total = 0
         held = b""
         try:
@@ -1381,7 +1390,8 @@ class _VerifiedBody:
                 total += len(chunk)
                 if total > blob.size:
                     raise self._mismatch(f"more than its {blob.size} bytes")
-                hasher.update(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
                 if held:
                     yield held
                     self._progress(total - len(chunk))
@@ -1393,7 +1403,7 @@ class _VerifiedBody:
                 host=self._host,
                 kind="connect",
             ) from exc
-        digest = f"{hasher.name}:{hasher.hexdigest()}"
+        digest = f"{hasher.name}:{hasher.hexdigest()}" if hasher is not None else blob.digest
         if total != blob.size or digest != blob.digest:
             raise self._mismatch(f"{total} bytes with digest {digest}")
         if held:
