@@ -22,7 +22,6 @@ import http.server
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,7 @@ import requests
 import yaml
 
 from tests.support.gitrepo import git, make_repo
+from tests.support.keys import cosign_key_pair
 from tests.support.services import Dockerd, Registry, tool_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,17 +200,8 @@ def cosign_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def cosign_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    folder = tmp_path_factory.mktemp("gitlab-keys")
-    password = secrets.token_urlsafe(16)
-    subprocess.run(
-        [tool_path("cosign"), "generate-key-pair"],
-        cwd=folder,
-        env={"PATH": os.environ["PATH"], "COSIGN_PASSWORD": password, "HOME": str(folder)},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return folder / "cosign.key", password
+    pair = cosign_key_pair(tmp_path_factory.mktemp("gitlab-keys"))
+    return pair.private, pair.password
 
 
 # --- tests ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from shipit.cli import main
 from shipit.registry import Credentials, Endpoint, Registry
 from tests.support.faults import FaultProxy, UnixSocketProxy
 from tests.support.gitrepo import git
+from tests.support.keys import cosign_key_pair
 from tests.support.project import make_project, run_env
 from tests.support.services import Dockerd, RegistryFactory, tool_path
 from tests.support.services import Registry as RunningRegistry
@@ -135,17 +136,8 @@ def upstream_of(reg: RunningRegistry) -> str:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A cosign key pair whose private half is encrypted with a random password."""
-    folder = tmp_path_factory.mktemp("keys")
-    password = "cosign-" + secrets.token_urlsafe(18)
-    subprocess.run(
-        [tool_path("cosign"), "generate-key-pair"],
-        cwd=folder,
-        env={"PATH": os.environ["PATH"], "COSIGN_PASSWORD": password, "HOME": str(folder)},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return folder / "cosign.key", password
+    pair = cosign_key_pair(tmp_path_factory.mktemp("keys"))
+    return pair.private, pair.password
 
 
 # -- 1. transient faults are retried ----------------------------------------------------------

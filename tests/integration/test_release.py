@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 
 from shipit.registry import Endpoint, Registry
 from tests.support.cli import run_shipit
+from tests.support.keys import cosign_key_pair
 from tests.support.project import make_project, run_env
 from tests.support.services import Dockerd, RegistryFactory, tool_path
 from tests.support.services import Registry as RunningRegistry
@@ -55,31 +55,13 @@ def report(path: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    folder = tmp_path_factory.mktemp("keys")
-    password = secrets.token_urlsafe(16)
-    env = {"PATH": os.environ["PATH"], "COSIGN_PASSWORD": password}
-    subprocess.run(
-        [tool_path("cosign"), "generate-key-pair"],
-        cwd=folder,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return folder / "cosign.key", folder / "cosign.pub", password
+    pair = cosign_key_pair(tmp_path_factory.mktemp("keys"))
+    return pair.private, pair.public, pair.password
 
 
 @pytest.fixture(scope="module")
 def wrong_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("wrong")
-    env = {"PATH": os.environ["PATH"], "COSIGN_PASSWORD": "other-password"}
-    subprocess.run(
-        [tool_path("cosign"), "generate-key-pair"],
-        cwd=folder,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return folder / "cosign.pub"
+    return cosign_key_pair(tmp_path_factory.mktemp("wrong"), "other-password").public
 
 
 # -- the scan gate -------------------------------------------------------------------------

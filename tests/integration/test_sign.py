@@ -28,6 +28,7 @@ from shipit.log import LOGGER, Console
 from shipit.spec import SignPolicy
 from shipit.stages import sign
 from shipit.stages.sign import SignResult, SignTarget
+from tests.support.keys import cosign_key_pair
 from tests.support.services import Registry, RegistryFactory, make_tls_files, tool_path
 
 # -- tools and images ----------------------------------------------------------------------
@@ -105,14 +106,8 @@ class Keys:
 
 
 def generate_keys(folder: Path) -> Keys:
-    folder.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(12)
-    run_tool(
-        [tool_path("cosign"), "generate-key-pair"],
-        env={"COSIGN_PASSWORD": password},
-        cwd=folder,
-    )
-    return Keys(private=folder / "cosign.key", public=folder / "cosign.pub", password=password)
+    pair = cosign_key_pair(folder)
+    return Keys(private=pair.private, public=pair.public, password=pair.password)
 
 
 @pytest.fixture(scope="module")
