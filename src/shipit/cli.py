@@ -403,8 +403,7 @@ def init(ctx: click.Context, /, *, force: bool, **_: Any) -> int:
 
 
 @cli.command()
-@click.pass_context
-def schema(ctx: click.Context) -> int:
+def schema() -> int:
     """The JSON Schema of shipit.yml, for editors."""
     click.echo(app.schema_text(), nl=False)
     return 0

@@ -138,14 +138,13 @@ def make_plan(
     chosen = [spec.image(only)] if only else list(spec.images)
     released_by = _release_owner(spec, ctx)
     images = tuple(
-        _image_plan(image, ctx, skip=skip, push=push, released_by=released_by, spec=spec)
-        for image in chosen
+        _image_plan(image, ctx, skip=skip, push=push, released_by=released_by) for image in chosen
     )
     return Plan(
         spec=str(spec.path),
         context=ctx.summary(),
         images=images,
-        warnings=tuple(_warnings(spec, ctx, images)),
+        warnings=tuple(_warnings(ctx, images)),
     )
 
 
@@ -163,7 +162,6 @@ def _image_plan(
     skip: Collection[str],
     push: bool,
     released_by: set[str],
-    spec: Spec,
 ) -> ImagePlan:
     version = derive(ctx, image.release_regex())
     tags = derive_tags(image, ctx, version)
@@ -253,7 +251,7 @@ def _render_all(
     return rendered
 
 
-def _warnings(spec: Spec, ctx: Context, images: tuple[ImagePlan, ...]) -> list[str]:
+def _warnings(ctx: Context, images: tuple[ImagePlan, ...]) -> list[str]:
     warnings = []
     if ctx.shallow and any(not i.version.is_release and i.version.base is None for i in images):
         warnings.append(

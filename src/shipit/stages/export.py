@@ -124,7 +124,7 @@ def _assemble(
     if "manifest.json" not in small:
         raise ExportError("the export has no manifest.json: not an image saved by Docker")
     entries = json.loads(small["manifest.json"])
-    entry = _entry_for(entries, image_id, small)
+    entry = _entry_for(entries, image_id)
     config = small.get(_resolve(entry["Config"], links))
     if config is None:
         raise ExportError(f"the export lacks the image config {entry['Config']}")
@@ -173,7 +173,7 @@ def _manifest(config: bytes, config_digest: str, layers: list[Layer]) -> Manifes
     return Manifest.from_bytes(data, DOCKER_MANIFEST)
 
 
-def _entry_for(entries: Any, image_id: str, small: dict[str, bytes]) -> dict[str, Any]:
+def _entry_for(entries: Any, image_id: str) -> dict[str, Any]:
     if not isinstance(entries, list) or not entries:
         raise ExportError("manifest.json of the export lists no image")
     hexdigest = image_id.removeprefix("sha256:")
