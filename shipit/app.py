@@ -17,7 +17,7 @@ from shipit import context as context_mod
 from shipit import spec as spec_mod
 from shipit.context import Context, Overrides
 from shipit.errors import UsageError
-from shipit.log import Console
+from shipit.log import PLAIN, Console, Style
 from shipit.plan import Plan, make_plan
 from shipit.spec import Spec
 
@@ -94,10 +94,10 @@ def write_ci_outputs(result: RunResult, env: Mapping[str, str], *, directory: Pa
         ci_outputs.write_gitlab(result, Path(env.get("CI_PROJECT_DIR") or directory))
 
 
-def summary(result: RunResult) -> str:
+def summary(result: RunResult, style: Style = PLAIN) -> str:
     from shipit import report  # noqa: PLC0415
 
-    return report.summary(result)
+    return report.summary(result, style)
 
 
 def tags_document(plan: Plan) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from shipit.errors import (
     SpecError,
     printable,
 )
-from shipit.log import Console, escape_github
+from shipit.log import COLOR_CHOICES, Console, Style, counted, escape_github, use_color
 from shipit.render import plan_text
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,7 +67,12 @@ def shared_options(func: F) -> F:
         click.option("-v", "--verbose", count=True, help="More detail (repeat for more)."),
         click.option("-q", "--quiet", is_flag=True, default=None, help="Only warnings and errors."),
         click.option("--debug", is_flag=True, default=None, help="Tracebacks for failures."),
-        click.option("--color", type=click.Choice(["auto", "always", "never"]), default=None),
+        click.option(
+            "--color",
+            type=click.Choice(COLOR_CHOICES),
+            default=None,
+            help="Colour: auto (a terminal, or CI; not with NO_COLOR), always, never.",
+        ),
         click.option("--ref", metavar="REF", help="Build as if for this ref (refs/tags/v1.2.3)."),
         click.option("--event", type=click.Choice(EVENTS), help="Build as if for this event."),
         click.option("--sha", metavar="SHA", help="The commit to label images with."),
@@ -108,8 +113,9 @@ def _options(ctx: click.Context) -> tuple[app.Options, Mapping[str, str], Consol
     shared = _shared(ctx)
     state: State = ctx.find_object(State) or State(env=os.environ)
     verbosity = -1 if shared["quiet"] else int(shared["verbose"] or 0)
-    console = Console(state.env, verbosity=verbosity)
+    console = Console(state.env, verbosity=verbosity, color=shared["color"])
     ctx.meta["debug"] = bool(shared["debug"])
+    ctx.meta["color"] = shared["color"]
     options = app.Options(
         directory=Path(shared["directory"] or "."),
         spec_file=shared["spec_file"],
@@ -142,14 +148,36 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _emit_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2, sort_keys=False))
+    """JSON on stdout, never coloured."""
+    click.echo(json.dumps(document, indent=2, sort_keys=False), color=False)
+
+
+def _stdout_style(ctx: click.Context, env: Mapping[str, str]) -> Style:
+    """Colour for what goes to stdout (tables, results), decided for stdout itself."""
+    return Style(use_color(ctx.meta.get("color"), env, sys.stdout))
+
+
+def _echo(text: str, style: Style) -> None:
+    click.echo(text, color=style.enabled)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="shipit")
 @shared_options
 def cli(**_: Any) -> None:
-    """shipit: tag, build, scan, sign and push container images from one spec."""
+    """shipit: tag, build, scan, sign and push container images from one spec.
+
+    \b
+    Examples:
+      shipit plan                          what CI would do for this checkout
+      shipit plan --ref refs/tags/v2.0.0   what a release of 2.0.0 would publish
+      shipit run                           build, scan, push and sign
+      shipit -C services/api validate      check another folder's shipit.yml
+
+    Every command takes -f, -C, -v/-q, --color and the context overrides, before or after its
+    name; each also comes from a SHIPIT_* variable. Exit codes: 0 ok, 1 a stage failed,
+    2 bad usage or spec, 3 the scan gate blocked, 130 interrupted.
+    """
 
 
 @cli.command()
@@ -171,7 +199,14 @@ def plan(
     only: str | None,
     **_: Any,
 ) -> int:
-    """What a run would do: version, tags, refs per registry, stages. No Docker needed."""
+    """What a run would do: version, tags, refs per registry, stages. No Docker needed.
+
+    \b
+    Examples:
+      shipit plan
+      shipit plan --ref refs/tags/v1.4.3 --json
+      shipit plan --event pull_request --pr 42 --image api
+    """
     options, env, _console = _options(ctx)
     result = app.plan(options, env, skip=skip, push=not no_push, only=only)
     if as_json:
@@ -206,7 +241,18 @@ def run(
     report: str | None,
     **_: Any,
 ) -> int:
-    """Build, scan, push and sign, as the plan says."""
+    """Build, scan, push and sign, as the plan says.
+
+    Writes the result document (shipit-report.json, or --report) and prints a summary table;
+    nothing is tagged before every registry holds the image.
+
+    \b
+    Examples:
+      shipit run
+      shipit run --no-push                 build and scan only (a fork's pull request)
+      shipit run --skip sign -v
+      shipit run --image api --report out/api.json
+    """
     options, env, console = _options(ctx)
     result_plan = app.plan(options, env, skip=skip, push=not no_push, only=only)
     if dry_run:
@@ -223,7 +269,8 @@ def run(
     if as_json:
         _emit_json(app.result_document(result))
     else:
-        click.echo(app.summary(result))
+        style = _stdout_style(ctx, env)
+        _echo(app.summary(result, style), style)
     if result.error:
         console.error(result.error)
     return result.exit_code
@@ -235,7 +282,14 @@ def run(
 @click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
 @click.pass_context
 def tags(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any) -> int:
-    """The full image references, one a line (for shell scripts)."""
+    """The full image references, one a line (for shell scripts).
+
+    \b
+    Examples:
+      shipit tags
+      shipit tags --ref refs/tags/v1.2.3 --json
+      for ref in $(shipit tags); do echo "$ref"; done
+    """
     options, env, _console = _options(ctx)
     result = app.plan(options, env, only=only)
     if as_json:
@@ -253,7 +307,14 @@ def tags(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any) ->
 @click.option("--image", "only", metavar="NAME", help="The version of this image.")
 @click.pass_context
 def version(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any) -> int:
-    """The derived semantic version."""
+    """The derived semantic version.
+
+    \b
+    Examples:
+      shipit version                       1.4.4-dev.7+g1a2b3c4 between releases
+      shipit version --ref refs/tags/v1.4.3
+      shipit version --image api --json
+    """
     options, env, _console = _options(ctx)
     result = app.plan(options, env, only=only)
     if as_json:
@@ -291,6 +352,11 @@ def matrix(ctx: click.Context, /, *, output_format: str, as_json: bool, **_: Any
     artifacts and reports out of the main pipeline; a pasted matrix keeps them in it. Print it
     on a branch, where every image is built; on a monorepo tag the jobs of the other images
     build and push nothing.
+
+    \b
+    Examples:
+      shipit matrix
+      shipit matrix --format gitlab
     """
     from shipit import matrix as matrix_mod  # noqa: PLC0415
 
@@ -330,7 +396,17 @@ def verify(
     as_json: bool,
     **_: Any,
 ) -> int:
-    """Check the cosign signatures of what a run pushed (or of REFS)."""
+    """Check the cosign signatures of what a run pushed (or of REFS).
+
+    Each ref is verified with its image's signing policy (the spec's key or keyless
+    identity) and reached with its registry's settings. Exit 1 if any fails.
+
+    \b
+    Examples:
+      shipit verify                        every digest in shipit-report.json
+      shipit verify --key cosign.pub ghcr.io/acme/app:1.2.3
+      shipit verify --json --report out/api.json
+    """
     from shipit import verify as verify_mod  # noqa: PLC0415
 
     options, env, console = _options(ctx)
@@ -344,8 +420,10 @@ def verify(
     if as_json:
         _emit_json([{"ref": r.ref, "ok": r.ok, "error": r.error} for r in results])
     else:
+        style = _stdout_style(ctx, env)
         for result in results:
-            click.echo(f"{'verified' if result.ok else 'FAILED  '}  {result.ref}")
+            word = style.status("verified" if result.ok else "FAILED  ")
+            _echo(f"{word}  {result.ref}", style)
     failed = [r for r in results if not r.ok]
     for result in failed:
         console.error(f"{result.ref}: {result.error}")
@@ -356,11 +434,19 @@ def verify(
 @shared_options
 @click.pass_context
 def validate(ctx: click.Context, /, **_: Any) -> int:
-    """Check the spec; every problem as FILE:LINE:COL: message."""
+    """Check the spec; every problem as FILE:LINE:COL: message.
+
+    Exit 2 when the spec has any problem; all of them are listed at once.
+
+    \b
+    Examples:
+      shipit validate
+      shipit validate -f deploy/shipit.yml
+    """
     options, env, _console = _options(ctx)
     spec = app.load_spec(options, env)
     count = len(spec.images)
-    click.echo(f"{options.spec_path}: valid ({count} image{'s' if count != 1 else ''})")
+    click.echo(f"{options.spec_path}: valid ({counted(count, 'image')})")
     return 0
 
 
@@ -379,6 +465,11 @@ def init(ctx: click.Context, /, *, force: bool, **_: Any) -> int:
     Dockerfile found. The spec scans with Trivy (fail_on: HIGH) and has signing written out,
     commented. Then the CI configuration that runs it is printed, like every message, on
     stderr. An existing spec is kept unless --force is given.
+
+    \b
+    Examples:
+      shipit init
+      shipit init -C services/api --force
     """
     from shipit import init as init_mod  # noqa: PLC0415
 
@@ -404,7 +495,14 @@ def init(ctx: click.Context, /, *, force: bool, **_: Any) -> int:
 
 @cli.command()
 def schema() -> int:
-    """The JSON Schema of shipit.yml, for editors."""
+    """The JSON Schema of shipit.yml, for editors.
+
+    \b
+    Examples:
+      shipit schema > shipit.schema.json
+      # then, first line of shipit.yml:
+      # yaml-language-server: $schema=./shipit.schema.json
+    """
     click.echo(app.schema_text(), nl=False)
     return 0
 
@@ -459,7 +557,7 @@ def _report(exc: ShipitError, env: Mapping[str, str]) -> None:
                     err=True,
                 )
         count = len(exc.problems)
-        click.echo(f"shipit: {count} problem{'s' if count != 1 else ''} in the spec", err=True)
+        click.echo(f"shipit: {counted(count, 'problem')} in the spec", err=True)
     else:
         _error(exc.message, env)
     if exc.hint:

@@ -27,7 +27,7 @@ from shipit.errors import (
     ShipitError,
     UsageError,
 )
-from shipit.log import Console
+from shipit.log import Console, counted
 from shipit.plan import ImagePlan, Plan
 from shipit.stages.export import ExportedImage, ExportError, export_image
 from shipit.stages.push import BlobUploads, push_image
@@ -200,7 +200,7 @@ def _build_all(
                 )
                 uploads.add_config(exported.config)
                 run.console.write(
-                    f"{len(exported.layers)} layers compressed once,"
+                    f"{counted(len(exported.layers), 'layer')} compressed once,"
                     f" manifest {exported.manifest.digest}; uploads started"
                 )
             ready[image.name] = _Ready(exported=exported, uploads=uploads)
@@ -291,7 +291,7 @@ def _scan(run: _Run, image: ImagePlan, local_ref: str, *, many: bool) -> None:
         run.update(image.name, status="blocked", error="the scan gate blocked the release")
         run.console.write(scan.blocking_text(report))
         raise GateBlocked(
-            f"image {image.name}: {len(report.blocking)} findings at or above"
+            f"image {image.name}: {counted(len(report.blocking), 'finding')} at or above"
             f" {policy.fail_on}; nothing was pushed"
         )
 

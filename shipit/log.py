@@ -1,8 +1,9 @@
-"""Logging for people and CI: progress on stderr, CI fold groups, annotations, masking.
+"""Logging for people and CI: progress on stderr, CI fold groups, annotations, colour, masking.
 
 Humans read progress on stderr; stdout carries only a command's result (a table, refs,
 JSON). Every handler masks the values of known secrets, so a password that reaches a
-message by accident still never reaches a log.
+message by accident still never reaches a log. Colour (click's ANSI styling) is for stage
+headings, pass/fail words, severities and the summary table; `use_color` decides it once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import TextIO
+from typing import Final, TextIO
+
+import click
 
 LOGGER = "shipit"
 _MASK = "********"
@@ -69,6 +72,11 @@ def escape_github(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`1 layer`, `3 layers`, `0 registries` (`plural` for nouns that do not just take -s)."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def ci_provider(env: Mapping[str, str]) -> str:
     if env.get("GITHUB_ACTIONS") == "true":
         return "github"
@@ -77,16 +85,96 @@ def ci_provider(env: Mapping[str, str]) -> str:
     return "local"
 
 
+COLOR_CHOICES: Final = ("auto", "always", "never")
+
+
+def use_color(choice: str | None, env: Mapping[str, str], stream: TextIO) -> bool:
+    """Whether output gets colour: `--color always|never`, else auto.
+
+    auto: no colour when NO_COLOR is set (no-color.org); colour when FORCE_COLOR is set to
+    anything but 0, in GitHub Actions and GitLab CI (both render ANSI in their job logs), or
+    when the stream is a terminal.
+    """
+    if choice == "always":
+        return True
+    if choice == "never" or env.get("NO_COLOR"):
+        return False
+    if env.get("FORCE_COLOR", "0") not in ("", "0"):
+        return True
+    if ci_provider(env) != "local":
+        return True
+    return _isatty(stream)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
+# The meaning of a word, and its colour (click.style keywords).
+_TONES: Final[Mapping[str, Mapping[str, object]]] = {
+    "heading": {"fg": "cyan", "bold": True},
+    "good": {"fg": "green"},
+    "bad": {"fg": "red", "bold": True},
+    "warn": {"fg": "yellow"},
+    "dim": {"dim": True},
+    "CRITICAL": {"fg": "red", "bold": True},
+    "HIGH": {"fg": "red"},
+    "MEDIUM": {"fg": "yellow"},
+    "LOW": {"fg": "blue"},
+    "UNKNOWN": {"dim": True},
+}
+_GOOD_WORDS: Final = frozenset({"ok", "success", "signed", "pushed", "verified", "built", "passed"})
+_BAD_WORDS: Final = frozenset({"failed", "blocked", "interrupted", "FAILED", "BLOCKED"})
+
+
+class Style:
+    """Paints text with ANSI colour when enabled, and leaves it alone otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def paint(self, text: str, tone: str) -> str:
+        if not self.enabled or not text or tone not in _TONES:
+            return text
+        return click.style(text, **_TONES[tone])  # type: ignore[arg-type]
+
+    def status(self, text: str) -> str:
+        """A status cell or word (`signed`, `failed: ...`, `partial (1/2)`), coloured by meaning."""
+        word = re.split(r"[\s:(]", text, maxsplit=1)[0]
+        if word in _GOOD_WORDS:
+            return self.paint(text, "good")
+        if word in _BAD_WORDS:
+            return self.paint(text, "bad")
+        if word in ("partial", "skipped", "not"):
+            return self.paint(text, "warn")
+        return text
+
+    def severity(self, text: str, severity: str) -> str:
+        return self.paint(text, severity.upper())
+
+
+PLAIN: Final = Style(enabled=False)
+
+
 class Console:
-    """The run's output channel: the masking filter, CI groups, and the stderr stream."""
+    """The run's output channel: the masking filter, CI groups, colour, and the stderr stream."""
 
     def __init__(
-        self, env: Mapping[str, str], *, verbosity: int = 0, stream: TextIO | None = None
+        self,
+        env: Mapping[str, str],
+        *,
+        verbosity: int = 0,
+        stream: TextIO | None = None,
+        color: str | None = None,
     ) -> None:
         self.provider = ci_provider(env)
         self.stream = stream or sys.stderr
         self.masking = MaskingFilter()
         self.verbosity = verbosity
+        self.style = Style(use_color(color, env, self.stream))
         self._group = 0
         logger = logging.getLogger(LOGGER)
         for handler in list(logger.handlers):
@@ -112,10 +200,10 @@ class Console:
         self._annotated("error", text)
 
     def _annotated(self, kind: str, text: str) -> None:
-        if self.provider == "github":
+        if self.provider == "github":  # a workflow command: never coloured
             self.write(f"::{kind}::{escape_github(text)}")
         else:
-            self.write(f"{kind}: {text}")
+            self.write(f"{self.style.paint(kind, 'bad' if kind == 'error' else 'warn')}: {text}")
 
     def write(self, text: str) -> None:
         self.stream.write(self.masking.mask(text) + "\n")
@@ -129,11 +217,12 @@ class Console:
         if self.provider == "github":
             self.write(f"::group::{escape_github(title)}")
         elif self.provider == "gitlab":
+            heading = self.style.paint(title, "heading")
             self.write(
-                f"\x1b[0Ksection_start:{int(time.time())}:{name}[collapsed=true]\r\x1b[0K{title}"
+                f"\x1b[0Ksection_start:{int(time.time())}:{name}[collapsed=true]\r\x1b[0K{heading}"
             )
         elif self.verbosity >= 0:
-            self.write(f"==> {title}")
+            self.write(self.style.paint(f"==> {title}", "heading"))
         try:
             yield
         finally:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shipit.plan import ImagePlan, Plan
+
+# paints one cell of a table: (column index, the cell padded to its column's width) -> text
+CellPainter = Callable[[int, str], str]
 
 
 def plan_text(plan: Plan) -> str:
@@ -54,15 +57,32 @@ def _column(title: str, values: Sequence[str]) -> list[str]:
     return [f"  {title if i == 0 else '':<8} {value}" for i, value in enumerate(values)]
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain text table, columns as wide as their widest cell."""
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    paint: CellPainter | None = None,
+    paint_header: Callable[[str], str] | None = None,
+) -> str:
+    """A text table, columns as wide as their widest cell; widths are measured on the plain
+    text, so colour added by `paint` (per body cell) and `paint_header` keeps columns aligned."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
 
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+    def line(cells: Sequence[str], painter: CellPainter | None) -> str:
+        last = len(cells) - 1
+        padded = [
+            cell if i == last else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        if painter is not None:
+            padded = [painter(i, cell) for i, cell in enumerate(padded)]
+        return "  ".join(padded).rstrip()
 
-    out = [line(headers), line(["-" * w for w in widths])]
-    out.extend(line(row) for row in rows)
+    def header(_: int, cell: str) -> str:
+        return paint_header(cell) if paint_header is not None else cell
+
+    out = [line(headers, header), line(["-" * w for w in widths], None)]
+    out.extend(line(row, paint) for row in rows)
     return "\n".join(out)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shipit.execute import ImageResult, RunResult
+from shipit.log import PLAIN, Style
 from shipit.render import table
 
 REPORT_SCHEMA = 1
@@ -65,7 +66,7 @@ def write(path: Path, result: RunResult) -> None:
     Path(tmp).replace(path)
 
 
-def summary(result: RunResult) -> str:
+def summary(result: RunResult, style: Style = PLAIN) -> str:
     """The table at the end of a run: image, registry, tags, digest, status."""
     rows = []
     for image in result.images:
@@ -82,8 +83,16 @@ def summary(result: RunResult) -> str:
             tags = [ref.rpartition(":")[2] for ref in target.refs]
             digest = target.digest[:19] if target.digest else "-"
             rows.append([image.name, target.registry, ", ".join(tags), digest, status])
-    lines = [table(["image", "registry", "tags", "digest", "status"], rows)]
-    lines.append(f"result: {result.status}")
+    status_column = 4
+
+    def paint(column: int, cell: str) -> str:
+        if column == status_column:
+            return style.status(cell)
+        return style.paint(cell, "dim") if column == 3 else cell
+
+    headers = ["image", "registry", "tags", "digest", "status"]
+    lines = [table(headers, rows, paint=paint, paint_header=lambda h: style.paint(h, "heading"))]
+    lines.append(f"result: {style.status(result.status)}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from shipit.docker_api import BuildRequest, Daemon, DaemonError, StreamError
 from shipit.errors import StageError
-from shipit.log import Console
+from shipit.log import Console, counted
 from shipit.plan import ImagePlan
 
 
@@ -60,7 +60,8 @@ class SdkBuilder:
             for ref in image.refs:
                 repository, _, tag = ref.rpartition(":")
                 self.daemon.tag(image_id, repository, tag)
-            console.write(f"built {image.name} as {image_id[:19]}, tagged {len(image.refs)} refs")
+            tagged = counted(len(image.refs), "ref")
+            console.write(f"built {image.name} as {image_id[:19]}, tagged {tagged}")
         return BuiltImage(image_id=image_id, local_ref=local_ref)
 
 

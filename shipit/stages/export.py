@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
+from shipit.log import counted
 from shipit.registry import DOCKER_MANIFEST, Descriptor, Manifest
 
 try:  # ISA-L's deflate: the same gzip format, several times faster than zlib
@@ -134,7 +135,9 @@ def _assemble(
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     names = [_resolve(path, links) for path in entry["Layers"]]
     if len(names) != len(diff_ids):
-        raise ExportError(f"the export lists {len(names)} layers, the config {len(diff_ids)}")
+        raise ExportError(
+            f"the export lists {counted(len(names), 'layer')}, the config {len(diff_ids)}"
+        )
     layers = []
     for name, want in zip(names, diff_ids, strict=True):
         if name not in compressed and name in small:  # an empty layer has no tar header

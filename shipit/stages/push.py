@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from shipit.log import Console
+from shipit.log import Console, counted
 from shipit.plan import ImagePlan, Target
 from shipit.registry import Descriptor, Registry, RegistryError, copy_image
 from shipit.stages.export import ExportedImage, Layer
@@ -105,8 +105,7 @@ def push_image(
     policy = image.image.push
     digest = exported.manifest.digest
     size = _size(exported.size)
-    count = len(image.targets)
-    where = f"{count} registries" if count != 1 else "1 registry"
+    where = counted(len(image.targets), "registry", "registries")
     with console.group(f"push {image.name} ({size}) to {where}"):
         by_host: dict[str, list[Target]] = {}
         for target in image.targets:
@@ -165,7 +164,7 @@ def _tag(
         # the tags the registry accepted, and any it turns out to hold all the same
         written += [t for t in _confirmed(client, target, digest) if t not in written]
         return _result(target, image.tags, written, digest, error=str(exc))
-    console.write(f"{target.registry}: {len(written)} tags -> {digest}")
+    console.write(f"{target.registry}: {counted(len(written), 'tag')} -> {digest}")
     return _result(target, image.tags, written, digest)
 
 
@@ -196,8 +195,8 @@ def _mount(
             target, image.tags, _confirmed(client, target, digest), digest, error=str(exc)
         )
     console.write(
-        f"{target.registry}: {len(copied.tags)} tags -> {copied.digest}"
-        f" ({len(copied.blobs_mounted)} blobs mounted from {source.registry})"
+        f"{target.registry}: {counted(len(copied.tags), 'tag')} -> {copied.digest}"
+        f" ({counted(len(copied.blobs_mounted), 'blob')} mounted from {source.registry})"
     )
     return _result(target, image.tags, list(copied.tags), copied.digest)
 

@@ -558,7 +558,8 @@ def verify_all(
 
         what = f"key {public_key or policy.key}" if key else f"identity {policy.identity}"
         with console.group(f"verify {_refs(targets)} with cosign {cosign.major} ({what})"):
-            return _each(targets, verify_one, 4, console, done="verified")
+            # no line per ref here: `shipit verify` prints each result once, itself
+            return _each(targets, verify_one, 4, console, done=None)
 
 
 def _derived_public_key(
@@ -628,24 +629,26 @@ def _each(
     parallel: int,
     console: log.Console,
     *,
-    done: str,
+    done: str | None,
 ) -> list[SignResult]:
-    """`work` on every target, at most `parallel` at once; one line per ref as each ends
-    (written from this thread only); the results in the targets' order."""
+    """`work` on every target, at most `parallel` at once; with `done`, one line per ref as
+    each ends (written from this thread only); the results in the targets' order."""
     workers = max(1, min(parallel, len(targets)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cosign") as pool:
         futures = [pool.submit(work, target) for target in targets]
         for future in as_completed(futures):
             result = future.result()
+            if done is None:
+                continue
             if result.ok:
-                console.write(f"{done} {result.ref}")
+                console.write(f"{console.style.status(done)} {result.ref}")
             else:
                 _log.error("%s", result.error)
         return [future.result() for future in futures]
 
 
 def _refs(targets: Sequence[SignTarget]) -> str:
-    return f"{len(targets)} ref" if len(targets) == 1 else f"{len(targets)} refs"
+    return log.counted(len(targets), "ref")
 
 
 def _reason(exc: proc.CommandError, secrets: Sequence[str]) -> str:
