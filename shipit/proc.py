@@ -15,7 +15,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,83 @@ def run(
     _log.debug("  %s exited %d in %.1fs", Path(argv[0]).name, proc.returncode, result.seconds)
     if timed_out or (check and proc.returncode != 0):
         raise CommandError(result, timed_out=timed_out, secrets=secret_list)
+    return result
+
+
+def stream(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None],
+    secrets: Iterable[str] = (),
+    timeout: float | None = None,
+    cwd: Path | None = None,
+    keep: int = 400,
+) -> Result:
+    """Run `argv`, handing each line of its output (stdout and stderr, merged) to `on_line`
+    as it comes, with secrets redacted; a build log in CI wants to be seen while it runs.
+
+    The same rules as `run`: exactly `env`, its own process group, killed after `timeout`
+    seconds. The result's `stdout` holds the last `keep` lines (a long build's log is not
+    kept whole in memory); a non-zero exit raises CommandError with that tail.
+    """
+    secret_list = [s for s in secrets if s]
+    _log.debug("+ %s", redact(" ".join(argv), secret_list))
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise ToolMissing(f"{argv[0]} is not installed") from None
+    RUNNING.add(proc)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _signal_group(proc, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, expire) if timeout else None
+    tail: deque[str] = deque(maxlen=keep)
+    try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
+            for raw in proc.stdout:
+                line = redact(raw.rstrip("\n"), secret_list)
+                tail.append(line)
+                on_line(line)
+            proc.wait()
+        except BaseException:  # Ctrl-C or SIGTERM while streaming: the child goes too
+            _stop(proc)
+            raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+        RUNNING.discard(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    result = Result(
+        argv=tuple(argv),
+        returncode=proc.returncode,
+        stdout="\n".join(tail),
+        stderr="",
+        seconds=time.monotonic() - started,
+    )
+    _log.debug("  %s exited %d in %.1fs", Path(argv[0]).name, proc.returncode, result.seconds)
+    if expired.is_set() or proc.returncode != 0:
+        raise CommandError(result, timed_out=expired.is_set(), secrets=secret_list)
     return result
 
 

