@@ -172,7 +172,7 @@ def copy_action(dest: Path) -> None:
     for name in ("action.yml", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, dest / name)
     shutil.copytree(
-        REPO / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        REPO / "shipit", dest / "shipit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
 
 

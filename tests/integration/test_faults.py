@@ -1035,7 +1035,7 @@ def source_problems(path: Path, where: str) -> list[str]:
 
 
 def test_only_proc_runs_commands_only_docker_api_imports_docker_and_no_shell() -> None:
-    source = REPO / "src" / "shipit"
+    source = REPO / "shipit"
     files = sorted(source.rglob("*.py"))
     assert len(files) > 10
     problems = [
