@@ -32,6 +32,9 @@ from shipit.stages.scan.findings import (
     count_severities,
     sort_key,
 )
+from shipit.stages.scan.formats.gitlab import render_gitlab
+from shipit.stages.scan.formats.paths import with_suffix_tag
+from shipit.stages.scan.formats.sbom import sbom_path
 from shipit.stages.scan.gate import (
     UNFIXED_STATEMENT,
     blocking_findings,
@@ -48,7 +51,6 @@ from shipit.stages.scan.ignores import (
     suppression_file,
 )
 from shipit.stages.scan.matching import glob_match, parse_purl, purl_match
-from shipit.stages.scan.reports import render_gitlab, sbom_path, with_suffix_tag
 from shipit.stages.scan.trivy import (
     Trivy,
     cache_lock,

@@ -9,7 +9,7 @@ One module per concern:
 - ignores.py: `.trivyignore` and `.trivyignore.yaml`, read as Trivy reads them.
 - matching.py: doublestar paths and package URLs, matched as Trivy matches them.
 - gate.py: what is dropped, what blocks, and the text that says why.
-- reports.py: the JSON, SARIF, GitLab and SBOM files.
+- formats/: the report files, one module per format (JSON, SARIF, GitLab, SBOM).
 
 The rest of shipit uses only what this package exports.
 """

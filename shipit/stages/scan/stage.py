@@ -2,14 +2,15 @@
 
 How one scan runs:
 
-1. `trivy image` reads the image from the daemon and writes its JSON report, and the
-   CycloneDX SBOM when the policy asks for one (trivy.py), one scan at a time per cache.
+1. `trivy image` reads the image from the daemon and writes its JSON report (trivy.py),
+   then the CycloneDX SBOM when the policy asks for one (formats/sbom.py), one scan at a
+   time per cache folder.
 2. shipit parses that JSON (trivy_json.py), counts what Trivy suppressed as ignored,
    applies the ignore rules again itself (ignores.py: an entry whose date has passed no
    longer applies and is reported), then `ignore_unfixed`, and decides the gate from what
    is left (gate.py).
-3. The reports the policy asks for are written whether the gate passes or blocks
-   (reports.py), each holding what the gate saw.
+3. The reports the policy asks for are written whether the gate passes or blocks, each
+   holding what the gate saw (formats/).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from shipit import log
 from shipit.log import Console
 from shipit.spec import ScanPolicy
 from shipit.stages.scan.findings import ScanReport
+from shipit.stages.scan.formats import sbom, write_reports
 from shipit.stages.scan.gate import NEVER, counts_text, decide, findings_table, scan_report
 from shipit.stages.scan.ignores import policy_ignores, warn_about_ignores
-from shipit.stages.scan.reports import write_reports, write_sbom
 from shipit.stages.scan.trivy import Trivy, cache_lock, default_cache_dir, find_trivy
 from shipit.stages.scan.trivy_json import (
     load_report,
@@ -65,7 +66,7 @@ def scan_image(
             raw_json = work / "trivy.json"
             with cache_lock(cache_dir, policy.timeout):
                 trivy.run(trivy.scan_argv(image, raw_json))
-                sbom = write_sbom(trivy, image, policy, root, report_suffix)
+                sbom_files = sbom.write(trivy, image, root, report_suffix)
             doc = load_report(raw_json)
             decision = decide(
                 parse_findings(doc), rules, ignore_unfixed=policy.ignore_unfixed, now=now
@@ -88,8 +89,8 @@ def scan_image(
             decision=decision,
             suppressed=suppressed_ids(doc),
             now=now,
-            written=(*written, *sbom),
-            sbom=sbom[0] if sbom else None,
+            written=(*written, *sbom_files),
+            sbom=sbom_files[0] if sbom_files else None,
         )
         _log_outcome(report, console, label)
         return report
