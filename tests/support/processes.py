@@ -87,6 +87,18 @@ def proc_stats() -> dict[int, list[str]]:
 _STATE, _PPID, _PGRP, _SESSION, _START = 0, 1, 2, 3, 19
 
 
+def start_time(pid: int) -> str | None:
+    """pid's start time (clock ticks after boot), None if there is no such process.
+
+    A PID and its start time name one process: a reused PID has another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[_START]
+
+
 def _group_alive(pgid: int) -> bool:
     """True while some non-zombie process is in process group pgid."""
     return any(f[_PGRP] == str(pgid) and f[_STATE] != "Z" for f in proc_stats().values())
