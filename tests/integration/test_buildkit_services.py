@@ -9,8 +9,9 @@ machine, offline; each test below checks the ones shipit will rely on.
     "containerimage.descriptor": {mediaType: OCI index, digest, size, annotations:
     {"org.opencontainers.image.created": ...}}, "containerimage.digest": the index's digest}
   * dockerd 28, one platform: the same plus "containerimage.config.digest" and
-    "buildx.build.provenance" (the SLSA v0.2 predicate in min mode: buildType, invocation);
-    the descriptor is the image manifest itself, with its "platform"
+    "buildx.build.provenance" (the SLSA v0.2 predicate in min mode: buildType, invocation;
+    BUILDX_METADATA_PROVENANCE=disabled drops it, whatever --provenance says); the
+    descriptor is the image manifest itself, with its "platform"
   * dockerd 28, ``--load -t NAME``: descriptor and digest of the index that was loaded (no
     annotations) and "image.name": "docker.io/NAME"; single-platform --load stores an index too
     (the manifest and a provenance attestation), unlike single-platform --output type=oci
@@ -30,7 +31,8 @@ fails offline (it pulls docker/buildkit-syft-scanner from Docker Hub). A single-
 
 Quirk: a two-platform ``tar=false`` export prints lines like "ERROR: (*service).Write failed:
 rpc error: code = Unavailable desc = ref layer-sha256:... locked" (both platforms write the
-same blob into the local store at once) and still exits 0 with every blob intact.
+same blob into the local store at once) and still exits 0 with every blob intact; the
+tar export (``type=oci,dest=FILE.tar``) prints none.
 """
 
 from __future__ import annotations
