@@ -14,7 +14,9 @@ import pytest
 from tests.integration.conftest import (  # noqa: F401 (fixtures, used by name)
     auth_registry,
     dockerd,
+    dockerd_containerd,
     plain_registry,
+    qemu_arm64,
     registry_factory,
     tls_registry,
 )

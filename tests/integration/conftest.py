@@ -1,4 +1,6 @@
-"""Session fixtures for the integration tests: a Docker daemon and loopback registries.
+"""Session fixtures for the integration tests: a Docker daemon and loopback registries, and
+for BuildKit tests a second daemon (dockerd 28 on the containerd image store) and arm64
+emulation.
 
 Every test under tests/integration is marked ``integration`` automatically.
 """
@@ -12,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.buildkit import Emulation, arm64_emulation
+from tests.support.dockerd28 import Dockerd28, start_dockerd28, stop_dockerd28
 from tests.support.services import (
     Dockerd,
     Registry,
     RegistryFactory,
+    ToolMissingError,
     ensure_dockerd,
     start_registry,
     stop_dockerd,
@@ -46,6 +51,34 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
         else:
             os.environ["DOCKER_HOST"] = before
         stop_dockerd(d)
+
+
+@pytest.fixture(scope="session")
+def dockerd_containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd28]:
+    """Debian sid's dockerd 28 on the containerd image store, with a containerd of its own,
+    on sockets, folders and a bridge of its own (tests/support/dockerd28.py).
+
+    The session's DOCKER_HOST stays the ``dockerd`` fixture's: reach this daemon with
+    ``.host`` (``docker --host``, ``buildkit.docker_at``) or ``.env()``.
+    """
+    try:
+        d = start_dockerd28(tmp_path_factory.mktemp("dockerd28"))
+    except ToolMissingError as e:
+        pytest.fail(str(e))
+    try:
+        yield d
+    finally:
+        stop_dockerd28(d)
+
+
+@pytest.fixture(scope="session")
+def qemu_arm64() -> Emulation:
+    """arm64 emulation (qemu-aarch64 in binfmt_misc) that works, or a failure that says how
+    to install it; never a skip."""
+    try:
+        return arm64_emulation()
+    except ToolMissingError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -37,8 +37,9 @@ MANIFEST_TYPES = ", ".join(
 def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The docker CLI against the session's daemon (DOCKER_HOST is set by the fixture)."""
     env = dict(os.environ)
-    # The docker 28 CLI on this machine has no buildx plugin; without this, `docker build`
-    # refuses to run ("BuildKit is enabled but the buildx component is missing").
+    # The classic builder: with the buildx plugin installed, `docker build` is `docker buildx
+    # build`; without the plugin, the docker 28 CLI refuses BuildKit ("BuildKit is enabled but
+    # the buildx component is missing"). BuildKit is tested in test_buildkit_services.py.
     env["DOCKER_BUILDKIT"] = "0"
     return subprocess.run(
         ["docker", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -5,9 +5,9 @@ Rules kept here:
 * Everything listens on 127.0.0.1 only; every wait is bounded in time.
 * We start our own ``dockerd`` only when none answers ``docker info``.
 * Each registry gets its own port and its own storage folder.
-* We stop exactly what we started, by PID: every process is started in its own session
-  (``setsid``), so its whole process group can be signalled; SIGTERM first, SIGKILL after a
-  timeout. Nothing is ever stopped by name.
+* We stop exactly what we started, by PID (tests/support/processes.py: every process is
+  started in its own session, SIGTERM first, SIGKILL after a timeout). Nothing is ever
+  stopped by name.
 
 Docker and loopback registries (checked with Docker Engine 20.10 from Debian 12 and the
 docker 28 CLI): the daemon's default insecure-registry range is 127.0.0.0/8, so it pushes to
@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,15 @@ from pathlib import Path
 import requests
 import yaml
 
+from tests.support.processes import (
+    ServiceError,
+    exited,
+    log_tail,
+    spawn,
+    stop_process,
+    wait_until,
+)
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DOCKERD_START_TIMEOUT = 60.0
@@ -47,14 +55,6 @@ REGISTRY_START_TIMEOUT = 20.0
 # test session started, and which sessions are using it. The last session to let go of a
 # test-started daemon stops it; a daemon nobody of ours started is never stopped.
 _DOCKERD_STATE = Path(os.environ.get("SHIPIT_TEST_STATE", "/tmp/shipit-test-state"))
-
-# Processes this interpreter started, so that we reap them ourselves and a PID cannot be
-# reused behind our back while we still hold it.
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-class ServiceError(RuntimeError):
-    """A service did not start, or did not answer in time."""
 
 
 class ToolMissingError(ServiceError):
@@ -93,164 +93,6 @@ def tool_path(name: str) -> str:
         f"{name} is not installed (looked in {where}); run scripts/install-tools "
         f"(as root: bash {REPO / 'scripts' / 'install-tools'})"
     )
-
-
-# --- processes ---------------------------------------------------------------------------
-
-
-def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-    """Start cmd in a new session (setsid), stdout and stderr appended to log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-            close_fds=True,
-        )
-    _children[proc.pid] = proc
-    return proc.pid
-
-
-def _exited(pid: int) -> bool:
-    """True when pid is gone (reaping it if it is our child)."""
-    proc = _children.get(pid)
-    if proc is not None:
-        return proc.poll() is not None
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    else:
-        if waited == pid:
-            return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # a zombie that someone else has to reap is gone for our purposes
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def _proc_stats() -> dict[int, list[str]]:
-    """/proc/PID/stat of every process, the fields after the command name."""
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-    return stats
-
-
-# fields after the command name in /proc/PID/stat: 0 state, 1 ppid, 2 pgrp, ... 19 starttime
-_STATE, _PPID, _PGRP, _START = 0, 1, 2, 19
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while some non-zombie process is in process group pgid."""
-    return any(f[_PGRP] == str(pgid) and f[_STATE] != "Z" for f in _proc_stats().values())
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """Every process below pid, with its start time (to tell a reused PID apart)."""
-    stats = _proc_stats()
-    children: dict[int, list[int]] = {}
-    for p, f in stats.items():
-        children.setdefault(int(f[_PPID]), []).append(p)
-    found: dict[int, str] = {}
-    todo = list(children.get(pid, []))
-    while todo:
-        p = todo.pop()
-        if p not in found and p in stats:
-            found[p] = stats[p][_START]
-            todo.extend(children.get(p, []))
-    return found
-
-
-def _still_there(procs: dict[int, str]) -> list[int]:
-    stats = _proc_stats()
-    return [
-        p
-        for p, start in procs.items()
-        if p in stats and stats[p][_START] == start and stats[p][_STATE] != "Z"
-    ]
-
-
-def _signal(pid: int, sig: int, group: bool) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        if group:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def stop_process(pid: int, timeout: float = 10) -> None:
-    """Stop the process pid and what it started: SIGTERM, then SIGKILL.
-
-    pid's process group is signalled when pid leads one (we start everything with setsid).
-    Descendants that moved to groups of their own (dockerd starts containerd with its own
-    process group, and containerd its shims) are taken too, by PID, if they outlive pid:
-    they are recorded before the first signal, with their start times, so a PID reused in
-    the meantime is never hit. Every wait is bounded: up to ``timeout`` seconds after
-    SIGTERM, then SIGKILL and up to 5 more seconds.
-    """
-    try:
-        group = os.getpgid(pid) == pid
-    except ProcessLookupError:
-        group = False
-    below = _descendants(pid)
-
-    def leader_gone() -> bool:
-        return _exited(pid) and not (group and _group_alive(pid))
-
-    deadline = time.monotonic() + timeout
-    if not leader_gone():
-        _signal(pid, signal.SIGTERM, group)
-        if not _wait_until(leader_gone, timeout):
-            _signal(pid, signal.SIGKILL, group)
-            if not _wait_until(leader_gone, 5.0):
-                raise ServiceError(f"process {pid} did not end after SIGKILL")
-    _children.pop(pid, None)
-
-    if _still_there(below):
-        for p in _still_there(below):
-            _signal(p, signal.SIGTERM, group=False)
-        left = max(deadline - time.monotonic(), 1.0)
-        if not _wait_until(lambda: not _still_there(below), left):
-            for p in _still_there(below):
-                _signal(p, signal.SIGKILL, group=False)
-            if not _wait_until(lambda: not _still_there(below), 5.0):
-                raise ServiceError(f"processes {_still_there(below)} (below {pid}) did not end")
-
-
-def _log_tail(log: Path, lines: int = 40) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {log})"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # --- dockerd -----------------------------------------------------------------------------
@@ -306,7 +148,7 @@ def _read_started() -> dict[str, object] | None:
         pid = int(state["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _exited(pid) or not _is_dockerd(pid):
+    if exited(pid) or not _is_dockerd(pid):
         return None
     return dict(state)
 
@@ -326,7 +168,7 @@ def _live_users() -> list[Path]:
             pid = int(f.name)
         except ValueError:
             continue
-        if pid != os.getpid() and not _exited(pid):
+        if pid != os.getpid() and not exited(pid):
             users.append(f)
         elif pid != os.getpid():
             f.unlink(missing_ok=True)
@@ -356,18 +198,18 @@ def ensure_dockerd(workdir: Path) -> Dockerd:
             (state / "users" / str(os.getpid())).unlink(missing_ok=True)
             raise
         log = workdir / "dockerd.log"
-        pid = _spawn(
+        pid = spawn(
             [dockerd, "--host", host, "--pidfile", str(workdir / "dockerd.pid")],
             log,
         )
 
         def up() -> bool:
-            if _exited(pid):
-                raise ServiceError(f"dockerd exited at start; {log}:\n{_log_tail(log)}")
+            if exited(pid):
+                raise ServiceError(f"dockerd exited at start; {log}:\n{log_tail(log)}")
             return _docker_answers(host, timeout=5)
 
         try:
-            ok = _wait_until(up, DOCKERD_START_TIMEOUT, interval=0.3)
+            ok = wait_until(up, DOCKERD_START_TIMEOUT, interval=0.3)
         except ServiceError:
             (state / "users" / str(os.getpid())).unlink(missing_ok=True)
             stop_process(pid)
@@ -377,7 +219,7 @@ def ensure_dockerd(workdir: Path) -> Dockerd:
             stop_process(pid, timeout=20)
             raise ServiceError(
                 f"dockerd did not answer `docker info` within {DOCKERD_START_TIMEOUT:.0f} s; "
-                f"{log}:\n{_log_tail(log)}"
+                f"{log}:\n{log_tail(log)}"
             )
         (state / "dockerd.json").write_text(
             json.dumps({"pid": pid, "host": host, "log": str(log), "by": os.getpid()})
@@ -398,7 +240,7 @@ def stop_dockerd(d: Dockerd) -> None:
         ours_pid = d.pid
         if started is None:
             (state / "dockerd.json").unlink(missing_ok=True)  # a stale record, if any
-            if ours_pid is not None and not _exited(ours_pid):
+            if ours_pid is not None and not exited(ours_pid):
                 # no record (it was removed): still stop what we started
                 stop_process(ours_pid, timeout=30)
             return
@@ -569,7 +411,7 @@ def _start_registry(
     # REGISTRY_* variables override the config file: keep the caller's out of it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     log = folder / "registry.log"
-    pid = _spawn([tool_path("docker-registry"), "serve", str(config_file)], log, env=env)
+    pid = spawn([tool_path("docker-registry"), "serve", str(config_file)], log, env=env)
     reg = Registry(
         host=f"127.0.0.1:{port}",
         port=port,
@@ -584,15 +426,15 @@ def _start_registry(
     verify: str | bool = str(ca_file) if ca_file else True
 
     def up() -> bool:
-        if _exited(pid):
-            tail = _log_tail(log)
+        if exited(pid):
+            tail = log_tail(log)
             if "address already in use" in tail:
                 raise _PortTakenError(f"port {port} is taken:\n{tail}")
             raise ServiceError(f"docker-registry exited at start; {log}:\n{tail}")
         return _registry_answers(reg.url(), verify)
 
     try:
-        ok = _wait_until(up, REGISTRY_START_TIMEOUT, interval=0.1)
+        ok = wait_until(up, REGISTRY_START_TIMEOUT, interval=0.1)
     except ServiceError:
         stop_process(pid)
         raise
@@ -600,7 +442,7 @@ def _start_registry(
         stop_process(pid)
         raise ServiceError(
             f"registry on {reg.host} did not answer GET /v2/ within "
-            f"{REGISTRY_START_TIMEOUT:.0f} s; {log}:\n{_log_tail(log)}"
+            f"{REGISTRY_START_TIMEOUT:.0f} s; {log}:\n{log_tail(log)}"
         )
     return reg
 
