@@ -62,10 +62,12 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
 
 
 def pull_scope(repository: str) -> str:
+    """The token scope that reads `repository`."""
     return f"repository:{repository}:pull"
 
 
 def push_scope(repository: str) -> str:
+    """The token scope that reads and writes `repository`."""
     return f"repository:{repository}:pull,push"
 
 

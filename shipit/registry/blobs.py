@@ -1,11 +1,13 @@
 """The blob calls of the `Registry` client: HEAD, upload (with its fallbacks), mount and read.
 
-An upload opens a session (POST), then sends the whole blob in one PUT, streamed from its
-source and checked on the way (`streaming.VerifiedBody`). A registry that refuses one big body
-(see `_wants_chunks`) gets the blob in PATCHed chunks instead, from then on. An upload that
-fails midway is cancelled and started over in a new session, with backoff. Between two
-repositories of one registry host a blob is mounted (POST with `mount` and `from`) rather than
-sent again; a registry that declines the mount opens a session for a normal upload instead.
+`upload_blob` skips a blob the repository has. An upload opens a session (POST), then sends
+the whole blob in one PUT, streamed from its source and checked on the way
+(`streaming.VerifiedBody`); a layer file whose descriptor the export stage computed is not
+hashed again. A registry that refuses one big body (see `_wants_chunks`) gets the blob in
+PATCHed chunks instead, from then on. An upload that fails midway is cancelled and started
+over in a new session, with backoff. Between two repositories of one registry host a blob is
+mounted (POST with `mount` and `from`) rather than sent again; a registry that declines the
+mount opens a session for a normal upload instead.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ from shipit.registry.transport import Options
 class Registry(ManifestApi, BlobApi):
     """One registry host, spoken to over the OCI distribution API.
 
-    Safe to share between threads (one `copy_image` per target registry may read the same
-    source at once). Repository names are given as users write them; Docker Hub's single-name
-    repositories become `library/NAME`.
+    Safe to share between threads: the push stage uploads several blobs to one registry through
+    one client at once, and copies may read one source client in parallel. Repository names
+    are given as users write them; Docker Hub's single-name repositories become `library/NAME`.
     """
 
     def __init__(

@@ -1,11 +1,12 @@
 """The door every registry API call goes through: the scheme, then authentication and retries.
 
-`Door._request` is the one place a call leaves from. The first call picks the scheme the way
-the Docker daemon does (HTTPS; plain HTTP only for a loopback or `insecure` registry whose
-HTTPS fails) and learns from the probe of `/v2/` how to authenticate. Each request then carries
-the Authorization header for its scope, a 401 is answered once with fresh credentials, and
-transient failures are retried by `Transport`. Credentials only ever go to the registry's own
-host, never to an upload `Location` elsewhere (object storage). The caller checks the status.
+`Door._request` is the one place a call leaves from. The scheme is settled on the first call,
+the way the Docker daemon decides: HTTPS, except that a loopback or `insecure` registry is
+probed at `/v2/` and spoken to over plain HTTP if HTTPS fails; a probe's 401 also tells how to
+authenticate. Each request carries the Authorization header for its scope, a 401 is answered
+once with fresh credentials, and transient failures are retried by `Transport`. Credentials
+only ever go to the registry's own host, never to an upload `Location` elsewhere (object
+storage). The caller checks the status.
 """
 
 from __future__ import annotations

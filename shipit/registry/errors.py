@@ -1,8 +1,9 @@
 """`RegistryError`, and how a registry's answer or a failed exchange becomes one.
 
-Every failure names the registry host and says what to do next (give credentials, grant
-push access, trust the CA, check the host name...). Messages carry no password or token, and
-no URL query string (upload states and signed storage URLs hold secrets of their own).
+Every failure names the registry host and, where there is something to do, says what (give
+credentials, grant push access, trust the CA, check the host name...). Messages carry no
+password or token, and no URL query string (upload states and signed storage URLs hold
+secrets of their own).
 """
 
 from __future__ import annotations

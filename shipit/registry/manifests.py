@@ -1,9 +1,9 @@
 """The manifest and tag calls of the `Registry` client: get, HEAD, put and list.
 
 Manifests are read and written as bytes, never re-serialised: a read is checked against the
-digest the registry reports and the digest it was asked for, and a write is refused if the
-registry says it stored other bytes (a registry that rewrites manifests would break every
-signature). Tags are listed page by page, following the `Link` header.
+digest the registry reports and the digest it was asked for, and a write fails if the
+registry reports a digest other than that of the bytes sent (a registry that rewrites
+manifests would break every signature). Tags are listed page by page, following the `Link` header.
 """
 
 from __future__ import annotations

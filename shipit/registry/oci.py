@@ -91,6 +91,7 @@ class Manifest:
 
 
 def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
+    """The `algorithm:hex` digest of `data`."""
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
@@ -135,20 +136,24 @@ def _descriptor(value: Any) -> Descriptor:
 
 
 def check_digest(digest: str) -> str:
+    """`digest` if it is a sha256 or sha512 digest; ValueError if not."""
     if not DIGEST_RE.fullmatch(digest):
         raise ValueError(f"{digest!r} is not a sha256 or sha512 digest")
     return digest
 
 
 def check_reference(reference: str) -> str:
+    """`reference` if it is a valid tag or a digest; ValueError if not."""
     if not (TAG_RE.fullmatch(reference) or DIGEST_RE.fullmatch(reference)):
         raise ValueError(f"{reference!r} is neither a valid tag nor a digest")
     return reference
 
 
 def repo_ref(repository: str, reference: str) -> str:
+    """`repository:tag` or `repository@digest`, for messages."""
     return f"{repository}@{reference}" if ":" in reference else f"{repository}:{reference}"
 
 
 def short_digest(digest: str) -> str:
+    """The first 12 hex digits of a sha256 digest, for messages."""
     return digest[:19]

@@ -1,7 +1,8 @@
 """When to try a registry request again, and how long to wait first.
 
-Pure policy, no I/O: which statuses may pass on a second try (429 and most 5xx), a server's
-`Retry-After` (seconds or an HTTP date), and bounded exponential backoff with jitter.
+Policy only, no I/O and no waiting (`transport` waits): which statuses may pass on a second
+try (429 and most 5xx), a server's `Retry-After` (seconds or an HTTP date), and bounded
+exponential backoff with jitter.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A `BlobSource` opens a blob as chunks, once per upload attempt (so a failed uplo
 over): from memory, from a file on disk (a layer the export stage compressed), or as a
 streaming GET from another registry. `VerifiedBody` is the request body of an upload: it counts
 and hashes the chunks as they go and holds the last one back until the whole blob has matched
-its digest and size, so a registry never completes an upload of wrong bytes.
+its digest and size, so a registry never completes an upload of wrong bytes. A layer hashed as
+the export stage wrote it is only counted, not hashed again (the registry checks its digest).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _bytes_chunks_cm(data: bytes) -> Iterator[Iterator[bytes]]:
 
 
 def bytes_chunks(data: bytes) -> BlobSource:
+    """The source of a blob held in memory (an image config, say)."""
     return functools.partial(_bytes_chunks_cm, data)
 
 
@@ -44,6 +46,7 @@ def _file_chunks_cm(path: Path) -> Iterator[Iterator[bytes]]:
 
 
 def file_chunks(path: Path) -> BlobSource:
+    """The source of a blob in a file, read from disk a chunk at a time."""
     return functools.partial(_file_chunks_cm, path)
 
 
@@ -60,10 +63,12 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
 
 
 class VerifiedBody:
-    """A blob streamed from a source: hashed and counted on the way, and never trusted.
+    """A blob streamed from a source: counted and (unless `check` is off) hashed on the way.
 
-    The last chunk is held back until the whole blob has matched its digest and size, so a
-    target never completes an upload of wrong bytes. `len()` gives requests a Content-Length.
+    The last chunk is held back until the whole blob has matched its size and digest, so a
+    target never completes an upload of wrong bytes. `check=False` is for bytes shipit hashed
+    itself as it wrote them: only their size is checked here, and the registry checks the
+    digest before it accepts the blob. `len()` gives requests a Content-Length.
     """
 
     def __init__(
