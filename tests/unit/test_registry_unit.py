@@ -20,17 +20,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shipit import registry as reg
 from shipit.registry import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     Challenge,
     Credentials,
+    Descriptor,
     Endpoint,
     Manifest,
     Registry,
     RegistryError,
     candidate_schemes,
+    copy_image,
     is_loopback_host,
     is_retryable_status,
     join_location,
@@ -38,8 +39,16 @@ from shipit.registry import (
     parse_www_authenticate,
     redact,
     retry_delay,
+    transport,
     with_query,
 )
+from shipit.registry.auth import _basic_header
+from shipit.registry.blobs import _wants_chunks
+from shipit.registry.door import _same_host
+from shipit.registry.oci import DOCKER_FOREIGN_LAYER
+from shipit.registry.retry import MAX_BACKOFF, MAX_RETRY_AFTER
+from shipit.registry.streaming import bytes_chunks
+from shipit.registry.transport import _Authorization
 
 SECRET = "s3cr3t-Pa55word"
 
@@ -155,8 +164,8 @@ class TestRetryDecisions:
         assert retry_delay(1, backoff=0.5, rng=lambda: 1.0) == 1.5
 
     def test_bounded(self) -> None:
-        assert retry_delay(50, backoff=1.0, rng=lambda: 1.0) == reg.MAX_BACKOFF
-        assert retry_delay(0, backoff=1.0, retry_after=10_000) == reg.MAX_RETRY_AFTER
+        assert retry_delay(50, backoff=1.0, rng=lambda: 1.0) == MAX_BACKOFF
+        assert retry_delay(0, backoff=1.0, retry_after=10_000) == MAX_RETRY_AFTER
         assert retry_delay(0, backoff=1.0, retry_after=-5) == 0.0
 
     def test_retry_after_is_honoured(self) -> None:
@@ -216,7 +225,7 @@ class TestSecretsStayOut:
         assert SECRET not in str(registry)
 
     def test_authorization_helper(self) -> None:
-        auth = reg._Authorization(reg._basic_header(self.creds))
+        auth = _Authorization(_basic_header(self.creds))
         assert SECRET not in repr(auth)
         assert base64.b64encode(f"ci-bot:{SECRET}".encode()).decode() not in repr(auth)
 
@@ -251,7 +260,7 @@ class TestManifest:
                     "layers": [
                         {"mediaType": "l", "digest": d2, "size": 5},
                         {
-                            "mediaType": reg.DOCKER_FOREIGN_LAYER,
+                            "mediaType": DOCKER_FOREIGN_LAYER,
                             "digest": d3,
                             "size": 9,
                             "urls": ["https://mcr.microsoft.com/x"],
@@ -416,7 +425,7 @@ def serve() -> Iterator[Callable[[Route], FakeServer]]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The waits the client asks for, instead of waiting."""
     waits: list[float] = []
-    monkeypatch.setattr(reg, "_sleep", waits.append)
+    monkeypatch.setattr(transport, "_sleep", waits.append)
     return waits
 
 
@@ -473,7 +482,7 @@ class TestRetries:
             )
         )
         Registry(Endpoint(host=server.host)).manifest("app", "v1")
-        assert sleeps == [7.0, reg.MAX_RETRY_AFTER]
+        assert sleeps == [7.0, MAX_RETRY_AFTER]
 
     def test_connection_reset_is_retried(
         self, serve: Callable[[Route], FakeServer], sleeps: list[float]
@@ -909,7 +918,7 @@ class TestUploads:
         blob = registry.upload_blob("app", self.data)
         fake.refuse_mounts = True
         fake.blobs.pop(blob.digest)  # the target repo lacks it, the source still serves it...
-        source = reg._bytes_chunks(self.data)
+        source = bytes_chunks(self.data)
         session = registry._mount("app", blob.digest, "other")
         assert session is not None
         posts = len(server.calls("POST"))
@@ -925,13 +934,11 @@ class TestUploads:
         fake = FakeRegistry()
         server = serve(fake)
         registry = Registry(Endpoint(host=server.host))
-        claimed = reg.Descriptor(
+        claimed = Descriptor(
             media_type="x", digest="sha256:" + hashlib.sha256(b"good").hexdigest(), size=4
         )
         with pytest.raises(RegistryError, match="does not match") as caught:
-            registry._upload(
-                "app", claimed, reg._bytes_chunks(b"evil"), origin="src", origin_host="src"
-            )
+            registry._upload("app", claimed, bytes_chunks(b"evil"), origin="src", origin_host="src")
         assert caught.value.kind == "protocol"
         assert caught.value.host == "src"
         assert fake.blobs == {}
@@ -940,12 +947,12 @@ class TestUploads:
 
 class TestCredentialsStayHome:
     def test_same_host(self) -> None:
-        assert reg._same_host("https://ghcr.io/v2/x", "ghcr.io")
-        assert reg._same_host("https://ghcr.io:443/v2/x", "ghcr.io")
-        assert reg._same_host("http://127.0.0.1:5000/v2/", "127.0.0.1:5000")
-        assert not reg._same_host("https://storage.example/x", "ghcr.io")
-        assert not reg._same_host("http://127.0.0.1:5001/v2/", "127.0.0.1:5000")
-        assert not reg._same_host("https://ghcr.io.evil/v2/", "ghcr.io")
+        assert _same_host("https://ghcr.io/v2/x", "ghcr.io")
+        assert _same_host("https://ghcr.io:443/v2/x", "ghcr.io")
+        assert _same_host("http://127.0.0.1:5000/v2/", "127.0.0.1:5000")
+        assert not _same_host("https://storage.example/x", "ghcr.io")
+        assert not _same_host("http://127.0.0.1:5001/v2/", "127.0.0.1:5000")
+        assert not _same_host("https://ghcr.io.evil/v2/", "ghcr.io")
 
     def test_no_authorization_for_an_upload_location_elsewhere(
         self, serve: Callable[[Route], FakeServer]
@@ -978,7 +985,7 @@ class TestCredentialsStayHome:
 )  # fmt: skip
 def test_when_to_fall_back_to_chunks(status: int, message: str, chunks: bool) -> None:
     error = RegistryError(message, host="h", kind="protocol", status=status)
-    assert reg._wants_chunks(error) is chunks
+    assert _wants_chunks(error) is chunks
 
 
 def test_a_source_that_breaks_off_midway_restarts_the_upload(
@@ -1016,7 +1023,7 @@ def test_a_source_that_breaks_off_midway_restarts_the_upload(
     notes: list[str] = []
     target = Registry(Endpoint(host=target_server.host), on_retry=notes.append)
 
-    result = reg.copy_image(
+    result = copy_image(
         Registry(Endpoint(host=source_server.host)), "src", digest, target, "app", ["v1"]
     )
 

@@ -1,0 +1,136 @@
+"""A blob's bytes on their way to a registry: where they come from, and the check on the way.
+
+A `BlobSource` opens a blob as chunks, once per upload attempt (so a failed upload can start
+over): from memory, from a file on disk (a layer the export stage compressed), or as a
+streaming GET from another registry. `VerifiedBody` is the request body of an upload: it counts
+and hashes the chunks as they go and holds the last one back until the whole blob has matched
+its digest and size, so a registry never completes an upload of wrong bytes. A layer hashed as
+the export stage wrote it is only counted, not hashed again (the registry checks its digest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Final
+
+import requests
+
+from shipit.registry.errors import RegistryError
+from shipit.registry.oci import Descriptor, short_digest
+
+STREAM_CHUNK: Final = 1024 * 1024
+
+
+BlobSource = Callable[[], contextlib.AbstractContextManager[Iterator[bytes]]]
+"""Opens a blob's bytes as chunks, once per upload attempt."""
+
+
+@contextlib.contextmanager
+def _bytes_chunks_cm(data: bytes) -> Iterator[Iterator[bytes]]:
+    yield (data[i : i + STREAM_CHUNK] for i in range(0, len(data), STREAM_CHUNK))
+
+
+def bytes_chunks(data: bytes) -> BlobSource:
+    """The source of a blob held in memory (an image config, say)."""
+    return functools.partial(_bytes_chunks_cm, data)
+
+
+@contextlib.contextmanager
+def _file_chunks_cm(path: Path) -> Iterator[Iterator[bytes]]:
+    with path.open("rb") as file:
+        yield iter(functools.partial(file.read, STREAM_CHUNK), b"")
+
+
+def file_chunks(path: Path) -> BlobSource:
+    """The source of a blob in a file, read from disk a chunk at a time."""
+    return functools.partial(_file_chunks_cm, path)
+
+
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """`chunks` regrouped into pieces of `size` bytes (the last may be shorter)."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+class VerifiedBody:
+    """A blob streamed from a source: counted and (unless `check` is off) hashed on the way.
+
+    The last chunk is held back until the whole blob has matched its size and digest, so a
+    target never completes an upload of wrong bytes. `check=False` is for bytes shipit hashed
+    itself as it wrote them: only their size is checked here, and the registry checks the
+    digest before it accepts the blob. `len()` gives requests a Content-Length.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        blob: Descriptor,
+        *,
+        origin: str,
+        host: str,
+        on_bytes: Callable[[int], None] | None,
+        check: bool = True,
+    ) -> None:
+        self._chunks = chunks
+        self._blob = blob
+        self._origin = origin
+        self._host = host
+        self._on_bytes = on_bytes
+        self._check = check
+
+    def __len__(self) -> int:
+        return self._blob.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        blob = self._blob
+        hasher = hashlib.new(blob.digest.split(":", 1)[0]) if self._check else None
+        total = 0
+        held = b""
+        try:
+            for chunk in self._chunks:
+                if not chunk:
+                    continue
+                total += len(chunk)
+                if total > blob.size:
+                    raise self._mismatch(f"more than its {blob.size} bytes")
+                if hasher is not None:
+                    hasher.update(chunk)
+                if held:
+                    yield held
+                    self._progress(total - len(chunk))
+                held = chunk
+        except requests.RequestException as exc:
+            raise RegistryError(
+                f"reading blob {short_digest(blob.digest)} from {self._origin} broke off after "
+                f"{total} bytes: {type(exc).__name__}",
+                host=self._host,
+                kind="connect",
+            ) from exc
+        digest = f"{hasher.name}:{hasher.hexdigest()}" if hasher is not None else blob.digest
+        if total != blob.size or digest != blob.digest:
+            raise self._mismatch(f"{total} bytes with digest {digest}")
+        if held:
+            yield held
+        self._progress(total)
+
+    def _progress(self, done: int) -> None:
+        if self._on_bytes is not None:
+            self._on_bytes(done)
+
+    def _mismatch(self, got: str) -> RegistryError:
+        return RegistryError(
+            f"blob {self._blob.digest} from {self._origin} does not match its descriptor "
+            f"({self._blob.size} bytes): got {got}; the source registry's copy is damaged",
+            host=self._host,
+            kind="protocol",
+        )
