@@ -19,7 +19,7 @@ from yaml.nodes import MappingNode, Node
 
 from shipit import templates
 from shipit.errors import Location, Problem, SpecError, UsageError
-from shipit.yamlnodes import (
+from shipit.spec.nodes import (
     Reader,
     YamlSyntaxError,
     compose,
