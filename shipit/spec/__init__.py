@@ -26,6 +26,7 @@ from shipit.spec.nodes import (
     did_you_mean,
     is_bool,
     is_null,
+    key_node,
     scalar_text,
     unknown_key_message,
 )
@@ -107,7 +108,7 @@ def parse(text: str, path: Path, env: Mapping[str, str]) -> Spec:
         root_node = compose(text, shown)
     except YamlSyntaxError as exc:
         raise SpecError([exc.problem]) from None
-    reader = Reader(shown, env)
+    reader = Reader(shown, env, path.parent)
     spec = _SpecParser(reader, path.parent).parse(root_node, path)
     if reader.problems or spec is None:
         raise SpecError(sorted(reader.problems, key=lambda p: (p.location.line, p.location.column)))
@@ -179,7 +180,7 @@ class _SpecParser:
             if key.startswith("x-"):  # extension keys hold YAML anchors; shipit ignores them
                 del top[key]
             elif key not in _TOP_KEYS:
-                r.error(_key_node(node, key) or value, _unknown(key, "the spec", _TOP_KEYS))
+                r.error(key_node(node, key) or value, _unknown(key, "the spec", _TOP_KEYS))
                 del top[key]
         self._version(node, top)
         image_nodes = self._image_nodes(node, top)
@@ -399,7 +400,9 @@ class _SpecParser:
             )
             if password_env and "username" not in entries:
                 r.error(node, "`password_env` needs a `username` too")
-            ca_file = r.field(entries, "ca_file", lambda n: self._existing_file(n, "ca_file"), None)
+            ca_file = r.field(
+                entries, "ca_file", lambda n: self.r.existing_file(n, "ca_file"), None
+            )
             insecure = r.field(entries, "insecure", lambda n: r.boolean(n, "insecure"), False)
         else:
             url = self._registry_url(node)
@@ -454,16 +457,6 @@ class _SpecParser:
             return None
         return text
 
-    def _existing_file(self, node: Node, what: str) -> Path | None:
-        text = self.r.string(node, what)
-        if text is None:
-            return None
-        path = (self.root / text).resolve()
-        if not path.is_file():
-            self.r.error(node, f"{what} '{text}' does not exist")
-            return None
-        return path
-
     # -- tags and flavor ---------------------------------------------------------------
 
     def _tag_rules(self, node: Node) -> tuple[TagRule, ...] | None:
@@ -491,7 +484,7 @@ class _SpecParser:
         for key in entries:
             if key not in allowed:
                 r.error(
-                    _key_node(node, key) or node,
+                    key_node(node, key) or node,
                     _unknown(key, f"a '{rule_type}' tag rule", allowed),
                 )
                 ok = False
@@ -622,7 +615,7 @@ class _SpecParser:
         e = section.entries
         ignore_node = e.get("ignorefile")
         if ignore_node is not None:
-            ignorefile = self._existing_file(ignore_node, "ignorefile")
+            ignorefile = self.r.existing_file(ignore_node, "ignorefile")
         else:
             default = self.root / ".trivyignore"
             ignorefile = default if default.is_file() else None
@@ -641,7 +634,7 @@ class _SpecParser:
             db_repository=r.field(
                 e, "db_repository", lambda n: r.string_list(n, "db_repository"), ()
             ),
-            cache_dir=r.field(e, "cache_dir", lambda n: self._path(n, "cache_dir"), None),
+            cache_dir=r.field(e, "cache_dir", lambda n: self.r.path(n, "cache_dir"), None),
             skip_db_update=r.field(
                 e, "skip_db_update", lambda n: r.boolean(n, "skip_db_update"), False
             ),
@@ -665,12 +658,8 @@ class _SpecParser:
         entries = self.r.mapping(node, "reports", ("json", "sarif", "gitlab"))
         if entries is None:
             return None
-        paths = {key: self._path(value, f"reports.{key}") for key, value in entries.items()}
+        paths = {key: self.r.path(value, f"reports.{key}") for key, value in entries.items()}
         return Reports(json=paths.get("json"), sarif=paths.get("sarif"), gitlab=paths.get("gitlab"))
-
-    def _path(self, node: Node, what: str) -> Path | None:
-        text = self.r.string(node, what)
-        return None if text is None else (self.root / text).resolve()
 
     def _duration(self, node: Node) -> int | None:
         text = self.r.string(node, "timeout")
@@ -730,7 +719,7 @@ class _SpecParser:
         if "BEGIN" in text and "PRIVATE KEY" in text:
             self.r.error(node, "never write a private key in the spec: use env://VAR or a file")
             return None
-        path = self._existing_file(node, "key")
+        path = self.r.existing_file(node, "key")
         return str(path) if path else None
 
     def _push(self, section: _Section) -> PushPolicy:
@@ -779,14 +768,6 @@ def template_problem(source: str, names: frozenset[str] = TEMPLATE_NAMES) -> str
 
 def _replace_prefix(rule: TagRule, prefix: str) -> TagRule:
     return replace(rule, prefix=prefix)
-
-
-def _key_node(mapping: Node, key: str) -> Node | None:
-    if isinstance(mapping, MappingNode):
-        for key_node, _ in mapping.value:
-            if getattr(key_node, "value", None) == key:
-                return key_node  # type: ignore[no-any-return]
-    return None
 
 
 def _unknown(key: str, what: str, allowed: tuple[str, ...]) -> str:
