@@ -1,8 +1,10 @@
 """Reading YAML as located nodes, and collecting every problem found in them.
 
-The spec parser walks PyYAML's node tree (not the constructed Python objects) so every
-value keeps the line and column it came from; problems are collected, not raised one at a
-time, so `shipit validate` can list them all.
+The spec's section readers walk PyYAML's node tree (not the constructed Python objects) so
+every value keeps the line and column it came from; problems are collected, not raised one
+at a time, so `shipit validate` can list them all. The `Reader` is the one tool they share:
+it turns a node into a plain value (string, number, choice, list, map, a path relative to
+the spec's folder) or records a located problem and answers None.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import yaml
@@ -75,12 +78,14 @@ class Reader:
     """Turns nodes into plain values, recording a located problem for each thing wrong.
 
     Each method returns None when the node is unusable; the caller carries on so that
-    later problems are found too.
+    later problems are found too. `file` is the spec as shown in messages; relative paths
+    in it start at `root`, the spec's folder.
     """
 
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(self, file: str, env: Mapping[str, str], root: Path) -> None:
         self.file = file
         self.env = env
+        self.root = root
         self.problems: list[Problem] = []
 
     def loc(self, node: Node) -> Location:
@@ -255,6 +260,26 @@ class Reader:
                 result[key] = value
         return result
 
+    # -- paths -------------------------------------------------------------------
+
+    def path(self, node: Node, what: str) -> Path | None:
+        """A path relative to the spec's folder, made absolute; it need not exist yet."""
+        text = self.string(node, what)
+        return None if text is None else (self.root / text).resolve()
+
+    def existing_file(self, node: Node, what: str) -> Path | None:
+        """Like `path`, and the file must be there."""
+        text = self.string(node, what)
+        if text is None:
+            return None
+        path = (self.root / text).resolve()
+        if not path.is_file():
+            self.error(node, f"{what} '{text}' does not exist")
+            return None
+        return path
+
+    # -- optional keys -----------------------------------------------------------
+
     def field(
         self,
         entries: Mapping[str, Node],
@@ -280,6 +305,15 @@ def is_bool(node: Node) -> bool:
 
 def scalar_text(node: Node) -> str | None:
     return str(node.value) if isinstance(node, ScalarNode) else None
+
+
+def key_node(mapping: Node, key: str) -> Node | None:
+    """The node of `key` itself in a mapping (to point a message at the key, not its value)."""
+    if isinstance(mapping, MappingNode):
+        for node, _ in mapping.value:
+            if getattr(node, "value", None) == key:
+                return node  # type: ignore[no-any-return]
+    return None
 
 
 def unknown_key_message(key: str, what: str, allowed: Iterable[str]) -> str:

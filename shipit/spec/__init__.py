@@ -1,0 +1,70 @@
+"""The spec (`shipit.yml`, version 1): parsed once into frozen records.
+
+Every problem is reported with FILE:LINE:COL, all at once. One module per part of the spec:
+
+- `records`: the frozen records (`Spec`, `Image`, `Registry`, ...) and the vocabularies;
+- `loading`: `load` and `parse`, the top level (`version`, `image:`/`images:`, `x-` keys);
+- `sections`: what an image inherits from the top of the spec, and how sections merge;
+- `images`: one image's own keys (name, context, dockerfile, build args, labels, platform,
+  release), then its inherited sections;
+- `registries`, `tags` (with `flavor` and the template checks), `scan`, `sign`, `push`:
+  one reader per section;
+- `nodes`: the located-node `Reader` they all share.
+
+Sections that may stand at the top as defaults for every image (`registries`, `tags`,
+`flavor`, `scan`, `sign`, `push`) are merged per image: a list in an image replaces the top
+one; a mapping is merged key by key, the image's keys winning; `scan: false` /
+`sign: false` in an image turns a top-level section off for that image.
+"""
+
+from __future__ import annotations
+
+from shipit.spec.loading import load, parse
+from shipit.spec.records import (
+    DEFAULT_PRIORITY,
+    DEFAULT_RELEASE_PATTERN,
+    REF_EVENTS,
+    SCANNERS,
+    SEMVER_NAMES,
+    SEVERITIES,
+    SPEC_VERSION,
+    STAGES,
+    TAG_TYPES,
+    TEMPLATE_NAMES,
+    Flavor,
+    Image,
+    PushPolicy,
+    Registry,
+    Reports,
+    ScanPolicy,
+    SignPolicy,
+    Spec,
+    TagRule,
+)
+from shipit.spec.tags import default_rules, template_problem
+
+__all__ = [
+    "DEFAULT_PRIORITY",
+    "DEFAULT_RELEASE_PATTERN",
+    "REF_EVENTS",
+    "SCANNERS",
+    "SEMVER_NAMES",
+    "SEVERITIES",
+    "SPEC_VERSION",
+    "STAGES",
+    "TAG_TYPES",
+    "TEMPLATE_NAMES",
+    "Flavor",
+    "Image",
+    "PushPolicy",
+    "Registry",
+    "Reports",
+    "ScanPolicy",
+    "SignPolicy",
+    "Spec",
+    "TagRule",
+    "default_rules",
+    "load",
+    "parse",
+    "template_problem",
+]
