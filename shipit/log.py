@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Final, TextIO
@@ -65,6 +67,20 @@ class _CiFormatter(logging.Formatter):
         if record.levelno >= logging.WARNING:
             return f"warning: {text}"
         return text
+
+
+class _ConsoleHandler(logging.Handler):
+    """Log records go through the console, so they too keep clear of a live progress line."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.write(self.format(record))
+        except Exception:  # logging must never end a run
+            self.handleError(record)
 
 
 def escape_github(text: str) -> str:
@@ -175,11 +191,15 @@ class Console:
         self.masking = MaskingFilter()
         self.verbosity = verbosity
         self.style = Style(use_color(color, env, self.stream))
+        self._lock = threading.Lock()
+        self._live: str | None = None
+        # a terminal outside CI gets a live progress line; logs get plain lines instead
+        self.interactive = self.provider == "local" and _isatty(self.stream)
         self._group = 0
         logger = logging.getLogger(LOGGER)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
-        handler = logging.StreamHandler(self.stream)
+        handler = _ConsoleHandler(self)
         handler.setFormatter(_CiFormatter(self.provider))
         handler.addFilter(self.masking)
         logger.addHandler(handler)
@@ -206,8 +226,24 @@ class Console:
             self.write(f"{self.style.paint(kind, 'bad' if kind == 'error' else 'warn')}: {text}")
 
     def write(self, text: str) -> None:
-        self.stream.write(self.masking.mask(text) + "\n")
-        self.stream.flush()
+        """One line; a live progress line, if one is shown, stays below it."""
+        with self._lock:
+            clear = "\r\x1b[K" if self._live is not None else ""
+            self.stream.write(clear + self.masking.mask(text) + "\n")
+            if self._live is not None:
+                self.stream.write(self._live)
+            self.stream.flush()
+
+    def live(self, text: str | None) -> None:
+        """Draw `text` as the one line that updates in place (a terminal only); None removes it."""
+        if not self.interactive:
+            return
+        with self._lock:
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn
+            shown = None if text is None else self.masking.mask(text)[:width]
+            self.stream.write("\r\x1b[K" + (shown or ""))
+            self.stream.flush()
+            self._live = shown
 
     @contextlib.contextmanager
     def group(self, title: str) -> Iterator[None]:

@@ -108,14 +108,21 @@ class BlobApi(Door):
         )
 
     def upload_blob(
-        self, repository: str, data: bytes | Path, *, known: Descriptor | None = None
+        self,
+        repository: str,
+        data: bytes | Path,
+        *,
+        known: Descriptor | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> Descriptor:
         """Store `data` (bytes, or a file streamed from disk) as a blob; skipped if present.
 
         Returns the blob's descriptor (media type "application/octet-stream": the manifest that
         refers to it names its real type). With `known` (digest and size computed when the
         file was written) the file is not hashed again; its size is still checked, and the
-        registry checks the digest before it accepts the blob.
+        registry checks the digest before it accepts the blob. `on_bytes` hears how many bytes
+        of the blob are done so far (all of them at once when the registry had it already;
+        from 0 again when an upload restarts).
         """
         repo = self.endpoint.repository(repository)
         check = True
@@ -140,9 +147,14 @@ class BlobApi(Door):
                 size=len(data),
             )
             source = bytes_chunks(data)
-        if not self.has_blob(repo, blob.digest):
-            origin = f"file {data}" if isinstance(data, Path) else "memory"
-            self._upload(repo, blob, source, origin=origin, origin_host=self.host, check=check)
+        if self.has_blob(repo, blob.digest):
+            if on_bytes is not None:
+                on_bytes(blob.size)
+            return blob
+        origin = f"file {data}" if isinstance(data, Path) else "memory"
+        self._upload(
+            repo, blob, source, origin=origin, origin_host=self.host, check=check, on_bytes=on_bytes
+        )
         return blob
 
     def _upload(

@@ -1,0 +1,82 @@
+"""The SDK engine: docker-py's `/build` against the run's daemon (the classic builder).
+
+The default engine (DESIGN section 8). It speaks the classic builder API: no `RUN --mount`,
+no secrets, no cache export (the spec refuses those under `engine: sdk`). Several platforms
+are built one after another, each with `platform=` (through the daemon's emulation for a
+foreign CPU), and each gets a local name of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from shipit.docker_api import BuildRequest, Daemon, DaemonError, StreamError
+from shipit.errors import StageError
+from shipit.log import Console, counted
+from shipit.plan import ImagePlan
+from shipit.stages.build.images import BuiltImage, PlatformImage, local_name
+
+
+class SdkBuilder:
+    """Builds with the Docker SDK (docker-py) against the daemon `Daemon` talks to."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def build(self, image: ImagePlan, console: Console) -> BuiltImage:
+        platforms: tuple[str | None, ...] = image.build.platforms or (None,)
+        built = tuple(self._one(image, platform, console, many=len(platforms) > 1) for platform in platforms)
+        return BuiltImage(platforms=built)
+
+    def _one(
+        self, image: ImagePlan, platform: str | None, console: Console, *, many: bool
+    ) -> PlatformImage:
+        settings = image.build
+        local_ref = local_name(image, platform if many else None)
+        request = BuildRequest(
+            context=Path(settings.context),
+            dockerfile=settings.dockerfile,
+            tag=local_ref,
+            target=settings.target,
+            platform=platform,
+            build_args=settings.build_args,
+            labels=settings.labels,
+            pull=settings.pull,
+            cache_from=settings.cache_from,
+            no_cache=settings.no_cache,
+            network=settings.network,
+        )
+        title = f"build {image.name} {image.version.text}" + (f" for {platform}" if platform else "")
+        with console.group(title):
+            try:
+                image_id = self.daemon.build(request, _build_log(console))
+            except StreamError as exc:
+                where = f"{exc.step} failed" if exc.step else "failed"
+                on = f" ({platform})" if platform else ""
+                raise StageError("build", f"image {image.name}{on}: {where}: {exc}") from None
+            except DaemonError as exc:
+                raise StageError("build", f"image {image.name}: {exc}") from None
+            refs = () if many else image.refs  # one image: tagged locally as `docker build -t`
+            for ref in refs:
+                repository, _, tag = ref.rpartition(":")
+                self.daemon.tag(image_id, repository, tag)
+            tagged = counted(len(refs), "ref") if refs else local_ref
+            console.write(f"built {image.name} as {image_id[:19]}, tagged {tagged}")
+        return PlatformImage(platform=platform, image_id=image_id, local_ref=local_ref)
+
+
+_NOISE = re.compile(
+    r"^( ---> (Running in |Using cache$|[0-9a-f]{12}$|$)|Removing intermediate container )"
+)
+
+
+def _build_log(console: Console) -> Callable[[str], None]:
+    """The build's lines; the classic builder's bookkeeping only with -v."""
+
+    def show(line: str) -> None:
+        if console.verbosity > 0 or not _NOISE.match(line):
+            console.write(line)
+
+    return show
