@@ -51,6 +51,8 @@ class BuildRequest:
     labels: Mapping[str, str] | None = None
     pull: bool = False
     cache_from: tuple[str, ...] = ()
+    no_cache: bool = False
+    network: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +124,10 @@ class Daemon:
             kwargs["platform"] = request.platform
         if request.cache_from:
             kwargs["cache_from"] = list(request.cache_from)
+        if request.no_cache:
+            kwargs["nocache"] = True
+        if request.network:
+            kwargs["network_mode"] = request.network
         try:
             stream = self._client.api.build(**kwargs)
             return _read_build(stream, on_line)
@@ -134,6 +140,20 @@ class Daemon:
                 f"the connection to the Docker daemon at {self.host} broke off during the"
                 f" build ({exc}): did dockerd stop or restart?"
             ) from None
+
+    def containerd_store(self) -> bool:
+        """Whether the daemon keeps images in containerd (Docker 24+ with the
+        containerd-snapshotter feature; `docker info` shows driver-type
+        io.containerd.snapshotter.v1 in DriverStatus) rather than its classic store."""
+        try:
+            info = self._client.info()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+        status = info.get("DriverStatus") or []
+        return any(
+            isinstance(pair, list) and "io.containerd.snapshotter" in " ".join(map(str, pair))
+            for pair in status
+        )
 
     def inspect(self, image: str) -> Mapping[str, Any]:
         try:

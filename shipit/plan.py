@@ -40,26 +40,52 @@ class Target:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BuildSecret:
+    """A build secret by name only: where BuildKit reads it (an env variable or a file)."""
+
+    id: str
+    env: str | None = None
+    file: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "env": self.env, "file": self.file}
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildSettings:
     context: str
     dockerfile: str
     target: str | None
-    platform: str | None
+    platforms: tuple[str, ...]  # empty: one image, for the builder's own platform
     build_args: Mapping[str, str]
     labels: Mapping[str, str]
     pull: bool
     cache_from: tuple[str, ...]
+    engine: str = "sdk"  # sdk | buildx
+    builder: str | None = None  # buildx: a builder or docker context
+    secrets: tuple[BuildSecret, ...] = ()
+    ssh: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
+    network: str | None = None
+    no_cache: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "engine": self.engine,
+            "builder": self.builder,
             "context": self.context,
             "dockerfile": self.dockerfile,
             "target": self.target,
-            "platform": self.platform,
+            "platforms": list(self.platforms),
             "build_args": dict(self.build_args),
             "labels": dict(self.labels),
             "pull": self.pull,
             "cache_from": list(self.cache_from),
+            "cache_to": list(self.cache_to),
+            "secrets": [s.to_json() for s in self.secrets],
+            "ssh": list(self.ssh),
+            "network": self.network,
+            "no_cache": self.no_cache,
         }
 
 
@@ -166,18 +192,29 @@ def _image_plan(
     version = derive(ctx, image.release_regex())
     tags = derive_tags(image, ctx, version)
     values = template_values(ctx, version, image.name)
+    options = image.build
     build = BuildSettings(
         context=str(image.context),
         dockerfile=image.dockerfile,
         target=image.target,
-        platform=image.platform,
+        platforms=options.platforms,
         build_args=_render_all(image, "build arg", image.build_args, values),
         labels={
             **oci_labels(image, ctx, version),
             **_render_all(image, "label", image.labels, values),
         },
         pull=image.pull,
-        cache_from=image.cache_from,
+        cache_from=options.cache_from,
+        engine=options.engine,
+        builder=options.builder,
+        secrets=tuple(
+            BuildSecret(id=s.id, env=s.env, file=str(s.file) if s.file else None)
+            for s in options.secrets
+        ),
+        ssh=options.ssh,
+        cache_to=options.cache_to,
+        network=options.network,
+        no_cache=options.no_cache,
     )
     targets = tuple(
         Target(

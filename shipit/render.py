@@ -39,8 +39,8 @@ def _image_lines(image: ImagePlan) -> list[str]:
     details = [build.dockerfile]
     if build.target:
         details.append(f"target {build.target}")
-    if build.platform:
-        details.append(build.platform)
+    if build.platforms:
+        details.append(", ".join(build.platforms))
     lines = [
         head,
         f"  build    {build.context} ({', '.join(details)})",

@@ -11,6 +11,8 @@ from typing import Any
 from shipit.execute import ImageResult, RunResult
 from shipit.log import PLAIN, Style
 from shipit.render import table
+from shipit.stages.push import TargetResult
+from shipit.stages.scan.findings import combined_json
 
 REPORT_SCHEMA = 1
 
@@ -31,7 +33,7 @@ def document(result: RunResult) -> dict[str, Any]:
 def _image(image: ImageResult) -> dict[str, Any]:
     refs = []
     for target in image.targets:
-        digest_ref = target.digest_ref()
+        signed = image.fully_signed(target)
         for ref in target.refs:
             pushed = ref in target.pushed
             refs.append(
@@ -40,8 +42,8 @@ def _image(image: ImageResult) -> dict[str, Any]:
                     "ref": ref,
                     "digest": target.digest if pushed else None,
                     "pushed": pushed,
-                    "signed": pushed and image.signed(digest_ref),
-                    "error": None if pushed else target.error,
+                    "signed": pushed and signed,
+                    "error": None if pushed else (target.error or "not tagged"),
                 }
             )
     return {
@@ -50,9 +52,27 @@ def _image(image: ImageResult) -> dict[str, Any]:
         "status": image.status,
         "error": image.error,
         "image_id": image.image_id,
+        "digest": image.digest,
+        "platforms": [{"platform": p.platform, "digest": p.digest} for p in image.platforms],
         "tags": list(image.tags),
         "refs": refs,
-        "scan": image.scan.to_json() if image.scan is not None else None,
+        "registries": [_registry(image, target) for target in image.targets],
+        "scan": combined_json(image.scans),
+    }
+
+
+def _registry(image: ImageResult, target: TargetResult) -> dict[str, Any]:
+    """What one registry holds: every manifest by digest, which are signed, which tags."""
+    return {
+        "registry": target.registry,
+        "repository": f"{target.host}/{target.repository}",
+        "digest": target.digest,
+        "manifests": [
+            {"digest": digest, "signed": image.signed(target.digest_ref(digest))}
+            for digest in target.stored
+        ],
+        "tags": [ref.rpartition(":")[2] for ref in target.pushed],
+        "error": target.error,
     }
 
 
@@ -75,13 +95,15 @@ def summary(result: RunResult, style: Style = PLAIN) -> str:
             continue
         for target in image.targets:
             if target.ok:
-                status = "signed" if image.signed(target.digest_ref()) else "pushed"
+                status = "signed" if image.fully_signed(target) else "pushed"
             elif target.pushed:
                 status = f"partial ({len(target.pushed)}/{len(target.refs)}): {target.error}"
+            elif target.complete:
+                status = "stored, untagged"
             else:
                 status = f"failed: {target.error}"
             tags = [ref.rpartition(":")[2] for ref in target.refs]
-            digest = target.digest[:19] if target.digest else "-"
+            digest = target.digest[:19] if target.digest and target.pushed else "-"
             rows.append([image.name, target.registry, ", ".join(tags), digest, status])
     status_column = 4
 

@@ -5,8 +5,9 @@ Every problem is reported with FILE:LINE:COL, all at once. One module per part o
 - `records`: the frozen records (`Spec`, `Image`, `Registry`, ...) and the vocabularies;
 - `loading`: `load` and `parse`, the top level (`version`, `image:`/`images:`, `x-` keys);
 - `sections`: what an image inherits from the top of the spec, and how sections merge;
-- `images`: one image's own keys (name, context, dockerfile, build args, labels, platform,
+- `images`: one image's own keys (name, context, dockerfile, build args, labels,
   release), then its inherited sections;
+- `build`: the engine (`sdk` or `buildx`), platforms and the BuildKit keys;
 - `registries`, `tags` (with `flavor` and the template checks), `scan`, `sign`, `push`:
   one reader per section;
 - `nodes`: the located-node `Reader` they all share.
@@ -31,6 +32,8 @@ from shipit.spec.records import (
     STAGES,
     TAG_TYPES,
     TEMPLATE_NAMES,
+    BuildOptions,
+    BuildSecret,
     Flavor,
     Image,
     PushPolicy,
@@ -54,6 +57,8 @@ __all__ = [
     "STAGES",
     "TAG_TYPES",
     "TEMPLATE_NAMES",
+    "BuildOptions",
+    "BuildSecret",
     "Flavor",
     "Image",
     "PushPolicy",

@@ -14,6 +14,9 @@ from typing import Final
 
 from yaml.nodes import Node
 
+from shipit.spec.build import INHERITED as BUILD_INHERITED
+from shipit.spec.build import KEYS as BUILD_KEYS
+from shipit.spec.build import read_build
 from shipit.spec.nodes import Reader
 from shipit.spec.push import PUSH
 from shipit.spec.records import DEFAULT_RELEASE_PATTERN, Image
@@ -24,12 +27,13 @@ from shipit.spec.sign import SIGN
 from shipit.spec.tags import FLAVOR, check_templates, default_rules, read_tag_rules
 
 # What an image may take from the top of the spec: values replaced whole, sections merged.
-INHERITED: Final = ("registries", "tags", *(s.key for s in (FLAVOR, SCAN, SIGN, PUSH)))
-_KEYS: Final = (
-    "name", "context", "dockerfile", "target", "platform", "build_args", "labels", "pull",
-    "cache_from", "release", *INHERITED,
+INHERITED: Final = (
+    "registries", "tags", *BUILD_INHERITED, *(s.key for s in (FLAVOR, SCAN, SIGN, PUSH))
 )  # fmt: skip
-_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
+_KEYS: Final = (
+    "name", "context", "dockerfile", "target", "build_args", "labels", "pull", "release",
+    *dict.fromkeys((*BUILD_KEYS, *INHERITED)),
+)  # fmt: skip
 
 
 def read_image(r: Reader, node: Node, top: Mapping[str, Node]) -> Image | None:
@@ -40,11 +44,8 @@ def read_image(r: Reader, node: Node, top: Mapping[str, Node]) -> Image | None:
     name = _name(r, node, entries)
     context = _context(r, node, entries)
     dockerfile = r.field(entries, "dockerfile", lambda n: r.string(n, "dockerfile"), "Dockerfile")
-    if context is not None and not (context / dockerfile).is_file():
-        r.error(
-            entries.get("dockerfile") or node,
-            f"no Dockerfile at '{dockerfile}' in context {context}",
-        )
+    dockerfile_path = _dockerfile(r, node, entries, context, dockerfile)
+    build = read_build(r, node, top, entries, dockerfile_path)
     registries = read_registries(r, inherited("registries", top, entries), node)
     rules_node = inherited("tags", top, entries)
     rules = read_tag_rules(r, rules_node) if rules_node is not None else None
@@ -66,11 +67,10 @@ def read_image(r: Reader, node: Node, top: Mapping[str, Node]) -> Image | None:
         context=context,
         dockerfile=dockerfile,
         target=r.field(entries, "target", lambda n: r.string(n, "target"), None),
-        platform=r.field(entries, "platform", lambda n: _platform(r, n), None),
         build_args=build_args,
         labels=labels,
         pull=r.field(entries, "pull", lambda n: r.boolean(n, "pull"), False),
-        cache_from=r.field(entries, "cache_from", lambda n: r.string_list(n, "cache_from"), ()),
+        build=build,
         release_pattern=release,
         tags=rules if rules is not None else default_rules(r.loc(node)),
         default_tags=rules is None,
@@ -113,12 +113,20 @@ def _context(r: Reader, node: Node, entries: Mapping[str, Node]) -> Path | None:
     return context
 
 
-def _platform(r: Reader, node: Node) -> str | None:
-    text = r.string(node, "platform")
-    if text is not None and not _PLATFORM.fullmatch(text):
-        r.error(node, f"platform '{text}' must look like linux/amd64 or linux/arm64/v8")
+def _dockerfile(
+    r: Reader, node: Node, entries: Mapping[str, Node], context: Path | None, dockerfile: str
+) -> Path | None:
+    """The Dockerfile's path when it exists; a located problem when it does not."""
+    if context is None:
         return None
-    return text
+    path = context / dockerfile
+    if not path.is_file():
+        r.error(
+            entries.get("dockerfile") or node,
+            f"no Dockerfile at '{dockerfile}' in context {context}",
+        )
+        return None
+    return path
 
 
 def _release(r: Reader, node: Node | None) -> str:

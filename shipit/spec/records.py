@@ -141,17 +141,40 @@ class PushPolicy:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BuildSecret:
+    """A build secret by reference: the variable or file BuildKit reads, never the value."""
+
+    id: str
+    env: str | None = None
+    file: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """The engine and the BuildKit keys of DESIGN section 8."""
+
+    engine: str = "sdk"  # sdk | buildx
+    builder: str | None = None  # buildx: a builder name or docker context
+    platforms: tuple[str, ...] = ()  # empty: the builder's own platform
+    secrets: tuple[BuildSecret, ...] = ()
+    ssh: tuple[str, ...] = ()
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
+    network: str | None = None  # default | none | host
+    no_cache: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Image:
     name: str  # lowercased repository name, appended to each registry url
     location: Location
     context: Path
     dockerfile: str = "Dockerfile"
     target: str | None = None
-    platform: str | None = None
     build_args: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     pull: bool = False
-    cache_from: tuple[str, ...] = ()
+    build: BuildOptions = field(default_factory=BuildOptions)
     release_pattern: str = DEFAULT_RELEASE_PATTERN
     tags: tuple[TagRule, ...] = ()
     default_tags: bool = True

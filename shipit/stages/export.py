@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from shipit.log import counted
-from shipit.registry import DOCKER_MANIFEST, Descriptor, Manifest
+from shipit.registry import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, Manifest
 
 try:  # ISA-L's deflate: the same gzip format, several times faster than zlib
     from isal import isal_zlib as _deflate
@@ -40,6 +40,8 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps shipi
 
 LAYER_MEDIA_TYPE: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+json"
+OCI_LAYER_MEDIA_TYPE: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_CONFIG_MEDIA_TYPE: Final = "application/vnd.oci.image.config.v1+json"
 _CHUNK: Final = 1024 * 1024
 _SMALL: Final = 4 * 1024 * 1024  # members kept in memory unless they are layers
 _IN_FLIGHT: Final = 8  # chunks read ahead of the compressor
@@ -75,12 +77,14 @@ def export_image(
     workdir: Path,
     *,
     on_layer: Callable[[Layer], None] | None = None,
+    oci: bool = False,
 ) -> ExportedImage:
     """Read a `docker save` stream of one image; gzip its layers into `workdir`.
 
     `on_layer` hears of each layer as soon as its file is complete (before the export ends),
     so uploads can start while the rest still streams; every layer it hears of is checked
-    against the config by the time this returns.
+    against the config by the time this returns. The manifest is Docker's schema 2, as
+    `docker push` writes it, or with `oci` an OCI image manifest (for an OCI image index).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     small: dict[str, bytes] = {}
@@ -112,7 +116,7 @@ def export_image(
                     on_layer(Layer(diff_id=diff_id, path=out, descriptor=descriptor))
             elif member.size <= _SMALL:
                 small[name] = head + handle.read()
-    return _assemble(image_id, small, compressed, links, workdir)
+    return _assemble(image_id, small, compressed, links, workdir, oci=oci)
 
 
 def _assemble(
@@ -121,6 +125,8 @@ def _assemble(
     compressed: dict[str, tuple[str, Path, Descriptor]],
     links: dict[str, str],
     workdir: Path,
+    *,
+    oci: bool,
 ) -> ExportedImage:
     if "manifest.json" not in small:
         raise ExportError("the export has no manifest.json: not an image saved by Docker")
@@ -130,7 +136,7 @@ def _assemble(
     if config is None:
         raise ExportError(f"the export lacks the image config {entry['Config']}")
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    if config_digest != image_id:
+    if config_digest != image_id and not _names_config(small, image_id, config_digest):
         raise ExportError(f"the exported config is {config_digest}, not the image {image_id}")
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     names = [_resolve(path, links) for path in entry["Layers"]]
@@ -154,18 +160,37 @@ def _assemble(
         image_id=image_id,
         config=config,
         layers=tuple(layers),
-        manifest=_manifest(config, config_digest, layers),
+        manifest=_manifest(config, config_digest, layers, oci=oci),
     )
 
 
-def _manifest(config: bytes, config_digest: str, layers: list[Layer]) -> Manifest:
+def _names_config(small: dict[str, bytes], image_id: str, config_digest: str) -> bool:
+    """On the containerd image store (Docker 24+) an image's id is its manifest's digest, not
+    its config's; such an export carries that manifest as a blob: check it names the config."""
+    data = small.get(f"blobs/sha256/{image_id.removeprefix('sha256:')}")
+    if data is None or "sha256:" + hashlib.sha256(data).hexdigest() != image_id:
+        return False
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return False
+    config = document.get("config") if isinstance(document, dict) else None
+    return isinstance(config, dict) and config.get("digest") == config_digest
+
+
+def _manifest(config: bytes, config_digest: str, layers: list[Layer], *, oci: bool) -> Manifest:
+    kind, config_type, layer_type = (
+        (OCI_MANIFEST, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE)
+        if oci
+        else (DOCKER_MANIFEST, CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE)
+    )
     document = {
         "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": CONFIG_MEDIA_TYPE, "size": len(config), "digest": config_digest},
+        "mediaType": kind,
+        "config": {"mediaType": config_type, "size": len(config), "digest": config_digest},
         "layers": [
             {
-                "mediaType": LAYER_MEDIA_TYPE,
+                "mediaType": layer_type,
                 "size": layer.descriptor.size,
                 "digest": layer.descriptor.digest,
             }
@@ -173,7 +198,7 @@ def _manifest(config: bytes, config_digest: str, layers: list[Layer]) -> Manifes
         ],
     }
     data = json.dumps(document, indent=3).encode()  # the indentation `docker push` uses
-    return Manifest.from_bytes(data, DOCKER_MANIFEST)
+    return Manifest.from_bytes(data, kind)
 
 
 def _entry_for(entries: Any, image_id: str) -> dict[str, Any]:

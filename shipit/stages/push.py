@@ -1,57 +1,121 @@
-"""The push stage: the same compressed bytes to every registry at once.
+"""The push stage: the same bytes to every registry, by digest first, tags last.
 
-The image was exported from the daemon and compressed once (`stages.export`); here every
-registry gets those exact blobs and manifest, in parallel (bounded by `push.parallel`), and
-then every tag as a manifest PUT. So every registry holds the same digest, and N registries
-cost about one compression plus N uploads instead of N `docker push`es. Registries on one
-host share blobs by cross-repository mount instead of a second upload. A registry that fails
-does not stop the others, and the result says exactly which refs each registry got.
+An image was exported and compressed once (`stages.export`), or taken from BuildKit's OCI
+layout as it is (`stages.layout`); for several platforms shipit also made one OCI index
+(`stages.assemble`). Publishing goes in two steps with signing in between (DESIGN section 4):
+
+1. `store`: every registry gets every blob, then every manifest **by digest only**: each
+   platform's manifest, then the index. Nothing is tagged, so nothing points at the image
+   yet; the result says which manifests each registry holds.
+2. `tag`: once every registry holds everything (and signing, when on, has signed every
+   digest everywhere), each tag becomes a manifest PUT of the top manifest, in every registry.
+
+Blob uploads start while the image is still being exported (`BlobUploads`), since a blob is
+invisible until a manifest names it. Registries run in parallel (bounded by `push.parallel`);
+one that fails does not stop the others, and the results say exactly what each one holds.
+Registries on one host share blobs by cross-repository mount instead of a second upload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from shipit.log import Console, counted
 from shipit.plan import ImagePlan, Target
-from shipit.registry import Descriptor, Registry, RegistryError, copy_image
+from shipit.registry import Descriptor, Manifest, Registry, RegistryError, copy_image
 from shipit.stages.export import ExportedImage, Layer
 from shipit.stages.preflight import Access
 
 
 @dataclass(frozen=True, kw_only=True)
+class PlatformExport:
+    """One platform's image, ready to push; `platform` None: the daemon's own, unnamed."""
+
+    platform: str | None
+    image: ExportedImage
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """What one image publishes: a manifest per platform, and an index when there are several."""
+
+    platforms: tuple[PlatformExport, ...]
+    index: Manifest | None = None
+
+    @property
+    def top(self) -> Manifest:
+        """What the tags point at: the index, or the one platform's manifest."""
+        return self.index if self.index is not None else self.platforms[0].image.manifest
+
+    @property
+    def manifests(self) -> tuple[Manifest, ...]:
+        """Every manifest to store, children before the index that names them."""
+        children = tuple(p.image.manifest for p in self.platforms)
+        return (*children, self.index) if self.index is not None else children
+
+    @property
+    def size(self) -> int:
+        blobs: dict[str, int] = {}
+        for part in self.platforms:
+            blobs[part.image.image_id] = len(part.image.config)
+            blobs.update({x.descriptor.digest: x.descriptor.size for x in part.image.layers})
+        return sum(blobs.values()) + sum(len(m.data) for m in self.manifests)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TargetResult:
-    """What one registry holds after the push."""
+    """What one registry holds: manifests by digest, and the refs (tags) that point at them."""
 
     registry: str
     host: str
     repository: str
     refs: tuple[str, ...]  # every ref the plan wanted here
-    pushed: tuple[str, ...]  # the refs that now point at `digest`
-    digest: str | None
+    pushed: tuple[str, ...] = ()  # the refs that now point at `digest`
+    digest: str | None = None  # the top manifest's digest, once this registry holds it
+    stored: tuple[str, ...] = ()  # every manifest digest this registry holds for the image
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and len(self.pushed) == len(self.refs)
 
-    def digest_ref(self) -> str | None:
-        return f"{self.host}/{self.repository}@{self.digest}" if self.digest else None
+    @property
+    def complete(self) -> bool:
+        """Every manifest is stored (the tags may still be to come)."""
+        return self.error is None and self.digest is not None
+
+    def digest_ref(self, digest: str | None = None) -> str | None:
+        """`host/repository@digest` of the top manifest, or of `digest`."""
+        chosen = digest or self.digest
+        return f"{self.host}/{self.repository}@{chosen}" if chosen else None
+
+    def stored_refs(self) -> tuple[str, ...]:
+        return tuple(f"{self.host}/{self.repository}@{d}" for d in self.stored)
 
 
 class BlobUploads:
     """Blob uploads that start while the image is still being exported, layer by layer.
 
-    A blob is invisible until a manifest names it, so uploading early publishes nothing: the
-    manifests and tags are written only in `push_image`, once every image has passed. One
-    upload per registry host (the others on that host mount the blobs later).
+    A blob is invisible until a manifest names it, so uploading early publishes nothing.
+    One upload per registry host (the others on that host mount the blobs later).
+    `on_expect(registry, size)` hears of each blob as it is queued and `on_bytes(registry,
+    change)` how the bytes done for it change, for a progress line.
     """
 
-    def __init__(self, image: ImagePlan, access: Mapping[str, Access]) -> None:
+    def __init__(
+        self,
+        image: ImagePlan,
+        access: Mapping[str, Access],
+        *,
+        on_bytes: Callable[[str, int], None] | None = None,
+        on_expect: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._targets = _first_per_host(image.targets)
         self._access = access
+        self._on_bytes = on_bytes
+        self._on_expect = on_expect
         self._pool = ThreadPoolExecutor(max_workers=max(1, image.image.push.parallel))
         self._started: set[str] = set()
         self._futures: dict[str, list[Future[Descriptor]]] = {t.registry: [] for t in self._targets}
@@ -61,17 +125,51 @@ class BlobUploads:
             return
         self._started.add(layer.descriptor.digest)
         for target in self._targets:
+            self._expect(target.registry, layer.descriptor.size)
             client = self._access[target.registry].client
             future = self._pool.submit(
-                client.upload_blob, target.repository, layer.path, known=layer.descriptor
+                client.upload_blob,
+                target.repository,
+                layer.path,
+                known=layer.descriptor,
+                on_bytes=self._counter(target.registry),
             )
             self._futures[target.registry].append(future)
 
     def add_config(self, config: bytes) -> None:
         for target in self._targets:
+            self._expect(target.registry, len(config))
             client = self._access[target.registry].client
-            future = self._pool.submit(client.upload_blob, target.repository, config)
+            future = self._pool.submit(
+                client.upload_blob,
+                target.repository,
+                config,
+                on_bytes=self._counter(target.registry),
+            )
             self._futures[target.registry].append(future)
+
+    def add_image(self, image: ExportedImage) -> None:
+        """Every blob of an image that is complete already (an OCI layout's)."""
+        for layer in image.layers:
+            self.add_layer(layer)
+        self.add_config(image.config)
+
+    def _expect(self, registry: str, size: int) -> None:
+        if self._on_expect is not None:
+            self._on_expect(registry, size)
+
+    def _counter(self, registry: str) -> Callable[[int], None] | None:
+        """`upload_blob` tells how far one blob is; the progress line wants what changed."""
+        report = self._on_bytes
+        if report is None:
+            return None
+        last = [0]
+
+        def count(done: int) -> None:
+            report(registry, done - last[0])  # negative when an upload starts over
+            last[0] = done
+
+        return count
 
     def error_for(self, target: Target) -> str | None:
         """Wait for `target`'s uploads; the first failure's message, or None."""
@@ -93,142 +191,161 @@ def _first_per_host(targets: Sequence[Target]) -> list[Target]:
     return list(firsts.values())
 
 
-def push_image(
+def store(
     image: ImagePlan,
-    exported: ExportedImage,
+    artifact: Artifact,
     uploads: BlobUploads,
     access: Mapping[str, Access],
     console: Console,
 ) -> tuple[TargetResult, ...]:
-    """Finish the uploads `uploads` started, then write the manifest and every tag to every
-    target of `image`; never raises for a registry's failure."""
-    policy = image.image.push
-    digest = exported.manifest.digest
-    size = _size(exported.size)
+    """Finish the uploads, then write every manifest by digest to every registry of `image`;
+    no tag yet. Never raises for a registry's failure: its result carries the error."""
     where = counted(len(image.targets), "registry", "registries")
-    with console.group(f"push {image.name} ({size}) to {where}"):
+    platforms = counted(len(artifact.platforms), "platform")
+    with console.group(f"push {image.name} ({_size(artifact.size)}, {platforms}) to {where}"):
         by_host: dict[str, list[Target]] = {}
         for target in image.targets:
             by_host.setdefault(target.host, []).append(target)
 
-        def push_host(targets: list[Target]) -> list[TargetResult]:
-            first = _tag(
-                image=image,
-                exported=exported,
-                uploads=uploads,
-                target=targets[0],
-                access=access,
-                console=console,
-            )
+        def store_host(targets: list[Target]) -> list[TargetResult]:
+            first = _store_first(targets[0], artifact, uploads, access, console)
             results = [first]
             for target in targets[1:]:  # same host: mount the blobs, don't upload them again
                 results.append(
-                    _mount(
-                        image=image,
-                        digest=digest,
-                        source=targets[0],
-                        target=target,
+                    _store_mounted(
+                        target,
+                        targets[0],
+                        source_result=first,
+                        artifact=artifact,
                         access=access,
                         console=console,
-                        source_result=first,
                     )
                 )
             return results
 
-        workers = max(1, min(policy.parallel, len(by_host)))
+        workers = max(1, min(image.image.push.parallel, len(by_host)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            grouped = list(pool.map(push_host, by_host.values()))
+            grouped = list(pool.map(store_host, by_host.values()))
     done = {r.registry: r for group in grouped for r in group}
-    return _check_digests([done[t.registry] for t in image.targets], digest)
+    return _check_digests([done[t.registry] for t in image.targets], artifact.top.digest)
 
 
-def _tag(
-    *,
-    image: ImagePlan,
-    exported: ExportedImage,
-    uploads: BlobUploads,
+def _store_first(
     target: Target,
+    artifact: Artifact,
+    uploads: BlobUploads,
     access: Mapping[str, Access],
     console: Console,
 ) -> TargetResult:
-    """Once `target` holds every blob, write the manifest under each tag."""
-    digest = exported.manifest.digest
     error = uploads.error_for(target)
     if error is not None:
-        return _result(target, image.tags, [], digest, error=error)
+        return _result(target, error=error)
     client = access[target.registry].client
-    written: list[str] = []
+    stored: list[str] = []
     try:
-        _put_tags(client, target.repository, image.tags, exported, written)
+        for manifest in artifact.manifests:
+            _put(client, target.repository, manifest.digest, manifest)
+            stored.append(manifest.digest)
     except RegistryError as exc:
-        # the tags the registry accepted, and any it turns out to hold all the same
-        written += [t for t in _confirmed(client, target, digest) if t not in written]
-        return _result(target, image.tags, written, digest, error=str(exc))
-    console.write(f"{target.registry}: {counted(len(written), 'tag')} -> {digest}")
-    return _result(target, image.tags, written, digest)
+        return _result(target, stored=stored, error=str(exc))
+    console.write(f"{target.registry}: {_stored_text(artifact)}")
+    return _result(target, stored=stored, digest=artifact.top.digest)
 
 
-def _mount(
-    *,
-    image: ImagePlan,
-    digest: str,
-    source: Target,
+def _store_mounted(
     target: Target,
+    source: Target,
+    *,
+    source_result: TargetResult,
+    artifact: Artifact,
     access: Mapping[str, Access],
     console: Console,
-    source_result: TargetResult,
 ) -> TargetResult:
-    if source_result.digest is None or not source_result.pushed:
-        return _result(target, image.tags, [], digest, error=f"not pushed: {source_result.error}")
+    if not source_result.complete:
+        return _result(target, error=f"not pushed: {source_result.error}")
     client = access[target.registry].client
+    digest = artifact.top.digest
     try:
         copied = copy_image(
-            access[source.registry].client,
-            source.repository,
-            digest,
-            client,
-            target.repository,
-            list(image.tags),
+            access[source.registry].client, source.repository, digest, client, target.repository, []
         )
     except RegistryError as exc:
-        return _result(
-            target, image.tags, _confirmed(client, target, digest), digest, error=str(exc)
-        )
+        return _result(target, stored=_held(client, target, artifact), error=str(exc))
+    mounted = counted(len(copied.blobs_mounted), "blob")
     console.write(
-        f"{target.registry}: {counted(len(copied.tags), 'tag')} -> {copied.digest}"
-        f" ({counted(len(copied.blobs_mounted), 'blob')} mounted from {source.registry})"
+        f"{target.registry}: {_stored_text(artifact)} ({mounted} mounted from {source.registry})"
     )
-    return _result(target, image.tags, list(copied.tags), copied.digest)
+    return _result(target, stored=[m.digest for m in artifact.manifests], digest=copied.digest)
 
 
-def _put_tags(
-    client: Registry,
-    repository: str,
-    tags: Sequence[str],
-    exported: ExportedImage,
-    written: list[str],
-) -> None:
-    """Write every tag; `written` collects each one the registry accepted, as it goes, so a
-    failure halfway still knows what went through."""
-    for tag in tags:
-        got = client.put_manifest(repository, tag, exported.manifest)
-        if got != exported.manifest.digest:
-            raise RegistryError(
-                f"stored {tag} as {got}, not {exported.manifest.digest}",
-                host=client.endpoint.host,
-                kind="protocol",
-            )
-        written.append(tag)
+def _stored_text(artifact: Artifact) -> str:
+    if artifact.index is None:
+        return f"manifest {artifact.top.digest} stored by digest"
+    platforms = counted(len(artifact.platforms), "platform manifest")
+    return f"{platforms} and the index {artifact.top.digest} stored by digest"
 
 
-def _confirmed(client: Registry, target: Target, digest: str) -> list[str]:
+def tag(
+    image: ImagePlan,
+    artifact: Artifact,
+    results: Sequence[TargetResult],
+    access: Mapping[str, Access],
+    console: Console,
+) -> tuple[TargetResult, ...]:
+    """Point every tag at the top manifest, in every registry that holds the image."""
+
+    def tag_target(result: TargetResult) -> TargetResult:
+        if not result.complete:
+            return result
+        client = access[result.registry].client
+        written: list[str] = []
+        try:
+            for tag_name in image.tags:
+                _put(client, result.repository, tag_name, artifact.top)
+                written.append(tag_name)
+        except RegistryError as exc:
+            # the tags the registry accepted, and any it turns out to hold all the same
+            held = [t for t in _confirmed(client, result, artifact.top.digest) if t not in written]
+            return _tagged(result, image.tags, written + held, error=str(exc))
+        console.write(f"{result.registry}: {counted(len(written), 'tag')} -> {artifact.top.digest}")
+        return _tagged(result, image.tags, written)
+
+    with console.group(f"tag {image.name}"):
+        workers = max(1, min(image.image.push.parallel, len(results)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return tuple(pool.map(tag_target, results))
+
+
+def _put(client: Registry, repository: str, reference: str, manifest: Manifest) -> None:
+    got = client.put_manifest(repository, reference, manifest)
+    if got != manifest.digest:
+        raise RegistryError(
+            f"stored {reference} as {got}, not {manifest.digest}",
+            host=client.endpoint.host,
+            kind="protocol",
+        )
+
+
+def _held(client: Registry, target: Target, artifact: Artifact) -> list[str]:
+    """After a failure: the manifests the registry really holds, if it answers."""
+    held = []
+    for manifest in artifact.manifests:
+        try:
+            if client.has_manifest(target.repository, manifest.digest):
+                held.append(manifest.digest)
+        except RegistryError:
+            continue
+    return held
+
+
+def _confirmed(client: Registry, result: TargetResult, digest: str) -> list[str]:
     """After a failure: the tags the registry really serves with our digest, if it answers."""
     found = []
-    for ref in target.refs:
-        tag = ref.rpartition(":")[2]
+    for ref in result.refs:
+        tag_name = ref.rpartition(":")[2]
         try:
-            if client.manifest(target.repository, tag).digest == digest:
-                found.append(tag)
+            if client.manifest(result.repository, tag_name).digest == digest:
+                found.append(tag_name)
         except RegistryError:
             continue
     return found
@@ -236,23 +353,28 @@ def _confirmed(client: Registry, target: Target, digest: str) -> list[str]:
 
 def _result(
     target: Target,
-    tags: Sequence[str],
-    written: Sequence[str],
-    digest: str,
     *,
+    stored: Sequence[str] = (),
+    digest: str | None = None,
     error: str | None = None,
 ) -> TargetResult:
-    done = set(written)
-    pushed = tuple(ref for ref, tag in zip(target.refs, tags, strict=True) if tag in done)
     return TargetResult(
         registry=target.registry,
         host=target.host,
         repository=target.repository,
         refs=target.refs,
-        pushed=pushed,
-        digest=digest if pushed else None,
+        stored=tuple(stored),
+        digest=digest,
         error=error,
     )
+
+
+def _tagged(
+    result: TargetResult, tags: Sequence[str], written: Sequence[str], *, error: str | None = None
+) -> TargetResult:
+    done = set(written)
+    pushed = tuple(ref for ref, t in zip(result.refs, tags, strict=True) if t in done)
+    return replace(result, pushed=pushed, error=error)
 
 
 def _check_digests(results: Sequence[TargetResult], digest: str) -> tuple[TargetResult, ...]:

@@ -310,7 +310,7 @@ def test_the_retry_count_of_a_registry_that_stays_down_follows_push_retries(
     assert "==> build" not in err
 
 
-def test_a_registry_failing_every_request_after_preflight_the_others_get_the_image(
+def test_a_registry_failing_every_request_after_preflight_leaves_no_registry_tagged(
     tmp_path: Path,
     dockerd: Dockerd,
     registry_factory: RegistryFactory,
@@ -335,13 +335,15 @@ def test_a_registry_failing_every_request_after_preflight_the_others_get_the_ima
     document = report_of(report)
     assert document["status"] == "failed"
     by_registry = refs_by_registry(document)
-    wanted = sorted(document["images"][0]["tags"])
-    for reg in good:
-        assert pushed_tags(by_registry[f"{reg.host}/p"]) == wanted == tags(reg, "p/hello")
-        assert "pushed" in table_line(out, f"{reg.host}/p")
+    digest = document["images"][0]["digest"]
+    for reg in good:  # every blob and the manifest by digest, but not one tag
+        assert pushed_tags(by_registry[f"{reg.host}/p"]) == [] == tags(reg, "p/hello")
+        assert client(reg).has_manifest("p/hello", digest)
+        assert "stored, untagged" in table_line(out, f"{reg.host}/p")
     assert pushed_tags(by_registry[f"{proxy.host}/p"]) == [] == tags(doomed, "p/hello")
     assert all("503" in r["error"] for r in by_registry[f"{proxy.host}/p"])
     assert "failed: " in table_line(out, f"{proxy.host}/p")
+    assert "nothing was tagged in any registry" in err
     assert "result: failed" in out
 
 
@@ -353,6 +355,7 @@ def test_a_registry_dying_after_the_first_tag_is_reported_with_exactly_what_it_h
 ) -> None:
     upstream = registry_factory()
     with FaultProxy(upstream_of(upstream), mode="dead_after_first_manifest") as proxy:
+        proxy.state.manifests_to_live = 2  # the manifest by digest, then the first tag
         spec = (
             f"version: 1\nregistries: [{proxy.host}/half]\n"
             "image: {name: hello}\npush: {retries: 1}\n"
@@ -378,7 +381,7 @@ def test_a_registry_dying_after_the_first_tag_is_reported_with_exactly_what_it_h
 # -- 3. a registry that refuses the manifest --------------------------------------------------
 
 
-def test_a_rejected_manifest_fails_clearly_and_the_other_registry_still_gets_it(
+def test_a_rejected_manifest_fails_clearly_and_no_registry_is_tagged(
     tmp_path: Path,
     dockerd: Dockerd,
     plain_registry: RunningRegistry,
@@ -404,7 +407,10 @@ def test_a_rejected_manifest_fails_clearly_and_the_other_registry_still_gets_it(
     document = report_of(report)
     assert document["status"] == "failed"
     by_registry = refs_by_registry(document)
-    assert all(r["pushed"] for r in by_registry[f"{plain_registry.host}/rejected"])
+    assert not any(r["pushed"] for r in by_registry[f"{plain_registry.host}/rejected"])
+    assert tags(plain_registry, "rejected/hello") == []
+    digest = document["images"][0]["digest"]
+    assert client(plain_registry).has_manifest("rejected/hello", digest)
     assert not any(r["pushed"] for r in by_registry[f"{proxy.host}/rejected"])
     assert all("MANIFEST_INVALID" in r["error"] for r in by_registry[f"{proxy.host}/rejected"])
     assert "MANIFEST_INVALID" in table_line(out, f"{proxy.host}/rejected")
@@ -615,7 +621,7 @@ def test_a_missing_trivy_is_a_clear_failure_and_nothing_is_pushed(
     assert tags(upstream, "tools/hello") == []
 
 
-def test_a_crashing_cosign_fails_signing_after_the_push(
+def test_a_crashing_cosign_fails_signing_and_nothing_is_tagged(
     tmp_path: Path,
     dockerd: Dockerd,
     registry_factory: RegistryFactory,
@@ -640,8 +646,11 @@ def test_a_crashing_cosign_fails_signing_after_the_push(
     document = report_of(project / "shipit-report.json")
     assert document["status"] == "failed"
     refs = document["images"][0]["refs"]
-    assert refs and all(r["pushed"] and r["digest"] and not r["signed"] for r in refs)
-    assert tags(upstream, "tools/hello") == pushed_tags(refs)  # the push happened
+    assert refs and not any(r["pushed"] or r["signed"] for r in refs)
+    assert tags(upstream, "tools/hello") == []  # no tag points at the unsigned image
+    digest = document["images"][0]["digest"]
+    assert client(upstream).has_manifest("tools/hello", digest)  # stored by digest only
+    assert "nothing was tagged in any registry" in err
     assert password not in out + err
 
 
@@ -675,7 +684,8 @@ def test_a_hanging_cosign_is_stopped_and_signing_fails(
     assert code == 1
     assert "cosign could not sign" in err and "timed out" in err
     refs = report_of(project / "shipit-report.json")["images"][0]["refs"]
-    assert refs and all(r["pushed"] and not r["signed"] for r in refs)
+    assert refs and not any(r["pushed"] or r["signed"] for r in refs)
+    assert tags(upstream, "tools/hello") == []
     assert gone(int(pidfile.read_text(encoding="utf-8"))), "the hung cosign outlived the run"
     assert "result: failed" in out
 
@@ -1173,8 +1183,9 @@ sign: {{key: {private}, tlog: false}}
     assert recorded.count(b"===") >= 4  # trivy and cosign ran, through the wrappers
     assert b"cosign" in recorded and b"trivy" in recorded
     cmdline_watch.stop()
-    assert cmdline_watch.samples > 100
-    assert any(b"cosign" in c for c in cmdline_watch.seen)  # it saw the children
+    # what matters: the sampler saw the cosign children's command lines (how many samples it
+    # took depends on the machine's speed, so that is never asserted)
+    assert any(b"cosign" in c for c in cmdline_watch.seen)
     everything = "\n".join(texts).encode() + recorded + b"\n".join(cmdline_watch.seen)
     for secret in (registry_password, cosign_password, wrong):
         assert secret.encode() not in everything, "a secret leaked"

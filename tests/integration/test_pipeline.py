@@ -166,7 +166,7 @@ def test_failing_dockerfile_names_the_step(
     assert client(plain_registry).tags("broken/hello") == []
 
 
-def test_one_dead_registry_the_others_still_get_the_image(
+def test_one_dead_registry_leaves_every_registry_untagged_and_a_second_run_finishes(
     tmp_path: Path, dockerd: Dockerd, registry_factory: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = [registry_factory(), registry_factory()]
@@ -179,26 +179,38 @@ def test_one_dead_registry_the_others_still_get_the_image(
         )
         project = make_project(tmp_path / "project", spec)
         report = tmp_path / "report.json"
-        code, out, _ = run(
-            ["run", "-C", str(project), "--report", str(report)],
-            run_env(dockerd.host, tmp_path),
-            capsys,
-        )
+        env = run_env(dockerd.host, tmp_path)
+        code, out, err = run(["run", "-C", str(project), "--report", str(report)], env, capsys)
+        assert code == 1
+        document = report_of(report)
+        assert document["status"] == "failed"
+        assert "nothing was tagged in any registry" in document["error"]
+        [image] = document["images"]
+        digest = image["digest"]
+        assert digest and digest.startswith("sha256:")
+        assert not any(r["pushed"] for r in image["refs"])  # no tag anywhere, not even the good
+        registries = {r["registry"]: r for r in image["registries"]}
+        for reg in good:
+            held = registries[f"{reg.host}/p"]
+            assert [m["digest"] for m in held["manifests"]] == [digest]
+            assert held["tags"] == [] and held["error"] is None
+            assert client(reg).has_manifest("p/hello", digest)  # stored by digest...
+            assert client(reg).tags("p/hello") == []  # ...and tagged nowhere
+        assert registries[f"{proxy.host}/p"]["error"]
+        assert "stored, untagged" in out and f"{proxy.host}/p" in out
+        assert digest[:19] in err  # the error lists the untagged manifests
+
+        proxy.state.dead = False  # the registry is back: a second run finishes the job
+        proxy.state.mode = "ok"
+        code, out, err = run(["run", "-C", str(project), "--report", str(report)], env, capsys)
+        assert code == 0, err
     finally:
         proxy.stop()
-    assert code == 1
     document = report_of(report)
-    assert document["status"] == "failed"
-    refs = document["images"][0]["refs"]
-    by_registry: dict[str, list[dict[str, Any]]] = {}
-    for ref in refs:
-        by_registry.setdefault(ref["registry"], []).append(ref)
-    assert all(r["pushed"] and r["digest"] for r in by_registry[f"{good[0].host}/p"])
-    assert all(r["pushed"] and r["digest"] for r in by_registry[f"{good[1].host}/p"])
-    assert not any(r["pushed"] for r in by_registry[f"{proxy.host}/p"])
-    assert all(r["error"] for r in by_registry[f"{proxy.host}/p"])
-    assert f"{proxy.host}/p" in out and "failed" in out
-    assert client(good[1]).tags("p/hello") != []
+    assert document["images"][0]["digest"] == digest
+    assert all(r["pushed"] and r["digest"] == digest for r in document["images"][0]["refs"])
+    for reg in (*good, doomed):
+        assert sorted(client(reg).tags("p/hello")) == sorted(document["images"][0]["tags"])
 
 
 def test_a_registry_that_rejects_the_manifest_is_a_failure(

@@ -14,7 +14,8 @@ while it runs (change `proxy.state` under `proxy.state.lock`, or pass them to th
                             check on, for good
   mode dead_after_first_manifest
                             forward everything up to and including the first manifest PUT
-                            (one tag written), then hang up on every request, for good
+                            (or the first `state.manifests_to_live` of them), then hang up
+                            on every request, for good
   down_for SECONDS          nothing listens for the first SECONDS after start: connections are
                             refused by the kernel (the port is bound, so nobody else takes it);
                             with down_how="reset" it listens but resets every request instead
@@ -75,6 +76,7 @@ class FaultState:
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     start_on: str | None = None  # counted faults wait for a request containing this
     manifests_forwarded: int = 0
+    manifests_to_live: int = 1  # dead_after_first_manifest: manifest PUTs forwarded first
     dead: bool = False
     requests: list[str] = field(default_factory=list)
     injected: list[str] = field(default_factory=list)
@@ -104,7 +106,7 @@ class FaultState:
         if self.mode == "dead_after_preflight" and command == "HEAD" and "/blobs/" in path:
             self.dead = True
         if self.mode == "dead_after_first_manifest" and manifest_put:
-            if self.manifests_forwarded >= 1:
+            if self.manifests_forwarded >= self.manifests_to_live:
                 self.dead = True
             self.manifests_forwarded += 1
 

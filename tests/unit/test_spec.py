@@ -109,7 +109,7 @@ def test_full_design_example_parses(project: Path) -> None:
     [image] = spec.images
     assert image.context == (project / "svc").resolve()
     assert image.dockerfile == "Dockerfile.prod"
-    assert (image.target, image.platform) == ("runtime", "linux/amd64")
+    assert (image.target, image.build.platforms) == ("runtime", ("linux/amd64",))
     assert image.build_args == {"APP_VERSION": "{{ version }}"}
     assert image.labels == {"org.example.team": "payments"}
     assert image.release_pattern == "backend/v(?P<version>.*)"

@@ -27,7 +27,9 @@ class SdkBuilder:
 
     def build(self, image: ImagePlan, console: Console) -> BuiltImage:
         platforms: tuple[str | None, ...] = image.build.platforms or (None,)
-        built = tuple(self._one(image, platform, console, many=len(platforms) > 1) for platform in platforms)
+        built = tuple(
+            self._one(image, platform, console, many=len(platforms) > 1) for platform in platforms
+        )
         return BuiltImage(platforms=built)
 
     def _one(
@@ -48,7 +50,9 @@ class SdkBuilder:
             no_cache=settings.no_cache,
             network=settings.network,
         )
-        title = f"build {image.name} {image.version.text}" + (f" for {platform}" if platform else "")
+        title = f"build {image.name} {image.version.text}" + (
+            f" for {platform}" if platform else ""
+        )
         with console.group(title):
             try:
                 image_id = self.daemon.build(request, _build_log(console))

@@ -7,7 +7,7 @@ counts, the blocking findings, the gate's verdict and the files written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -55,6 +55,7 @@ class ScanReport:
     reports: tuple[Path, ...]  # files written
     fail_on: str = "HIGH"
     sbom: Path | None = None  # the CycloneDX SBOM, when `scan.sbom` asked for one
+    platform: str | None = None  # which platform of a multi-platform image this is
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,26 @@ class ScanReport:
             "blocking": [f.to_json() for f in self.blocking],
             "expired_ignores": list(self.expired_ignores),
         }
+
+
+def combined_json(reports: Sequence[ScanReport]) -> dict[str, Any] | None:
+    """The report document's `scan` of an image: one scan as it is; several platforms summed
+    (counts, blocked if any is), each platform's own under `platforms`."""
+    if not reports:
+        return None
+    if len(reports) == 1 and reports[0].platform is None:
+        return reports[0].to_json()
+    counts = dict.fromkeys(SEVERITIES, 0)
+    for report in reports:
+        for severity, count in report.counts.items():
+            counts[severity] = counts.get(severity, 0) + count
+    return {
+        "counts": counts,
+        "blocked": any(r.blocked for r in reports),
+        "blocking": [{**f.to_json(), "platform": r.platform} for r in reports for f in r.blocking],
+        "expired_ignores": sorted({e for r in reports for e in r.expired_ignores}),
+        "platforms": {str(r.platform): r.to_json() for r in reports},
+    }
 
 
 @dataclass(frozen=True, kw_only=True)

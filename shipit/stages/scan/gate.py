@@ -14,6 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+from shipit.log import PLAIN, Style
 from shipit.spec import SEVERITIES, ScanPolicy
 from shipit.stages.scan.findings import (
     Decision,
@@ -67,6 +68,7 @@ def scan_report(
     now: datetime,
     written: tuple[Path, ...],
     sbom: Path | None,
+    platform: str | None = None,
 ) -> ScanReport:
     """The verdict over what the gate kept; `suppressed` are the ids Trivy itself dropped."""
     findings = tuple(d.finding for d in decision.kept)
@@ -83,6 +85,7 @@ def scan_report(
         reports=written,
         fail_on=policy.fail_on,
         sbom=sbom,
+        platform=platform,
     )
 
 
@@ -90,8 +93,9 @@ def counts_text(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{counts.get(s, 0)} {s}" for s in reversed(SEVERITIES))
 
 
-def findings_table(findings: Sequence[Finding]) -> str:
-    """ID, package, installed, fixed, severity, title; one finding a line."""
+def findings_table(findings: Sequence[Finding], style: Style = PLAIN) -> str:
+    """ID, package, installed, fixed, severity, title; one finding a line (the severity
+    coloured when `style` is)."""
     header = ("ID", "PACKAGE", "INSTALLED", "FIXED", "SEVERITY", "TITLE")
     rows = [
         (
@@ -105,21 +109,25 @@ def findings_table(findings: Sequence[Finding]) -> str:
         for f in findings
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        + "  "
-        + row[-1]
-        for row in [header, *rows]
-    )
+    severity = header.index("SEVERITY")
+
+    def cells(row: Sequence[str], body: bool) -> str:
+        padded = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        if body:
+            padded[severity] = style.severity(padded[severity], row[severity])
+        return "  ".join(padded) + "  " + row[-1]
+
+    return "\n".join([cells(header, False), *(cells(row, True) for row in rows)])
 
 
-def blocking_text(report: ScanReport) -> str:
+def blocking_text(report: ScanReport, style: Style = PLAIN) -> str:
     """What blocked the release: a table, most severe first, then the counts."""
     n = len(report.blocking)
     noun = "finding" if n == 1 else "findings"
+    where = f"{report.image} ({report.platform})" if report.platform else report.image
     lines = [
-        f"scan gate: {n} {noun} in {report.image} at or above {report.fail_on}",
-        findings_table(report.blocking),
+        f"scan gate: {n} {noun} in {where} at or above {report.fail_on}",
+        findings_table(report.blocking, style),
         f"counts: {counts_text(report.counts)}",
     ]
     if report.expired_ignores:

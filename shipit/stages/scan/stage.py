@@ -47,19 +47,24 @@ def scan_image(
     label: str,
     report_suffix: str | None = None,
     root: Path | None = None,
+    layout: bool = False,
+    platform: str | None = None,
 ) -> ScanReport:
-    """Scan `image` (an id or name in the daemon `env` points at) and decide the gate.
+    """Scan `image` (an id or name in the daemon `env` points at, or with `layout` an OCI
+    layout folder of one image) and decide the gate.
 
     Reports are written whether the gate passes or blocks. A broken scanner is a
     StageError, never a pass. `root` is the spec's folder (the SBOM goes there when no
-    report is set; default: the current folder).
+    report is set; default: the current folder). `platform` labels the findings.
     """
     with console.group(f"scan {label}"):
         now = datetime.now(UTC)
         rules = policy_ignores(policy)
         warn_about_ignores(rules, now)
         cache_dir = policy.cache_dir or default_cache_dir(env)
-        trivy = Trivy(binary=find_trivy(env), env=env, policy=policy, cache_dir=cache_dir)
+        trivy = Trivy(
+            binary=find_trivy(env), env=env, policy=policy, cache_dir=cache_dir, layout=layout
+        )
         with tempfile.TemporaryDirectory(prefix="shipit-scan-") as tmp:
             work = Path(tmp)
             started = datetime.now(UTC)
@@ -91,6 +96,7 @@ def scan_image(
             now=now,
             written=(*written, *sbom_files),
             sbom=sbom_files[0] if sbom_files else None,
+            platform=platform,
         )
         _log_outcome(report, console, label)
         return report

@@ -72,10 +72,14 @@ class Trivy:
     env: Mapping[str, str]
     policy: ScanPolicy
     cache_dir: Path
+    layout: bool = False  # the image is an OCI layout folder (`--input DIR`), not in the daemon
 
     def image_flags(self) -> list[str]:
+        # `--image-src docker`: only the daemon, never a registry; `--input DIR` reads an OCI
+        # layout folder holding one image manifest (checked with Trivy 0.76)
+        source = [] if self.layout else ["--image-src", "docker"]
         flags = [
-            "--image-src", "docker",
+            *source,
             "--quiet",
             "--skip-version-check",
             "--disable-telemetry",
@@ -100,8 +104,11 @@ class Trivy:
             "--ignorefile", ignorefile,
             "--show-suppressed",
             "--output", str(output),
-            image,
+            *self._target(image),
         ]  # fmt: skip
+
+    def _target(self, image: str) -> list[str]:
+        return ["--input", image] if self.layout else [image]
 
     def sbom_argv(self, image: str, output: Path) -> list[str]:
         return [
@@ -109,7 +116,7 @@ class Trivy:
             "--format", "cyclonedx",
             "--exit-code", "0",
             "--output", str(output),
-            image,
+            *self._target(image),
         ]  # fmt: skip
 
     def convert_argv(self, source: Path, output: Path, fmt: str, ignorefile: str) -> list[str]:

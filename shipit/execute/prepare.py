@@ -1,0 +1,213 @@
+"""Before anything is published: build every image, scan every platform, export for the push.
+
+For each image: the engine builds one image per platform; every platform is scanned and the
+gate decides over all of them (a platform that blocks blocks the image, and the findings say
+which platform); then each platform's image is made ready to push (exported and compressed
+once from a daemon, or taken from an OCI layout as it is), its blob uploads start at once,
+and, for several platforms, one OCI index is assembled. No manifest is written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shipit.errors import GateBlocked
+from shipit.execute.results import PlatformResult, RunState
+from shipit.log import counted
+from shipit.plan import OCI, ImagePlan
+from shipit.progress import Transfer, showing
+from shipit.stages.assemble import PlatformPart, image_index
+from shipit.stages.build import BuiltImage, Engines, PlatformImage, platform_slug
+from shipit.stages.export import ExportedImage, export_image
+from shipit.stages.layout import load_image, platform_manifests
+from shipit.stages.push import Artifact, BlobUploads, PlatformExport
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ready:
+    """An image built, scanned and made ready to push, its blobs on their way."""
+
+    artifact: Artifact
+    uploads: BlobUploads
+    transfer: Transfer
+
+
+def prepare_all(
+    run: RunState,
+    images: tuple[ImagePlan, ...],
+    *,
+    engines: Engines,
+    access: Mapping[str, Any],
+    workdir: Path,
+    stack: contextlib.ExitStack,
+) -> dict[str, Ready]:
+    """Build and scan every image, then ready the ones to push; no manifest is written yet."""
+    ready: dict[str, Ready] = {}
+    for image in images:
+        run.update(image.name, status="building")
+        folder = workdir / image.name
+        built = engines.builder(image, folder / "build").build(image, run.console)
+        run.update(
+            image.name,
+            image_id=built.image_id,
+            status="built",
+            platforms=tuple(PlatformResult(platform=p.platform) for p in built.platforms),
+        )
+        if "scan" in image.stages:
+            scan_all(run, image, built, folder, many_images=len(images) > 1)
+        if "push" in image.stages:
+            ready[image.name] = _ready(
+                run, image, built, engines=engines, access=access, folder=folder, stack=stack
+            )
+    return ready
+
+
+def scan_all(
+    run: RunState, image: ImagePlan, built: BuiltImage, folder: Path, *, many_images: bool
+) -> None:
+    """Scan every platform; the gate blocks the image when any platform is blocked."""
+    from shipit.stages.scan import blocking_text, scan_image  # noqa: PLC0415
+
+    policy = image.image.scan
+    if policy is None:
+        return
+    many = len(built.platforms) > 1
+    reports = []
+    for item in built.platforms:
+        target, layout, env = _scan_target(item, folder, run.env)
+        suffix = "-".join(
+            part
+            for part in (
+                image.name if many_images else "",
+                platform_slug(item.platform) if many else "",
+            )
+            if part
+        )
+        label = f"{image.name} {image.version.text}" + (f" {item.platform}" if many else "")
+        reports.append(
+            scan_image(
+                target,
+                policy,
+                env=env,
+                console=run.console,
+                label=label,
+                report_suffix=suffix or None,
+                root=Path(run.plan.spec).parent,
+                layout=layout,
+                platform=item.platform if many else None,
+            )
+        )
+    run.update(image.name, scans=tuple(reports))
+    blocked = [r for r in reports if r.blocked]
+    if not blocked:
+        return
+    run.update(image.name, status="blocked", error="the scan gate blocked the release")
+    for report in blocked:
+        run.console.write(blocking_text(report, run.console.style))
+    findings = counted(sum(len(r.blocking) for r in blocked), "finding")
+    where = f" in {', '.join(str(r.platform) for r in blocked)}" if many else ""
+    raise GateBlocked(
+        f"image {image.name}: {findings} at or above {policy.fail_on}{where}; nothing was pushed"
+    )
+
+
+def _scan_target(
+    item: PlatformImage, folder: Path, env: Mapping[str, str]
+) -> tuple[str, bool, Mapping[str, str]]:
+    """What Trivy reads for one platform: a daemon image, or a one-image OCI layout view."""
+    if item.layout is not None and item.manifest is not None:
+        return str(_layout_view(item, folder)), True, env
+    assert item.local_ref is not None  # noqa: S101 - a loaded image has a name
+    if item.docker_host:
+        return item.local_ref, False, {**env, "DOCKER_HOST": item.docker_host}
+    return item.local_ref, False, env
+
+
+def _layout_view(item: PlatformImage, folder: Path) -> Path:
+    """A layout whose index.json names only this platform's manifest, sharing the blobs of
+    the build's layout (Trivy's `--input` reads one image from it)."""
+    assert item.layout is not None  # noqa: S101 - only layouts get a view
+    assert item.manifest is not None  # noqa: S101
+    view = folder / f"scan-{platform_slug(item.platform)}"
+    view.mkdir(parents=True, exist_ok=True)
+    (view / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}\n', encoding="utf-8")
+    found = next(p for p in platform_manifests(item.layout, item.manifest))
+    entry = {
+        "mediaType": found.manifest.media_type,
+        "digest": found.manifest.digest,
+        "size": len(found.manifest.data),
+    }
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [entry]}  # fmt: skip
+    (view / "index.json").write_text(json.dumps(index), encoding="utf-8")
+    blobs = view / "blobs"
+    if not blobs.exists():
+        os.symlink(item.layout / "blobs", blobs)
+    return view
+
+
+def _ready(
+    run: RunState,
+    image: ImagePlan,
+    built: BuiltImage,
+    *,
+    engines: Engines,
+    access: Mapping[str, Any],
+    folder: Path,
+    stack: contextlib.ExitStack,
+) -> Ready:
+    """Export (or read) every platform, start the uploads, and assemble the index."""
+    transfer = Transfer(f"push {image.name}")
+    uploads = BlobUploads(image, access, on_bytes=transfer.add, on_expect=transfer.expect)
+    stack.callback(uploads.close)
+    many = len(built.platforms) > 1
+    parts = []
+    with run.console.group(f"export {image.name}"), showing(transfer, run.console):
+        for item in built.platforms:
+            exported = _export(item, engines, folder, uploads, oci=many)
+            parts.append(PlatformExport(platform=item.platform, image=exported))
+            layers = counted(len(exported.layers), "layer")
+            where = f" ({item.platform})" if many else ""
+            run.console.write(f"{image.name}{where}: {layers}, manifest {exported.manifest.digest}")
+    index = None
+    if many:
+        index = image_index(
+            [PlatformPart(platform=str(p.platform), manifest=p.image.manifest) for p in parts],
+            {k: v for k, v in image.build.labels.items() if k.startswith(f"{OCI}.")},
+        )
+    artifact = Artifact(platforms=tuple(parts), index=index)
+    run.update(
+        image.name,
+        digest=artifact.top.digest,
+        platforms=tuple(
+            PlatformResult(platform=p.platform, digest=p.image.manifest.digest) for p in parts
+        ),
+    )
+    return Ready(artifact=artifact, uploads=uploads, transfer=transfer)
+
+
+def _export(
+    item: PlatformImage, engines: Engines, folder: Path, uploads: BlobUploads, *, oci: bool
+) -> ExportedImage:
+    if item.layout is not None and item.manifest is not None:
+        found = platform_manifests(item.layout, item.manifest)
+        exported = load_image(item.layout, found[0])
+        uploads.add_image(exported)
+        return exported
+    assert item.image_id is not None  # noqa: S101 - a loaded image has an id
+    daemon = engines.daemon_for(item.docker_host)
+    exported = export_image(
+        daemon.save(item.image_id),
+        item.image_id,
+        folder / f"export-{platform_slug(item.platform)}",
+        on_layer=uploads.add_layer,
+        oci=oci,
+    )
+    uploads.add_config(exported.config)
+    return exported

@@ -1,0 +1,79 @@
+"""The build stage: one image per platform, through an engine behind one interface.
+
+- images.py: what a build yields (`BuiltImage`, one `PlatformImage` per platform) and the
+  `Builder` interface every engine implements;
+- sdk.py: `engine: sdk`, docker-py's classic builder (the default);
+- buildx.py: `engine: buildx`, BuildKit through `docker buildx build`.
+
+`prepare` runs in preflight, before anything is built: it finds buildx (with the install
+hint when it is missing) and asks each builder where its images will come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from shipit.docker_api import Daemon
+from shipit.log import Console
+from shipit.plan import ImagePlan
+from shipit.stages.build.buildx import BuilderInfo, BuildxBuilder, check_buildx, inspect_builder
+from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
+from shipit.stages.build.sdk import SdkBuilder
+
+__all__ = [
+    "Builder",
+    "BuiltImage",
+    "Engines",
+    "PlatformImage",
+    "SdkBuilder",
+    "local_name",
+    "platform_slug",
+]
+
+
+class Engines:
+    """The builders a run uses, found and checked in preflight."""
+
+    def __init__(self, daemon: Daemon, env: Mapping[str, str]) -> None:
+        self.daemon = daemon
+        self.env = env
+        self._docker: str | None = None
+        self._builders: dict[str | None, BuilderInfo] = {}
+        self._daemons: dict[str, Daemon] = {}
+
+    def daemon_for(self, host: str | None) -> Daemon:
+        """The run's daemon, or a connection to the daemon a builder loaded its image into."""
+        if host is None:
+            return self.daemon
+        if host not in self._daemons:
+            self._daemons[host] = Daemon({**self.env, "DOCKER_HOST": host})
+        return self._daemons[host]
+
+    def close(self) -> None:
+        for daemon in self._daemons.values():
+            daemon.close()
+
+    def prepare(self, images: Iterable[ImagePlan], console: Console) -> None:
+        """Check every buildx builder the images name answers; say where images come back."""
+        for image in images:
+            settings = image.build
+            if settings.engine != "buildx" or settings.builder in self._builders:
+                continue
+            if self._docker is None:
+                self._docker = check_buildx(self.env)
+            info = inspect_builder(self._docker, settings.builder, self.env)
+            self._builders[settings.builder] = info
+            how = "loaded into its daemon" if info.loads else "as an OCI layout"
+            console.write(
+                f"buildx builder {info.name} ({info.driver} driver): images come back {how}"
+            )
+
+    def builder(self, image: ImagePlan, workdir: Path) -> Builder:
+        settings = image.build
+        if settings.engine != "buildx":
+            return SdkBuilder(self.daemon)
+        if self._docker is None or settings.builder not in self._builders:
+            raise RuntimeError("Engines.prepare() was not called for this image")  # a bug
+        workdir.mkdir(parents=True, exist_ok=True)
+        return BuildxBuilder(self._docker, self._builders[settings.builder], self.env, workdir)

@@ -1,0 +1,344 @@
+"""The BuildKit engine: `docker buildx build` through the subprocess door.
+
+What build-push-action users rely on (`RUN --mount=type=cache|secret|ssh`, heredocs, build
+secrets, cache export, several platforms) comes with it. How the image comes back depends on
+the builder (facts checked with buildx 0.29 against Docker 20.10 and 28.5):
+
+- the `docker` driver on a daemon with the classic image store cannot export OCI layouts or
+  build several platforms at once ("OCI exporter is not supported for the docker driver",
+  "Multi-platform build is not supported for the docker driver"), so each platform is one
+  `--load`ed build into that daemon;
+- any other case (the containerd image store, a docker-container, remote or kubernetes
+  builder) writes one OCI layout for every platform at once (`--output
+  type=oci,tar=false,dest=DIR`), whose compressed layers are pushed as they are.
+
+Digests come from buildx's `--metadata-file` (`containerimage.digest`), never from its log.
+Attestations are turned off (`--provenance=false --sbom=false`): BuildKit would put them into
+the image index as `unknown/unknown` entries; shipit attaches provenance next to the image.
+Secrets reach BuildKit as `--secret id=ID,env=VAR` or `id=ID,src=FILE` (a name, never the
+value), and build args as `--build-arg NAME` with the value in the child's environment, so
+no value is ever on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from shipit import proc
+from shipit.errors import StageError, UsageError
+from shipit.log import Console
+from shipit.plan import BuildSettings, ImagePlan
+from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_slug
+from shipit.stages.export import ExportError
+from shipit.stages.layout import platform_manifests
+
+BUILDX_HINT: Final = (
+    "install the docker buildx plugin: Debian's docker-buildx package, or the release binary"
+    " from github.com/docker/buildx as ~/.docker/cli-plugins/docker-buildx or"
+    " /usr/local/lib/docker/cli-plugins/docker-buildx; or set `engine: sdk`"
+)
+PROBE_TIMEOUT: Final = 60.0
+BUILD_TIMEOUT: Final = 6 * 3600.0
+MIN_VERSION: Final = (0, 10)  # --metadata-file, --provenance and type=oci,tar=false
+# the environment buildx reads: no default attestations, no provenance in the metadata file
+# (docs/reference/buildx_build.md: BUILDX_NO_DEFAULT_ATTESTATIONS, BUILDX_METADATA_PROVENANCE)
+_QUIET_ENV: Final = {
+    "BUILDX_NO_DEFAULT_ATTESTATIONS": "1",
+    "BUILDX_METADATA_PROVENANCE": "disabled",
+}
+_VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.\d+)?")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuilderInfo:
+    """What `docker buildx inspect` says about the builder a build will use."""
+
+    name: str
+    driver: str  # docker | docker-container | remote | kubernetes | ...
+    endpoint: str | None  # for the docker driver: the docker context (daemon) it builds in
+    containerd_store: bool  # docker driver only: that daemon keeps images in containerd
+
+    @property
+    def loads(self) -> bool:
+        """Whether images come back `--load`ed into a daemon rather than as an OCI layout."""
+        return self.driver == "docker" and not self.containerd_store
+
+
+def check_buildx(env: Mapping[str, str]) -> str:
+    """The docker CLI, once `docker buildx version` proves the plugin is there and recent."""
+    docker = proc.find_tool("docker", env, hint="install the docker CLI (Debian: docker.io)")
+    result = proc.run([docker, "buildx", "version"], env=env, timeout=PROBE_TIMEOUT, check=False)
+    text = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise proc.ToolMissing(
+            f"docker buildx is not installed (`docker buildx version` says: {text[-300:]})",
+            hint=BUILDX_HINT,
+        )
+    match = _VERSION.search(text.split(" ", 1)[-1]) if text else None
+    if match is None or (int(match[1]), int(match[2])) < MIN_VERSION:
+        raise proc.ToolMissing(
+            f"docker buildx {match[0] if match else '(no version)'} is too old; shipit needs"
+            f" {'.'.join(map(str, MIN_VERSION))} or newer",
+            hint=BUILDX_HINT,
+        )
+    return docker
+
+
+def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) -> BuilderInfo:
+    """Ask buildx which driver `builder` (or the current builder) uses, and where it builds."""
+    argv = [docker, "buildx", "inspect", *(["--builder", builder] if builder else [])]
+    try:
+        result = proc.run(argv, env=env, timeout=PROBE_TIMEOUT)
+    except proc.CommandError as exc:
+        where = f"the builder {builder}" if builder else "the current builder"
+        raise StageError(
+            "preflight",
+            f"buildx cannot reach {where}: {_last_line(exc.result)}",
+            hint="`docker buildx ls` lists the builders and docker contexts buildx can use",
+        ) from None
+    fields = _inspect_fields(result.stdout)
+    driver = fields.get("Driver", "")
+    endpoint = fields.get("Endpoint")
+    store = False
+    if driver == "docker":
+        store = _containerd_store(docker, endpoint, env)
+    return BuilderInfo(
+        name=fields.get("Name", builder or "default"),
+        driver=driver,
+        endpoint=endpoint,
+        containerd_store=store,
+    )
+
+
+def _inspect_fields(text: str) -> dict[str, str]:
+    """The first `Key: value` of each key in `docker buildx inspect`'s text (its only form)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() and not key.startswith(" "):
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _containerd_store(docker: str, context: str | None, env: Mapping[str, str]) -> bool:
+    argv = [docker, *(["--context", context] if context and "://" not in context else [])]
+    argv += ["info", "--format", "{{json .DriverStatus}}"]
+    child = dict(env)
+    if context and "://" in context:
+        child["DOCKER_HOST"] = context
+    try:
+        result = proc.run(argv, env=child, timeout=PROBE_TIMEOUT)
+    except proc.CommandError as exc:
+        raise StageError(
+            "preflight",
+            f"the daemon of builder context {context} does not answer: {_last_line(exc.result)}",
+        ) from None
+    return "io.containerd.snapshotter" in result.stdout
+
+
+class BuildxBuilder:
+    """Builds with `docker buildx build`; see the module docstring for how images come back."""
+
+    def __init__(
+        self, docker: str, info: BuilderInfo, env: Mapping[str, str], workdir: Path
+    ) -> None:
+        self.docker = docker
+        self.info = info
+        self.env = env
+        self.workdir = workdir
+
+    def build(self, image: ImagePlan, console: Console) -> BuiltImage:
+        platforms = image.build.platforms
+        if self.info.loads:
+            chosen: tuple[str | None, ...] = platforms or (None,)
+            many = len(chosen) > 1
+            return BuiltImage(
+                platforms=tuple(self._load(image, p, console, many=many) for p in chosen)
+            )
+        return self._layout(image, console)
+
+    def _load(
+        self, image: ImagePlan, platform: str | None, console: Console, *, many: bool
+    ) -> PlatformImage:
+        local_ref = local_name(image, platform if many else None)
+        metadata = self.workdir / f"metadata-{platform_slug(platform)}.json"
+        output = ["--load", "--tag", local_ref]
+        if not many:
+            for ref in image.refs[1:]:
+                output += ["--tag", ref]
+        digest = self._run(image, (platform,) if platform else (), output, metadata, console)
+        host = self.info.endpoint if self.info.endpoint and "://" in self.info.endpoint else None
+        return PlatformImage(
+            platform=platform, image_id=digest, local_ref=local_ref, docker_host=host
+        )
+
+    def _layout(self, image: ImagePlan, console: Console) -> BuiltImage:
+        dest = self.workdir / "oci"
+        metadata = self.workdir / "metadata.json"
+        output = ["--output", f"type=oci,tar=false,dest={dest}"]
+        digest = self._run(image, image.build.platforms, output, metadata, console)
+        try:
+            found = platform_manifests(dest, digest)
+        except ExportError as exc:
+            raise StageError("build", f"image {image.name}: {exc}") from None
+        wanted = image.build.platforms
+        got = [p.platform for p in found]
+        if wanted and sorted(got) != sorted(wanted):
+            raise StageError(
+                "build",
+                f"image {image.name}: buildx wrote {', '.join(got)}, not {', '.join(wanted)}",
+            )
+        many = len(found) > 1 or bool(wanted)
+        return BuiltImage(
+            platforms=tuple(
+                PlatformImage(
+                    platform=p.platform if many else None, layout=dest, manifest=p.manifest.digest
+                )
+                for p in found
+            ),
+            layout_digest=digest,
+        )
+
+    def _run(
+        self,
+        image: ImagePlan,
+        platforms: tuple[str, ...],
+        output: list[str],
+        metadata: Path,
+        console: Console,
+    ) -> str:
+        settings = image.build
+        argv, child = build_command(self.docker, settings, self.info, platforms, self.env)
+        argv[3:3] = [*output, "--metadata-file", str(metadata)]
+        for secret in secret_values(settings, self.env):
+            console.secret(secret)
+        which = f" for {', '.join(platforms)}" if platforms else ""
+        steps = _StepTracker()
+        with console.group(f"build {image.name} {image.version.text} with buildx{which}"):
+            try:
+                proc.stream(
+                    argv,
+                    env=child,
+                    on_line=steps.line_handler(console),
+                    secrets=secret_values(settings, self.env),
+                    timeout=BUILD_TIMEOUT,
+                )
+            except proc.CommandError as exc:
+                raise StageError("build", steps.failure(image.name, which, exc)) from None
+            digest = read_metadata(metadata, image.name)
+            console.write(f"built {image.name}{which}: {digest}")
+        return digest
+
+
+def build_command(
+    docker: str,
+    settings: BuildSettings,
+    info: BuilderInfo,
+    platforms: tuple[str, ...],
+    env: Mapping[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """The `docker buildx build` argv (outputs go in at index 3) and the child's environment.
+
+    Values that could be secret never go into argv: build args travel in the environment
+    (`--build-arg NAME` takes the value from there), secrets by variable name or file path.
+    """
+    child = {**env, **_QUIET_ENV}
+    argv = [docker, "buildx", "build", "--builder", info.name, "--progress", "plain"]
+    argv += ["--provenance=false", "--sbom=false"]
+    argv += ["--file", str(Path(settings.context) / settings.dockerfile)]
+    if platforms:
+        argv += ["--platform", ",".join(platforms)]
+    if settings.target:
+        argv += ["--target", settings.target]
+    for name, value in settings.build_args.items():
+        child[name] = value
+        argv += ["--build-arg", name]
+    for name, value in settings.labels.items():
+        argv += ["--label", f"{name}={value}"]
+    for secret in settings.secrets:
+        source = f"env={secret.env}" if secret.env else f"src={secret.file}"
+        argv += ["--secret", f"id={secret.id},{source}"]
+    for entry in settings.ssh:
+        argv += ["--ssh", entry]
+    for entry in settings.cache_from:
+        argv += ["--cache-from", entry]
+    for entry in settings.cache_to:
+        argv += ["--cache-to", entry]
+    if settings.network:
+        argv += ["--network", settings.network]
+    if settings.no_cache:
+        argv.append("--no-cache")
+    if settings.pull:
+        argv.append("--pull")
+    argv.append(settings.context)
+    return argv, child
+
+
+def secret_values(settings: BuildSettings, env: Mapping[str, str]) -> list[str]:
+    """The values of the build's env secrets (to mask), plus its build arg values named like
+    secrets are not guessed at: only what `secrets:` names is treated as secret."""
+    found = []
+    for secret in settings.secrets:
+        if secret.env is not None:
+            value = env.get(secret.env)
+            if not value:
+                raise UsageError(
+                    f"build secret {secret.id}: the variable {secret.env} is not set",
+                    hint="set it in the job's environment (a masked CI/CD variable or secret)",
+                )
+            found.append(value)
+    return found
+
+
+def read_metadata(path: Path, name: str) -> str:
+    """`containerimage.digest` from buildx's metadata file: the image (or index) it made."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StageError("build", f"image {name}: buildx wrote no metadata file: {exc}") from None
+    digest = document.get("containerimage.digest") if isinstance(document, dict) else None
+    if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise StageError(
+            "build", f"image {name}: buildx's metadata file has no containerimage.digest"
+        )
+    return digest
+
+
+class _StepTracker:
+    """Names the failing step from BuildKit's plain progress (`#7 [2/3] RUN make`, then
+    `#7 ERROR: ...`), so a failure says which step broke, as the SDK engine does."""
+
+    _STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
+    _ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
+
+    def __init__(self) -> None:
+        self.titles: dict[str, str] = {}
+        self.failed: tuple[str, str] | None = None
+
+    def line_handler(self, console: Console) -> Callable[[str], None]:
+        def handle(line: str) -> None:
+            if match := self._STEP.match(line):
+                self.titles.setdefault(match[1], match[2])
+            elif (match := self._ERROR.match(line)) and self.failed is None:
+                self.failed = (self.titles.get(match[1], f"step #{match[1]}"), match[2])
+            console.write(line)
+
+        return handle
+
+    def failure(self, name: str, which: str, exc: proc.CommandError) -> str:
+        if exc.timed_out:
+            return f"image {name}: buildx did not finish within {BUILD_TIMEOUT / 3600:.0f} h"
+        if self.failed is not None:
+            step, reason = self.failed
+            return f"image {name}{which}: step {step} failed: {reason}"
+        return f"image {name}{which}: buildx failed: {_last_line(exc.result)}"
+
+
+def _last_line(result: proc.Result) -> str:
+    lines = [x.strip() for x in (result.stderr or result.stdout).splitlines() if x.strip()]
+    return lines[-1] if lines else f"exit {result.returncode}"
