@@ -3,7 +3,11 @@
 The default engine (DESIGN section 8). It speaks the classic builder API: no `RUN --mount`,
 no secrets, no cache export (the spec refuses those under `engine: sdk`). Several platforms
 are built one after another, each with `platform=` (through the daemon's emulation for a
-foreign CPU), and each gets a local name of its own.
+foreign CPU) and BuildKit's TARGET* build args, without the build cache (the classic
+builder's cache ignores the platform, so it would hand one platform's layers to the next),
+and each gets a local name of its own. Seen with Docker 20.10: in a `FROM scratch` stage, an
+`ARG` before the first step that adds files makes a foreign-platform build fail ("does not
+match the specified platform"); BuildKit has neither problem.
 """
 
 from __future__ import annotations
@@ -43,11 +47,13 @@ class SdkBuilder:
             tag=local_ref,
             target=settings.target,
             platform=platform,
-            build_args=settings.build_args,
+            build_args={**platform_args(platform), **settings.build_args},
             labels=settings.labels,
             pull=settings.pull,
             cache_from=settings.cache_from,
-            no_cache=settings.no_cache,
+            # the classic builder's cache ignores the platform: a step cached for one platform
+            # would be reused for the next, so several platforms build without the cache
+            no_cache=settings.no_cache or many,
             network=settings.network,
         )
         title = f"build {image.name} {image.version.text}" + (
@@ -69,6 +75,19 @@ class SdkBuilder:
             tagged = counted(len(refs), "ref") if refs else local_ref
             console.write(f"built {image.name} as {image_id[:19]}, tagged {tagged}")
         return PlatformImage(platform=platform, image_id=image_id, local_ref=local_ref)
+
+
+def platform_args(platform: str | None) -> dict[str, str]:
+    """BuildKit's automatic platform args (TARGETPLATFORM, TARGETOS, TARGETARCH,
+    TARGETVARIANT: docs.docker.com/build/building/variables), which the classic builder does
+    not set, so a Dockerfile's `ARG TARGETARCH` means the same under both engines."""
+    if platform is None:
+        return {}
+    os_name, arch, *variant = platform.split("/")
+    args = {"TARGETPLATFORM": platform, "TARGETOS": os_name, "TARGETARCH": arch}
+    if variant:
+        args["TARGETVARIANT"] = variant[0]
+    return args
 
 
 _NOISE = re.compile(
