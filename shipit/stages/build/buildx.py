@@ -52,6 +52,10 @@ _QUIET_ENV: Final = {
     "BUILDX_METADATA_PROVENANCE": "disabled",
 }
 _VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.\d+)?")
+# Docker 28's embedded BuildKit writing a two-platform OCI layout (tar=false) prints lines like
+# "ERROR: (*service).Write failed: rpc error: ... locked for 2ms ...: unavailable" and still
+# exits 0 with every blob intact (checked blob by blob): noise, shown only with -v
+_NOISE = re.compile(r"^ERROR: \(\*service\)\.Write failed: .* locked for .*: unavailable$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -326,7 +330,8 @@ class _StepTracker:
                 self.titles.setdefault(match[1], match[2])
             elif (match := self._ERROR.match(line)) and self.failed is None:
                 self.failed = (self.titles.get(match[1], f"step #{match[1]}"), match[2])
-            console.write(line)
+            if console.verbosity > 0 or not (_NOISE.match(line) or not line.strip()):
+                console.write(line)
 
         return handle
 
