@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from shipit.registry import Credentials, Endpoint, Manifest, Registry
 from tests.support.buildkit import busybox, busybox_context, docker_at
@@ -122,7 +121,7 @@ def buildkit_project(
             spec,
             dockerfile=(context / "Dockerfile").read_text(),
             files=dict(files),
-        )  # fmt: skip
+        )
     )
 
 
@@ -253,7 +252,7 @@ scan: {{scanners: [secret], fail_on: HIGH}}
     )
     report = tmp_path / "report.json"
     env = env_for(daemon, tmp_path, three)
-    code, out, err = run_shipit(["run", "-C", str(project), "--report", str(report)], capsys, env)
+    code, _, err = run_shipit(["run", "-C", str(project), "--report", str(report)], capsys, env)
     assert code == 3, err
     assert "in linux/arm64" in err and "aws-access-key-id" in err
     document = json.loads(report.read_text())
@@ -280,7 +279,7 @@ version: 1
 """
     project = with_busybox(make_project(tmp_path / "project", spec, dockerfile=SDK_DOCKERFILE))
     report = tmp_path / "report.json"
-    code, out, err = run_shipit(
+    code, _, err = run_shipit(
         ["run", "-C", str(project), "--report", str(report)],
         capsys,
         env_for(daemon, tmp_path, three),
