@@ -80,11 +80,11 @@ def _execute(run: RunState) -> RunResult:
                     from shipit.stages import scan  # noqa: PLC0415
 
                     scan.find_trivy(env)  # a missing scanner is found before the build
-                daemon = stack.enter_context(docker_api.Daemon(env))
-                preflight.check_daemon(daemon, console)
-                engines = Engines(daemon, env)
+                engines = Engines(env)
                 stack.callback(engines.close)
                 engines.prepare(images, console)
+                if engines.needs_daemon(images):  # not when every builder is elsewhere
+                    preflight.check_daemon(engines.daemon, console)
                 access = preflight.open_registries(images, env, console)
                 for item in access.values():
                     stack.callback(item.client.close)
