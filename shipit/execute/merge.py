@@ -112,10 +112,11 @@ def _check_all(
                 if manifest is None:
                     continue
                 parts[image.name].append(PlatformPart(platform=platform, manifest=manifest))
-                where = len(image.targets)
+                count = len(image.targets)
+                where = "the registry" if count == 1 else f"all {count} registries"
                 run.console.write(
-                    f"{image.name} {platform}: {manifest.digest} in {where} of {where}"
-                    f" registries, built from {str(leg.commit)[:12]}"
+                    f"{image.name} {platform}: {manifest.digest} in {where}, built from"
+                    f" {leg.commit[:12]} (leg {leg.name})"
                 )
     if problems:
         raise LegsRefused(problems)
