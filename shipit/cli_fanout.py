@@ -121,6 +121,8 @@ def merge(
       shipit merge                         the legs recorded in the registries for this commit
       shipit merge amd64.json arm64.json --report out/merge.json
     """
+    if set(skip) - {"sign"}:
+        raise click.UsageError("a merge can leave out the sign stage only (--skip sign)")
     options, env, console = command_options(ctx)
     result_plan = app.plan(options, env, skip=skip, only=only)
     for warning in result_plan.warnings:

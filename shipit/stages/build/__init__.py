@@ -3,7 +3,9 @@
 - images.py: what a build yields (`BuiltImage`, one `PlatformImage` per platform) and the
   `Builder` interface every engine implements;
 - sdk.py: `engine: sdk`, docker-py's classic builder (the default);
-- buildx.py: `engine: buildx`, BuildKit through `docker buildx build`.
+- buildx.py: `engine: buildx`, BuildKit through `docker buildx build`;
+- contexts.py: a docker context as the builder (`builder:`): how its builds run and which
+  daemon it loads into.
 
 `prepare` runs in preflight, before anything is built: it finds buildx (with the install
 hint when it is missing) and asks each builder where its images will come back.

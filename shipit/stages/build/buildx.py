@@ -38,6 +38,7 @@ from shipit import proc
 from shipit.errors import StageError, UsageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
+from shipit.stages.build.contexts import builder_argv, loading_daemon
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_slug
 from shipit.stages.export import ExportError
 from shipit.stages.layout import platform_manifests
@@ -127,7 +128,7 @@ def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) ->
     if driver == "docker":
         store = _containerd_store(docker, endpoint, env)
         if not store:  # images are `--load`ed into that daemon and read back from it
-            host = _loading_daemon(docker, endpoint, env)
+            host = loading_daemon(docker, endpoint, env)
     platforms = tuple(
         p.strip().rstrip("*") for p in fields.get("Platforms", "").split(",") if p.strip()
     )
@@ -139,50 +140,6 @@ def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) ->
         platforms=platforms,
         daemon_host=host,
     )
-
-
-DEFAULT_DOCKER_HOST: Final = "unix:///var/run/docker.sock"  # docker-py's, with no DOCKER_HOST
-
-
-def _loading_daemon(docker: str, endpoint: str | None, env: Mapping[str, str]) -> str | None:
-    """The DOCKER_HOST of the daemon a docker-driver builder loads its images into, when it is
-    not the one the run talks to; None when it is.
-
-    The docker driver's endpoint is a docker context (`docker buildx inspect` says `Endpoint:
-    NAME`); `docker context inspect NAME` gives its daemon (Endpoints.docker.Host). shipit
-    reads images back from that daemon itself, so it has to be one docker-py reaches with a
-    DOCKER_HOST alone: unix:// or tcp:// without TLS."""
-    own = env.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-    if not endpoint or endpoint == "default":
-        return None  # the default context is DOCKER_HOST (or the default socket): the run's
-    if "://" in endpoint:
-        return None if endpoint == own else endpoint
-    argv = [docker, "context", "inspect", endpoint]
-    try:
-        found = json.loads(proc.run(argv, env=env, timeout=PROBE_TIMEOUT).stdout)[0]
-        docker_endpoint = found["Endpoints"]["docker"]
-        host = str(docker_endpoint["Host"])
-        tls = bool((found.get("TLSMaterial") or {}).get("docker"))
-    except proc.CommandError as exc:
-        raise StageError(
-            "preflight",
-            f"the docker context {endpoint} cannot be read: {_last_line(exc.result)}",
-        ) from None
-    except (ValueError, LookupError, TypeError):
-        raise StageError(
-            "preflight", f"`docker context inspect {endpoint}` says nothing shipit can read"
-        ) from None
-    if tls or not host.startswith(("unix://", "tcp://")):
-        why = "uses TLS" if tls else f"is at {host}"
-        raise StageError(
-            "preflight",
-            f"the buildx builder {endpoint} loads its images into a daemon that {why}, from"
-            " which shipit cannot read them back (it reads unix:// and plain tcp:// daemons)",
-            hint=f"create a builder there that returns OCI layouts: `docker buildx create"
-            f" --name farm --driver docker-container {endpoint}`, then `builder: farm`;"
-            " or turn on the containerd image store of that daemon",
-        )
-    return None if host == own else host
 
 
 def _normal(platform: str) -> str:
@@ -336,7 +293,8 @@ def build_command(
     --context=NAME buildx` to switch to context", buildx 0.29); any other with `--builder`.
     """
     child = {**env, **_QUIET_ENV}
-    argv = [*builder_argv(docker, info), "build", "--progress", "plain"]
+    chosen = builder_argv(docker, driver=info.driver, endpoint=info.endpoint, name=info.name)
+    argv = [*chosen, "build", "--progress", "plain"]
     argv += ["--provenance=false", "--sbom=false"]
     argv += ["--file", str(Path(settings.context) / settings.dockerfile)]
     if platforms:
@@ -365,14 +323,6 @@ def build_command(
         argv.append("--pull")
     argv.append(settings.context)
     return argv, child
-
-
-def builder_argv(docker: str, info: BuilderInfo) -> list[str]:
-    """`docker --context NAME buildx` for a docker-driver builder (a docker context), else
-    `docker buildx --builder NAME`; the buildx subcommand comes next."""
-    if info.driver == "docker" and info.endpoint and "://" not in info.endpoint:
-        return [docker, "--context", info.endpoint, "buildx"]
-    return [docker, "buildx", "--builder", info.name]
 
 
 def secret_values(settings: BuildSettings, env: Mapping[str, str]) -> list[str]:

@@ -280,6 +280,8 @@ def test_merge_reads_leg_files_and_folders(
     (empty / "other.json").write_text('{"not": "a leg"}')
     code, _, err = run_shipit(["merge", "-C", str(repo), str(empty)], capsys)
     assert code == 2 and f"no leg document in {empty}" in err
+    code, _, err = run_shipit(["merge", "-C", str(repo), "--skip", "push"], capsys)
+    assert code == 2 and "a merge can leave out the sign stage only" in err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     code, _, err = run_shipit(["merge", "-C", str(repo), str(bad)], capsys)
