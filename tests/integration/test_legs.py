@@ -175,6 +175,8 @@ def test_two_legs_on_two_daemons_then_one_merge(
     verified = [line.split()[-1] for line in done.stdout.splitlines() if "verified" in line]
     assert len(verified) == 3 * 3  # the index and both platforms, in each registry
     tags_after = all_tags(three, repository)
+    held = {reg.host: client(reg).manifest(repository, image["tags"][0]).digest for reg in three}
+    print(f"merge: index {index_digest} over {json.dumps(platforms)}; by tag in each: {held}")
 
     # a new commit: the legs are of another commit now, and refused
     (project / "NOTES").write_text("a later commit\n")
