@@ -7,7 +7,7 @@ call them directly.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +23,7 @@ from shipit.spec import Spec
 
 if TYPE_CHECKING:
     from shipit.execute import RunResult
+    from shipit.legs import Leg
 
 DEFAULT_SPEC = "shipit.yml"
 DEFAULT_REPORT = "shipit-report.json"
@@ -70,6 +71,91 @@ def run(plan: Plan, env: Mapping[str, str], console: Console) -> RunResult:
     from shipit.execute import execute  # noqa: PLC0415 (keeps the Docker SDK out of `plan`)
 
     return execute(plan, env, console)
+
+
+def leg_plan(plan: Plan, *, platform: str, record: bool) -> Plan:
+    """`plan` as one leg of a distributed build: one image, one platform (section 9)."""
+    from shipit import legs  # noqa: PLC0415
+
+    return legs.leg_plan(plan, platform=platform, record=record)
+
+
+def merge(
+    plan: Plan, leg_files: Sequence[Path], env: Mapping[str, str], console: Console
+) -> RunResult:
+    """Join the legs in `leg_files` (files or folders; none: the registries' leg records)
+    into one index per image, sign it and tag it."""
+    from shipit.execute.merge import merge as merge_legs  # noqa: PLC0415
+
+    legs = read_legs(leg_files, console) if leg_files else None
+    return merge_legs(plan, legs, env, console)
+
+
+def read_legs(paths: Sequence[Path], console: Console) -> list[Leg]:
+    """The leg documents in `paths`: each file named, and each `*.json` leg document in each
+    folder named (other JSON files in a folder are passed over). Bad input exits 2."""
+    from shipit import legs  # noqa: PLC0415
+
+    found = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*.json")):
+                document = _read_json(child)
+                if legs.is_leg_document(document):
+                    found.append(_leg(child, document))
+                else:
+                    console.write(f"{child}: not a leg document, passed over")
+        elif path.is_file():
+            found.append(_leg(path, _read_json(path)))
+        else:
+            raise UsageError(
+                f"{path}: no such file or folder (a leg document, or a folder of them)"
+            )
+    if not found:
+        where = ", ".join(str(p) for p in paths)
+        raise UsageError(f"no leg document in {where}")
+    return found
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable JSON document: {exc}") from None
+
+
+def _leg(path: Path, document: Any) -> Leg:
+    from shipit.legs import Leg  # noqa: PLC0415
+
+    try:
+        return Leg.from_json(document, str(path))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def write_leg(path: Path, plan: Plan, result: RunResult) -> Leg | None:
+    """The leg document of a leg run, written to `path` (the report's place); None when the
+    run built no image (its one image is skipped for this ref)."""
+    from shipit import report  # noqa: PLC0415
+    from shipit.execute.leg import leg_of  # noqa: PLC0415
+
+    images = [i for i in result.images if i.name in {p.name for p in plan.images if p.leg}]
+    if not images:
+        report.write(path, result)
+        return None
+    leg = leg_of(plan, images[0], result.status)
+    report.write_json(path, leg.to_json())
+    return leg
+
+
+def write_leg_ci_outputs(leg: Leg, env: Mapping[str, str], *, directory: Path) -> None:
+    """A leg's document as CI outputs: GitHub step outputs, or GitLab's shipit-legs file."""
+    from shipit import ci_outputs  # noqa: PLC0415
+
+    if env.get("GITHUB_ACTIONS") == "true":
+        ci_outputs.write_leg_github(leg, env)
+    if env.get("GITLAB_CI") == "true":
+        ci_outputs.write_leg_gitlab(leg, Path(env.get("CI_PROJECT_DIR") or directory))
 
 
 def result_document(result: RunResult) -> dict[str, Any]:

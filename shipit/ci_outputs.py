@@ -5,20 +5,30 @@ document) go to GITHUB_OUTPUT, each in a heredoc with a random delimiter, so no 
 its own entry or start another; a Markdown table is appended (never written over) to
 GITHUB_STEP_SUMMARY. GitLab CI: `shipit.env` (SHIPIT_VERSION, SHIPIT_DIGEST, SHIPIT_TAGS) for
 `artifacts:reports:dotenv`, one line per variable.
+
+A leg of a distributed build hands on its leg document instead: in GitHub Actions as the
+outputs `leg` and `json` (with `version`, `digest` of its platform manifest, and `tags`
+empty), in GitLab CI as the file `shipit-legs/IMAGE-PLATFORM.json` (one name per leg, so the
+artifacts of every leg fit side by side in the merge job) and, in `shipit.env`, a variable
+`SHIPIT_LEG_IMAGE_PLATFORM` holding its digest (a name per leg: a merge job that `needs:`
+every leg gets all of them).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from shipit.execute import RunResult
-from shipit.report import document
+from shipit.legs import Leg
+from shipit.report import document, write_json
 
 DOTENV = "shipit.env"
+LEGS_FOLDER = "shipit-legs"
 _SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
 
 
@@ -138,3 +148,45 @@ def _escape(text: str) -> str:
 
 def _one_line(value: str) -> str:
     return value.replace("\r", " ").replace("\n", " ")
+
+
+def leg_outputs(leg: Leg) -> dict[str, str]:
+    text = json.dumps(leg.to_json(), separators=(",", ":"))
+    return {
+        "version": leg.version,
+        "tags": "",
+        "digest": leg.digest or "",
+        "json": text,
+        "leg": text,
+    }
+
+
+def write_leg_github(leg: Leg, env: Mapping[str, str]) -> None:
+    output = env.get("GITHUB_OUTPUT")
+    if output:
+        with Path(output).open("a", encoding="utf-8") as handle:
+            for name, value in leg_outputs(leg).items():
+                handle.write(github_output(name, value))
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        where = ", ".join(_escape(t.registry) for t in leg.registries if t.digest) or "nowhere"
+        with Path(summary).open("a", encoding="utf-8") as handle:
+            handle.write(
+                f"### shipit leg: `{_escape(leg.image)}` {_escape(leg.platform)}, {leg.status}\n\n"
+                f"Version `{_escape(leg.version)}`, manifest `{leg.digest or '-'}` stored by"
+                f" digest in {where}; no tag and no signature until `shipit merge`.\n\n"
+            )
+
+
+def leg_file_name(leg: Leg) -> str:
+    """`IMAGE-PLATFORM.json`, the leg's file in the shipit-legs folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{leg.image}-{leg.platform}") + ".json"
+
+
+def write_leg_gitlab(leg: Leg, directory: Path) -> Path:
+    """The leg's file in `directory`/shipit-legs, and its variable in `directory`/shipit.env."""
+    path = directory / LEGS_FOLDER / leg_file_name(leg)
+    write_json(path, leg.to_json())
+    name = "SHIPIT_LEG_" + re.sub(r"[^A-Z0-9]+", "_", f"{leg.image}_{leg.platform}".upper())
+    (directory / DOTENV).write_text(f"{name}={leg.digest or ''}\n", encoding="utf-8")
+    return path

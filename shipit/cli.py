@@ -3,27 +3,30 @@
 `main(argv, env)` returns the exit code, so tests run commands in-process. Options that
 every command shares (-f, -C, -v, -q, the context overrides) are accepted before or after
 the command name; each also comes from a SHIPIT_* variable. Precedence: command line >
-SHIPIT_* environment > spec > defaults.
+SHIPIT_* environment > spec > defaults. That machinery lives in `shipit.cli_common`; the
+fan-out commands (`matrix`, `merge`) in `shipit.cli_fanout`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from shipit import __version__, app
-from shipit.context import EVENTS, Overrides
+from shipit import __version__, app, cli_fanout
+from shipit.cli_common import State, shared_options
+from shipit.cli_common import command_options as _options
+from shipit.cli_common import echo as _echo
+from shipit.cli_common import emit_json as _emit_json
+from shipit.cli_common import finish as _finish
+from shipit.cli_common import report_path as _report_path
+from shipit.cli_common import sigterm_as_interrupt as _sigterm_as_interrupt
+from shipit.cli_common import stdout_style as _stdout_style
 from shipit.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -32,133 +35,8 @@ from shipit.errors import (
     SpecError,
     printable,
 )
-from shipit.log import COLOR_CHOICES, Console, Style, counted, escape_github, use_color
+from shipit.log import counted, escape_github
 from shipit.render import plan_text
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-# name -> (SHIPIT_* variable, converter for the variable's text)
-_SHARED: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "spec_file": ("SHIPIT_FILE", str),
-    "directory": ("SHIPIT_DIRECTORY", str),
-    "verbose": ("SHIPIT_VERBOSE", int),
-    "quiet": ("SHIPIT_QUIET", lambda t: t.lower() in ("1", "true", "yes")),
-    "debug": ("SHIPIT_DEBUG", lambda t: t.lower() in ("1", "true", "yes")),
-    "color": ("SHIPIT_COLOR", str),
-    "ref": ("SHIPIT_REF", str),
-    "event": ("SHIPIT_EVENT", str),
-    "sha": ("SHIPIT_SHA", str),
-    "pr": ("SHIPIT_PR", int),
-    "default_branch": ("SHIPIT_DEFAULT_BRANCH", str),
-}
-
-
-def shared_options(func: F) -> F:
-    """The options every command takes, on the group and on each command."""
-    options = [
-        click.option(
-            "-f",
-            "--file",
-            "spec_file",
-            metavar="FILE",
-            help="The spec (default shipit.yml, relative to -C).",
-        ),
-        click.option("-C", "--directory", metavar="DIR", help="Run as if started in DIR."),
-        click.option("-v", "--verbose", count=True, help="More detail (repeat for more)."),
-        click.option("-q", "--quiet", is_flag=True, default=None, help="Only warnings and errors."),
-        click.option("--debug", is_flag=True, default=None, help="Tracebacks for failures."),
-        click.option(
-            "--color",
-            type=click.Choice(COLOR_CHOICES),
-            default=None,
-            help="Colour: auto (a terminal, or CI; not with NO_COLOR), always, never.",
-        ),
-        click.option("--ref", metavar="REF", help="Build as if for this ref (refs/tags/v1.2.3)."),
-        click.option("--event", type=click.Choice(EVENTS), help="Build as if for this event."),
-        click.option("--sha", metavar="SHA", help="The commit to label images with."),
-        click.option("--pr", type=int, metavar="N", help="Build as pull request N."),
-        click.option("--default-branch", metavar="NAME", help="The repository's default branch."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-@dataclass
-class State:
-    env: Mapping[str, str]
-
-
-def _shared(ctx: click.Context) -> dict[str, Any]:
-    """Merge shared options: the command's own, then the group's, then SHIPIT_* variables."""
-    state: State = ctx.find_object(State) or State(env=os.environ)
-    parent = ctx.parent.params if ctx.parent else {}
-    merged: dict[str, Any] = {}
-    for name, (variable, convert) in _SHARED.items():
-        value = ctx.params.get(name)
-        if value in (None, 0, False):
-            value = parent.get(name)
-        if value in (None, 0, False) and state.env.get(variable):
-            try:
-                value = convert(state.env[variable])
-            except ValueError:
-                raise click.BadParameter(
-                    f"{variable}={state.env[variable]!r} is not valid"
-                ) from None
-        merged[name] = value
-    return merged
-
-
-def _options(ctx: click.Context) -> tuple[app.Options, Mapping[str, str], Console]:
-    shared = _shared(ctx)
-    state: State = ctx.find_object(State) or State(env=os.environ)
-    verbosity = -1 if shared["quiet"] else int(shared["verbose"] or 0)
-    console = Console(state.env, verbosity=verbosity, color=shared["color"])
-    ctx.meta["debug"] = bool(shared["debug"])
-    ctx.meta["color"] = shared["color"]
-    options = app.Options(
-        directory=Path(shared["directory"] or "."),
-        spec_file=shared["spec_file"],
-        overrides=Overrides(
-            ref=shared["ref"],
-            event=shared["event"],
-            sha=shared["sha"],
-            pr=shared["pr"],
-            default_branch=shared["default_branch"],
-        ),
-    )
-    return options, state.env, console
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a cancelled CI job) stops a run the way Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _emit_json(document: Any) -> None:
-    """JSON on stdout, never coloured."""
-    click.echo(json.dumps(document, indent=2, sort_keys=False), color=False)
-
-
-def _stdout_style(ctx: click.Context, env: Mapping[str, str]) -> Style:
-    """Colour for what goes to stdout (tables, results), decided for stdout itself."""
-    return Style(use_color(ctx.meta.get("color"), env, sys.stdout))
-
-
-def _echo(text: str, style: Style) -> None:
-    click.echo(text, color=style.enabled)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -228,6 +106,13 @@ def plan(
 @click.option(
     "--report", metavar="FILE", help="Write the result document here (default shipit-report.json)."
 )
+@click.option(
+    "--leg", is_flag=True, help="Build one platform as a leg of a distributed build (no tag)."
+)
+@click.option("--platform", metavar="PLATFORM", help="The leg's platform, e.g. linux/arm64.")
+@click.option(
+    "--leg-record", is_flag=True, help="Also keep the leg in each registry, for `shipit merge`."
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -239,6 +124,9 @@ def run(
     dry_run: bool,
     only: str | None,
     report: str | None,
+    leg: bool,
+    platform: str | None,
+    leg_record: bool,
     **_: Any,
 ) -> int:
     """Build, scan, push and sign, as the plan says.
@@ -246,34 +134,44 @@ def run(
     Writes the result document (shipit-report.json, or --report) and prints a summary table;
     nothing is tagged before every registry holds the image.
 
+    With --leg, one platform of a multi-platform image is built on this runner: scanned,
+    its blobs and manifest pushed by digest to every registry, nothing signed or tagged; the
+    leg document goes where the report goes, and to the CI outputs. `shipit merge` joins
+    the legs. --leg-record also stores the leg in each registry, where a merge finds it.
+
     \b
     Examples:
       shipit run
       shipit run --no-push                 build and scan only (a fork's pull request)
       shipit run --skip sign -v
       shipit run --image api --report out/api.json
+      shipit run --image api --platform linux/arm64 --leg --leg-record
     """
     options, env, console = _options(ctx)
+    if (platform or leg_record) and not leg:
+        raise click.UsageError("--platform and --leg-record go with --leg")
+    if leg and not platform:
+        raise click.UsageError("--leg needs --platform: the platform this leg builds")
     result_plan = app.plan(options, env, skip=skip, push=not no_push, only=only)
+    if platform:
+        result_plan = app.leg_plan(result_plan, platform=platform, record=leg_record)
     if dry_run:
         _emit_json(result_plan.to_json()) if as_json else click.echo(plan_text(result_plan))
         return 0
     for warning in result_plan.warnings:
         console.warn(warning)
-    report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
-    report_path.unlink(missing_ok=True)  # an older run's report must not pass for this one's
+    report_path = _report_path(options, env, report)
     with _sigterm_as_interrupt():
         result = app.run(result_plan, env, console)
+    if leg:
+        written = app.write_leg(report_path, result_plan, result)
+        if written is not None:
+            app.write_leg_ci_outputs(written, env, directory=options.directory)
+        document = written.to_json() if written is not None else app.result_document(result)
+        return _finish(ctx, env, console, result, document if as_json else None)
     app.write_report(report_path, result)
     app.write_ci_outputs(result, env, directory=options.directory)
-    if as_json:
-        _emit_json(app.result_document(result))
-    else:
-        style = _stdout_style(ctx, env)
-        _echo(app.summary(result, style), style)
-    if result.error:
-        console.error(result.error)
-    return result.exit_code
+    return _finish(ctx, env, console, result, app.result_document(result) if as_json else None)
 
 
 @cli.command()
@@ -322,56 +220,6 @@ def version(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any)
         _emit_json({"version": result.version, "images": images})
     else:
         click.echo(result.version)
-    return 0
-
-
-@cli.command()
-@shared_options
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["github", "gitlab"]),
-    default="github",
-    show_default=True,
-    help="github: the JSON matrix; gitlab: a parallel:matrix snippet to paste.",
-)
-@click.option("--json", "as_json", is_flag=True, help="The JSON matrix (what github prints).")
-@click.pass_context
-def matrix(ctx: click.Context, /, *, output_format: str, as_json: bool, **_: Any) -> int:
-    """The images of the spec as a CI matrix, to run one job per image.
-
-    Prints {"include": [{"image": ..., "version": ..., "context": ...}, ...]} on one line (the
-    context relative to the spec's folder), for GitHub's `strategy: matrix: ${{
-    fromJSON(needs.JOB.outputs.matrix) }}`; in GitHub Actions it also goes to the step output
-    `matrix`. Each job then runs `shipit run --image NAME` (the action's `image` input). Images
-    this build does not release are left out: a monorepo tag api/v1.2.0 fans out to api only.
-
-    --format gitlab prints `parallel: matrix: - IMAGE: [...]` to paste into the job that extends
-    `.shipit`, with `SHIPIT_ARGS: --image $IMAGE`. GitLab cannot make a matrix from a value
-    computed in the pipeline, and a generated child pipeline would move the jobs, their
-    artifacts and reports out of the main pipeline; a pasted matrix keeps them in it. Print it
-    on a branch, where every image is built; on a monorepo tag the jobs of the other images
-    build and push nothing.
-
-    \b
-    Examples:
-      shipit matrix
-      shipit matrix --format gitlab
-    """
-    from shipit import matrix as matrix_mod  # noqa: PLC0415
-
-    if as_json and output_format == "gitlab":
-        raise click.UsageError("--json and --format gitlab do not go together")
-    options, env, console = _options(ctx)
-    result = app.plan(options, env)
-    for warning in result.warnings:
-        console.warn(warning)
-    document = matrix_mod.document(result)
-    matrix_mod.write_github_output(document, env)
-    if output_format == "gitlab":
-        click.echo(matrix_mod.gitlab_snippet(document), nl=False)
-    else:
-        click.echo(matrix_mod.to_json(document))
     return 0
 
 
@@ -505,6 +353,10 @@ def schema() -> int:
     """
     click.echo(app.schema_text(), nl=False)
     return 0
+
+
+cli.add_command(cli_fanout.matrix)
+cli.add_command(cli_fanout.merge)
 
 
 # -- entry points ------------------------------------------------------------------------

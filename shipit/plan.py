@@ -90,6 +90,19 @@ class BuildSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LegPlan:
+    """This run builds one platform of a multi-platform image, as one leg of a distributed
+    build (DESIGN section 9): an OCI manifest pushed by digest, no index, signature or tag."""
+
+    platform: str
+    platforms: tuple[str, ...]  # every platform the image plans: what the merge joins
+    record: bool = False  # also store the leg document in each registry, for `shipit merge`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"platform": self.platform, "platforms": list(self.platforms), "record": self.record}
+
+
+@dataclass(frozen=True, kw_only=True)
 class ImagePlan:
     name: str
     version: Version
@@ -100,6 +113,7 @@ class ImagePlan:
     annotations: Mapping[str, str] = field(default_factory=dict)  # for signatures
     skipped: str | None = None  # why this image is not built in this run
     image: Image = field(repr=False, compare=False)
+    leg: LegPlan | None = None  # set when this run is one leg of a distributed build
 
     @property
     def refs(self) -> tuple[str, ...]:
@@ -117,6 +131,7 @@ class ImagePlan:
             "stages": list(self.stages),
             "annotations": dict(self.annotations),
             "skipped": self.skipped,
+            **({"leg": self.leg.to_json()} if self.leg is not None else {}),
         }
 
 

@@ -1,4 +1,7 @@
-"""What a run leaves behind: the result document (schema 1) and the summary table."""
+"""What a run leaves behind: the result document (schema 1) and the summary table.
+
+A leg of a distributed build writes its leg document (`shipit.legs`) instead, with `write_json`.
+"""
 
 from __future__ import annotations
 
@@ -78,8 +81,13 @@ def _registry(image: ImageResult, target: TargetResult) -> dict[str, Any]:
 
 def write(path: Path, result: RunResult) -> None:
     """Write the document atomically: a reader never sees half a report."""
+    write_json(path, document(result))
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write `value` as JSON atomically (the result document, a leg document)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(document(result), indent=2) + "\n"
+    text = json.dumps(value, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)

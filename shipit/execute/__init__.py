@@ -11,9 +11,15 @@ Nothing is published unless every image built and passed its gate, and no tag mo
 every registry holds every image and every digest is signed; so a release publishes all of
 its images or none, and a failure leaves only untagged manifests, which the result lists.
 
+A leg of a distributed build (DESIGN section 9) stops after storing by digest (leg.py);
+`shipit merge` joins the legs without building anything (merge.py), then publishes the same
+way from the sign step on.
+
 - results.py: `RunResult`, `ImageResult` and the run's state;
 - prepare.py: build, scan and export;
-- publish.py: store, sign and tag.
+- publish.py: store, sign and tag;
+- leg.py: a leg's store, its record and its leg document;
+- merge.py: the merge: legs checked against the plan and the registries, the index, publish.
 """
 
 from __future__ import annotations
@@ -74,11 +80,11 @@ def _execute(run: RunState) -> RunResult:
                     from shipit.stages import scan  # noqa: PLC0415
 
                     scan.find_trivy(env)  # a missing scanner is found before the build
-                daemon = stack.enter_context(docker_api.Daemon(env))
-                preflight.check_daemon(daemon, console)
-                engines = Engines(daemon, env)
+                engines = Engines(env)
                 stack.callback(engines.close)
                 engines.prepare(images, console)
+                if engines.needs_daemon(images):  # not when every builder is elsewhere
+                    preflight.check_daemon(engines.daemon, console)
                 access = preflight.open_registries(images, env, console)
                 for item in access.values():
                     stack.callback(item.client.close)
@@ -96,6 +102,10 @@ def _execute(run: RunState) -> RunResult:
                 raise
             run.mark_unfinished(str(exc))
             return run.finish("failed", f"{exc}\nhint: {exc.hint}" if exc.hint else str(exc))
+        if any(image.leg is not None for image in images):
+            from shipit.execute.leg import publish_leg  # noqa: PLC0415
+
+            return publish_leg(run, images, ready, access)  # stored by digest, no sign, no tag
         return publish(run, images, ready, access, signers)
 
 

@@ -77,7 +77,7 @@ def scan_all(
     policy = image.image.scan
     if policy is None:
         return
-    many = len(built.platforms) > 1
+    many = len(built.platforms) > 1 or image.leg is not None  # a leg names its platform
     reports = []
     for item in built.platforms:
         target, layout, env = _scan_target(item, folder, run.env)
@@ -167,27 +167,28 @@ def _ready(
     uploads = BlobUploads(image, access, on_bytes=transfer.add, on_expect=transfer.expect)
     stack.callback(uploads.close)
     many = len(built.platforms) > 1
+    oci = many or image.leg is not None  # an index (now, or the merge's) names OCI manifests
     parts = []
     with run.console.group(f"export {image.name}"), showing(transfer, run.console):
         for item in built.platforms:
-            exported = _export(item, engines, folder, uploads, oci=many)
-            parts.append(PlatformExport(platform=item.platform, image=exported))
+            exported = _export(item, engines, folder, uploads, oci=oci)
+            parts.append(
+                PlatformExport(platform=item.platform, manifest=exported.manifest, image=exported)
+            )
             layers = counted(len(exported.layers), "layer")
-            where = f" ({item.platform})" if many else ""
+            where = f" ({item.platform})" if oci and item.platform else ""
             run.console.write(f"{image.name}{where}: {layers}, manifest {exported.manifest.digest}")
     index = None
     if many:
         index = image_index(
-            [PlatformPart(platform=str(p.platform), manifest=p.image.manifest) for p in parts],
+            [PlatformPart(platform=str(p.platform), manifest=p.manifest) for p in parts],
             {k: v for k, v in image.build.labels.items() if k.startswith(f"{OCI}.")},
         )
     artifact = Artifact(platforms=tuple(parts), index=index)
     run.update(
         image.name,
         digest=artifact.top.digest,
-        platforms=tuple(
-            PlatformResult(platform=p.platform, digest=p.image.manifest.digest) for p in parts
-        ),
+        platforms=tuple(PlatformResult.of(p.platform, p.manifest) for p in parts),
     )
     return Ready(artifact=artifact, uploads=uploads, transfer=transfer)
 

@@ -143,7 +143,7 @@ def _attest_sboms(
         report = scans.get(part.platform if len(item.artifact.platforms) > 1 else None)
         if report is None or report.sbom is None:
             continue
-        digest = part.image.manifest.digest
+        digest = part.manifest.digest
         refs = [(t, t.digest_ref(digest)) for t in targets]
         chosen = [_sign_target(sign, ref, t, access) for t, ref in refs if ref in signed and ref]
         attested = sign.attest_all(

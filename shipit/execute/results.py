@@ -12,6 +12,7 @@ from shipit.log import Console
 from shipit.plan import Plan
 
 if TYPE_CHECKING:
+    from shipit.registry import Manifest
     from shipit.stages.push import TargetResult
     from shipit.stages.scan import ScanReport
     from shipit.stages.sign import SignResult
@@ -23,6 +24,17 @@ class PlatformResult:
 
     platform: str | None
     digest: str | None = None
+    media_type: str | None = None  # of the manifest
+    size: int | None = None  # of the manifest, in bytes
+
+    @classmethod
+    def of(cls, platform: str | None, manifest: Manifest) -> PlatformResult:
+        return cls(
+            platform=platform,
+            digest=manifest.digest,
+            media_type=manifest.media_type,
+            size=len(manifest.data),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -284,6 +284,32 @@ class BlobApi(Door):
             offset += len(piece)
         return url
 
+    def read_blob(
+        self, repository: str, blob: Descriptor, *, limit: int = 4 * 1024 * 1024
+    ) -> bytes:
+        """The bytes of a small blob (an image config, a leg record), checked against its
+        digest and size; larger than `limit` bytes is an error."""
+        repo = self._api_repo(repository)
+        what = f"blob {short_digest(blob.digest)} in {repo}"
+        if blob.size > limit:
+            raise self._protocol(f"{what} has {blob.size} bytes, more than {limit} to read")
+        chunks: list[bytes] = []
+        total = 0
+        with self._open_blob(repository, blob) as response:
+            try:
+                for chunk in response.iter_content(STREAM_CHUNK):
+                    total += len(chunk)
+                    if total > limit:
+                        raise self._protocol(f"{what} on {self.host} is larger than {limit} bytes")
+                    chunks.append(chunk)
+            except requests.RequestException as exc:
+                raise self._transport_error(exc)[0] from exc
+        data = b"".join(chunks)
+        algorithm = blob.digest.split(":", 1)[0]
+        if compute_digest(data, algorithm) != blob.digest or len(data) != blob.size:
+            raise self._protocol(f"{what} on {self.host} does not match its digest and size")
+        return data
+
     def _open_blob(self, repository: str, blob: Descriptor) -> requests.Response:
         """A streaming GET of `blob` (the caller closes it)."""
         repo = self._api_repo(repository)

@@ -31,10 +31,14 @@ from shipit.stages.preflight import Access
 
 @dataclass(frozen=True, kw_only=True)
 class PlatformExport:
-    """One platform's image, ready to push; `platform` None: the daemon's own, unnamed."""
+    """One platform's manifest, ready to push; `platform` None: the daemon's own, unnamed.
+
+    `image` is the exported image whose blobs a run uploads; a merge has none (the legs
+    pushed the blobs), only the manifest it read back from a registry."""
 
     platform: str | None
-    image: ExportedImage
+    manifest: Manifest
+    image: ExportedImage | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,20 +51,18 @@ class Artifact:
     @property
     def top(self) -> Manifest:
         """What the tags point at: the index, or the one platform's manifest."""
-        return self.index if self.index is not None else self.platforms[0].image.manifest
+        return self.index if self.index is not None else self.platforms[0].manifest
 
     @property
     def manifests(self) -> tuple[Manifest, ...]:
         """Every manifest to store, children before the index that names them."""
-        children = tuple(p.image.manifest for p in self.platforms)
+        children = tuple(p.manifest for p in self.platforms)
         return (*children, self.index) if self.index is not None else children
 
     @property
     def size(self) -> int:
-        blobs: dict[str, int] = {}
-        for part in self.platforms:
-            blobs[part.image.image_id] = len(part.image.config)
-            blobs.update({x.descriptor.digest: x.descriptor.size for x in part.image.layers})
+        """The bytes of every blob (each once) and manifest the image is made of."""
+        blobs = {b.digest: b.size for p in self.platforms for b in p.manifest.blobs()}
         return sum(blobs.values()) + sum(len(m.data) for m in self.manifests)
 
 

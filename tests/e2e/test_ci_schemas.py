@@ -126,7 +126,7 @@ def test_inputs_reach_the_scripts_only_through_env() -> None:
             used.update(re.findall(r"\$\{\{\s*inputs\.([\w-]+)\s*\}\}", str(value)))
     assert used == set(action["inputs"]), "every input is passed to a script, and only those"
     outputs = action["outputs"]
-    assert set(outputs) == {"version", "tags", "digest", "json"}
+    assert set(outputs) == {"version", "tags", "digest", "json", "leg"}
     for name, output in outputs.items():
         assert output["value"] == f"${{{{ steps.run.outputs.{name} }}}}"
 

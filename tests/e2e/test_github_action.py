@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +205,11 @@ def write_event(path: Path, repo: Path) -> Path:
     return path
 
 
-def run_act(repo: Path, event: Path, env: dict[str, str], log: Path) -> tuple[int, str]:
-    """`act push` on the host, bounded by ACT_TIMEOUT; returns (exit code, its log)."""
+def run_act(
+    repo: Path, event: Path, env: dict[str, str], log: Path, extra: Sequence[str] = ()
+) -> tuple[int, str]:
+    """`act push` on the host, bounded by ACT_TIMEOUT; returns (exit code, its log).
+    `extra`: more act options (`--var NAME=VALUE`, more `--platform` labels)."""
     argv = [
         tool_path("act"),
         "push",
@@ -220,6 +224,7 @@ def run_act(repo: Path, event: Path, env: dict[str, str], log: Path) -> tuple[in
         "--no-cache-server",
         "--defaultbranch",
         "main",
+        *extra,
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(

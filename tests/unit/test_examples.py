@@ -24,6 +24,7 @@ NAMES = sorted(p.name for p in EXAMPLES.iterdir() if (p / "shipit.yml").is_file(
 # The action's inputs, as action.yml declares them (this list when it is not there yet).
 ACTION_INPUTS = {
     "spec", "working-directory", "args", "push", "dry-run", "image", "skip", "report", "verbose",
+    "leg", "platform", "leg-record", "merge", "legs", "install-tools",
 }  # fmt: skip
 
 
@@ -129,8 +130,9 @@ def test_ci_files_use_the_action_and_template_as_declared(name: str) -> None:
                         assert set(step.get("with", {})) <= inputs, path
         else:
             jobs = {k: v for k, v in document.items() if isinstance(v, dict) and k != "variables"}
+            templates = {".shipit", ".shipit-leg", ".shipit-merge"}
             assert any(
-                job.get("extends") == ".shipit" or key == "shipit" for key, job in jobs.items()
+                job.get("extends") in templates or key == "shipit" for key, job in jobs.items()
             )
 
 

@@ -3,7 +3,9 @@
 - images.py: what a build yields (`BuiltImage`, one `PlatformImage` per platform) and the
   `Builder` interface every engine implements;
 - sdk.py: `engine: sdk`, docker-py's classic builder (the default);
-- buildx.py: `engine: buildx`, BuildKit through `docker buildx build`.
+- buildx.py: `engine: buildx`, BuildKit through `docker buildx build`;
+- contexts.py: a docker context as the builder (`builder:`): how its builds run and which
+  daemon it loads into.
 
 `prepare` runs in preflight, before anything is built: it finds buildx (with the install
 hint when it is missing) and asks each builder where its images will come back.
@@ -40,22 +42,40 @@ __all__ = [
 
 
 class Engines:
-    """The builders a run uses, found and checked in preflight."""
+    """The builders a run uses, found and checked in preflight.
 
-    def __init__(self, daemon: Daemon, env: Mapping[str, str]) -> None:
-        self.daemon = daemon
+    The run's own daemon (DOCKER_HOST) is connected to only when something needs it: the
+    SDK engine, or a buildx builder that loads its images into it. A run whose builders are
+    elsewhere (a docker context, a remote or Kubernetes builder) works without one.
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self._docker: str | None = None
         self._builders: dict[str | None, BuilderInfo] = {}
-        self._daemons: dict[str, Daemon] = {}
+        self._daemons: dict[str | None, Daemon] = {}
+
+    @property
+    def daemon(self) -> Daemon:
+        """The run's own daemon, connected on first use."""
+        return self.daemon_for(None)
 
     def daemon_for(self, host: str | None) -> Daemon:
         """The run's daemon, or a connection to the daemon a builder loaded its image into."""
-        if host is None:
-            return self.daemon
         if host not in self._daemons:
-            self._daemons[host] = Daemon({**self.env, "DOCKER_HOST": host})
+            env = self.env if host is None else {**self.env, "DOCKER_HOST": host}
+            self._daemons[host] = Daemon(env)
         return self._daemons[host]
+
+    def needs_daemon(self, images: Sequence[ImagePlan]) -> bool:
+        """Whether any image is built, or read back, through the run's own daemon."""
+        for image in images:
+            if image.build.engine != "buildx":
+                return True
+            info = self._builders.get(image.build.builder)
+            if info is not None and info.loads and info.daemon_host is None:
+                return True
+        return False
 
     def close(self) -> None:
         for daemon in self._daemons.values():

@@ -12,6 +12,11 @@ the builder (facts checked with buildx 0.29 against Docker 20.10 and 28.5):
   builder) writes one OCI layout for every platform at once (`--output
   type=oci,tar=false,dest=DIR`), whose compressed layers are pushed as they are.
 
+`builder:` may name a buildx builder or a docker context (another daemon, remote or local).
+A layout comes back to shipit from any of them; a docker-driver builder on a classic store
+loads into its own daemon, which `docker context inspect` names, and shipit reads the image
+back from that daemon, never from the run's own (DOCKER_HOST), which may not even exist.
+
 Digests come from buildx's `--metadata-file` (`containerimage.digest`), never from its log.
 Attestations are turned off (`--provenance=false --sbom=false`): BuildKit would put them into
 the image index as `unknown/unknown` entries; shipit attaches provenance next to the image.
@@ -33,6 +38,7 @@ from shipit import proc
 from shipit.errors import StageError, UsageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
+from shipit.stages.build.contexts import builder_argv, loading_daemon
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_slug
 from shipit.stages.export import ExportError
 from shipit.stages.layout import platform_manifests
@@ -67,6 +73,7 @@ class BuilderInfo:
     endpoint: str | None  # for the docker driver: the docker context (daemon) it builds in
     containerd_store: bool  # docker driver only: that daemon keeps images in containerd
     platforms: tuple[str, ...] = ()  # what it can build (natively or through QEMU/binfmt)
+    daemon_host: str | None = None  # the daemon it loads into, when not the run's own
 
     def missing(self, wanted: tuple[str, ...]) -> list[str]:
         """The platforms of `wanted` this builder cannot build (none when it did not say)."""
@@ -117,8 +124,11 @@ def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) ->
     driver = fields.get("Driver", "")
     endpoint = fields.get("Endpoint")
     store = False
+    host = None
     if driver == "docker":
         store = _containerd_store(docker, endpoint, env)
+        if not store:  # images are `--load`ed into that daemon and read back from it
+            host = loading_daemon(docker, endpoint, env)
     platforms = tuple(
         p.strip().rstrip("*") for p in fields.get("Platforms", "").split(",") if p.strip()
     )
@@ -128,6 +138,7 @@ def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) ->
         endpoint=endpoint,
         containerd_store=store,
         platforms=platforms,
+        daemon_host=host,
     )
 
 
@@ -200,9 +211,11 @@ class BuildxBuilder:
             for ref in image.refs[1:]:
                 output += ["--tag", ref]
         digest = self._run(image, (platform,) if platform else (), output, metadata, console)
-        host = self.info.endpoint if self.info.endpoint and "://" in self.info.endpoint else None
         return PlatformImage(
-            platform=platform, image_id=digest, local_ref=local_ref, docker_host=host
+            platform=platform,
+            image_id=digest,
+            local_ref=local_ref,
+            docker_host=self.info.daemon_host,
         )
 
     def _layout(self, image: ImagePlan, console: Console) -> BuiltImage:
@@ -242,7 +255,8 @@ class BuildxBuilder:
     ) -> str:
         settings = image.build
         argv, child = build_command(self.docker, settings, self.info, platforms, self.env)
-        argv[3:3] = [*output, "--metadata-file", str(metadata)]
+        at = argv.index("build") + 1
+        argv[at:at] = [*output, "--metadata-file", str(metadata)]
         for secret in secret_values(settings, self.env):
             console.secret(secret)
         which = f" for {', '.join(platforms)}" if platforms else ""
@@ -270,13 +284,17 @@ def build_command(
     platforms: tuple[str, ...],
     env: Mapping[str, str],
 ) -> tuple[list[str], dict[str, str]]:
-    """The `docker buildx build` argv (outputs go in at index 3) and the child's environment.
+    """The `docker buildx build` argv (outputs go in after `build`) and the child's environment.
 
     Values that could be secret never go into argv: build args travel in the environment
     (`--build-arg NAME` takes the value from there), secrets by variable name or file path.
+    A docker-driver builder is a docker context, chosen with `docker --context NAME`: buildx
+    refuses `--builder NAME` for a context that is not the current one ("use `docker
+    --context=NAME buildx` to switch to context", buildx 0.29); any other with `--builder`.
     """
     child = {**env, **_QUIET_ENV}
-    argv = [docker, "buildx", "build", "--builder", info.name, "--progress", "plain"]
+    chosen = builder_argv(docker, driver=info.driver, endpoint=info.endpoint, name=info.name)
+    argv = [*chosen, "build", "--progress", "plain"]
     argv += ["--provenance=false", "--sbom=false"]
     argv += ["--file", str(Path(settings.context) / settings.dockerfile)]
     if platforms:
