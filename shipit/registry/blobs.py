@@ -7,7 +7,8 @@ hashed again. A registry that refuses one big body (see `_wants_chunks`) gets th
 PATCHed chunks instead, from then on. An upload that fails midway is cancelled and started
 over in a new session, with backoff. Between two repositories of one registry host a blob is
 mounted (POST with `mount` and `from`) rather than sent again; a registry that declines the
-mount opens a session for a normal upload instead.
+mount opens a session for a normal upload instead. `read_blob` reads a small blob (a config)
+whole, checked against its digest.
 """
 
 from __future__ import annotations
@@ -283,6 +284,27 @@ class BlobApi(Door):
                 url = join_location(response.url, response.headers.get("Location") or url)
             offset += len(piece)
         return url
+
+    def read_blob(self, repository: str, digest: str, *, limit: int = 1024 * 1024) -> bytes:
+        """A small blob (an image config) whole, checked against its digest; at most `limit`."""
+        check_digest(digest)
+        blob = Descriptor(media_type="application/octet-stream", digest=digest, size=0)
+        what = f"blob {short_digest(digest)} in {self._api_repo(repository)}"
+        chunks: list[bytes] = []
+        total = 0
+        with self._open_blob(repository, blob) as response:
+            try:
+                for chunk in response.iter_content(STREAM_CHUNK):
+                    total += len(chunk)
+                    if total > limit:
+                        raise self._protocol(f"{what} on {self.host} is larger than {limit} bytes")
+                    chunks.append(chunk)
+            except requests.RequestException as exc:
+                raise self._transport_error(exc)[0] from exc
+        data = b"".join(chunks)
+        if compute_digest(data, digest.split(":", 1)[0]) != digest:
+            raise self._protocol(f"{what} on {self.host} does not match its digest")
+        return data
 
     def _open_blob(self, repository: str, blob: Descriptor) -> requests.Response:
         """A streaming GET of `blob` (the caller closes it)."""
