@@ -79,7 +79,8 @@ class Action:
 
     digest: str
     tags: tuple[str, ...]  # the digest's tags; for `untag`, the tag that goes
-    kind: str  # image, index, platform, signature, attestation, sbom, referrers, referrer, untagged
+    kind: str  # image, index, platform, untagged, signature, attestation, sbom, referrers index,
+    # referrer (a manifest with a `subject`, such as a cosign 3 bundle), tag (for `untag`)
     action: str  # keep | delete | untag
     rule: str  # what decided
     created: datetime | None = None
@@ -188,6 +189,15 @@ class PrunePlan:
 def short(digest: str) -> str:
     """`sha256:` and the first 12 hex digits, for messages and tables."""
     return digest[:19]
+
+
+def short_tag(tag: str) -> str:
+    """An artifact tag with its digest shortened (`sha256-1a2b3c4d5e6f….sig`), for tables."""
+    match = ARTIFACT_TAG.fullmatch(tag)
+    if match is None:
+        return tag
+    kind = f".{match['kind']}" if match["kind"] else ""
+    return f"{match['algorithm']}-{match['hex'][:12]}…{kind}"
 
 
 def _time(value: datetime | None) -> str | None:

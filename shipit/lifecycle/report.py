@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shipit.lifecycle.records import Action, PrunePlan, RepositoryPlan
+from shipit.lifecycle.records import Action, PrunePlan, RepositoryPlan, short_tag
 from shipit.log import PLAIN, Style
 from shipit.render import table
 
@@ -102,7 +102,7 @@ def _cells(repo: RepositoryPlan, action: Action) -> list[str]:
         repo.registry,
         repo.repository,
         action.digest[:19],
-        ", ".join(action.tags) or "-",
+        ", ".join(short_tag(t) for t in action.tags) or "-",
         created,
         action.action,
         action.rule,

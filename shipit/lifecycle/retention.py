@@ -38,9 +38,9 @@ class Protected:
 
     def reason(self, tag: str) -> str | None:
         if tag in self.planned:
-            return "published for the current commit"
+            return f"{tag}: published for the current commit"
         if any(p.fullmatch(tag) for p in self.floating):
-            return "floating tag"
+            return f"{tag}: floating tag"
         return None
 
 
@@ -159,6 +159,13 @@ class _Graph:
         children = [(c, "platform") for c in (node.children if node else ())]
         return children + [(a, "attached") for a in self.attached.get(digest, ())]
 
+    def first_reason(self, digest: str, reasons: Mapping[str, str]) -> str | None:
+        """Why the digest's first kept tag is kept, protected tags before rules."""
+        kept = [t for t in self.image_tags(digest) if t in reasons]
+        protected = [t for t in kept if not reasons[t].startswith("keep #")]
+        chosen = (protected or kept)[:1]
+        return reasons[chosen[0]] if chosen else None
+
 
 def decide(
     holdings: Holdings, policy: RetentionPolicy, protected: Protected, now: datetime
@@ -177,9 +184,9 @@ def _roots_kept(
     keep: dict[str, str] = {}
     for digest in sorted(holdings.nodes):
         tags = graph.image_tags(digest)
-        kept = [t for t in tags if t in reasons]
-        if kept:
-            keep[digest] = reasons[kept[0]]
+        why = graph.first_reason(digest, reasons)
+        if why is not None:
+            keep[digest] = why
         elif tags and holdings.nodes[digest].created is None and _has_time_limits(policy):
             keep[digest] = "creation time unknown: kept to be safe"
         elif graph.kind_of(digest) == "untagged" and policy.untagged == "keep":
