@@ -564,18 +564,11 @@ def promote(
     if as_json:
         _emit_json(document)
     else:
-        for target in result.targets:
-            word = style.status("failed  " if target.error else "promoted")
-            shown = f"{target.repository}@{target.digest}" if target.digest else target.repository
-            tagged = f" ({', '.join(target.tags)})" if target.tags else ""
-            _echo(f"{word}  {shown}{tagged}", style)
-    for target in result.targets:
-        if target.error:
-            console.error(f"{target.registry}: {target.error}")
+        _echo(lifecycle_report.promote_lines(result, style), style)
+    for error in lifecycle_report.promote_errors(result):
+        console.error(error)
     if result.error:
-        console.error(result.error)
-        if not allow_unsigned:
-            click.echo("hint: sign the image, or pass --allow-unsigned to copy it anyway", err=True)
+        click.echo("hint: sign the image, or pass --allow-unsigned to copy it anyway", err=True)
     return result.exit_code
 
 

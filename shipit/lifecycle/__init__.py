@@ -8,5 +8,6 @@ capabilities  probing whether a registry deletes, and whether it deletes tags al
 apply         carrying out one repository's plan, checking that nothing moved
 prune         the whole command: every image with a policy, every registry
 report        the tables and the JSON documents
-promote       copying a signed image, its signatures and attestations, elsewhere
+copying       one image with its signatures, attestations and referrers into a target
+promote       the whole command: verify at the source, then copy to every target
 """

@@ -17,7 +17,6 @@ there. A target is a spec registry url (its credentials and CA are used) or a ho
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,57 +24,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shipit.errors import EXIT_FAILED, UsageError
+from shipit.errors import EXIT_FAILED, StageError, UsageError
+from shipit.lifecycle.copying import Attachment, Copier, Source, TargetResult, attachments
 from shipit.lifecycle.prune import Clients
-from shipit.lifecycle.records import artifact_tags, short
 from shipit.log import Console
 from shipit.registry import (
     DIGEST_RE,
-    OCI_INDEX,
     TAG_RE,
-    Manifest,
     Registry,
     RegistryError,
-    copy_image,
-    parse_referrers,
 )
-from shipit.spec import Image, Spec
 from shipit.spec import Registry as SpecRegistry
+from shipit.spec import Spec
 from shipit.stages import preflight, sign
 
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::\d+)?")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Attachment:
-    """Something that belongs to the image: under an artifact tag, or a referrer."""
-
-    digest: str
-    subject: str
-    tag: str | None = None  # None: found through the referrers API
-
-
-@dataclass(frozen=True, kw_only=True)
-class TargetResult:
-    registry: str
-    repository: str  # host/repository
-    digest: str | None = None
-    tags: tuple[str, ...] = ()
-    attachments: tuple[str, ...] = ()
-    blobs_copied: int = 0
-    blobs_mounted: int = 0
-    bytes_copied: int = 0
-    warnings: tuple[str, ...] = ()
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "registry": self.registry, "repository": self.repository, "digest": self.digest,
-            "tags": list(self.tags), "attachments": list(self.attachments),
-            "blobs_copied": self.blobs_copied, "blobs_mounted": self.blobs_mounted,
-            "bytes_copied": self.bytes_copied, "warnings": list(self.warnings),
-            "error": self.error,
-        }  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,15 +70,6 @@ class PromoteResult:
             "error": self.error,
             "targets": [t.to_json() for t in self.targets],
         }
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Source:
-    image: Image
-    registry: SpecRegistry
-    repository: str
-    tag: str | None
-    digest: str | None
 
 
 def promote(
@@ -151,32 +105,46 @@ def promote(
         warnings = () if verified else (f"promoting {shown} without a verified signature ({said})",)
         for warning in warnings:
             console.warn(warning)
-        manifest = client.manifest(source.repository, digest)
-        attachments = _attachments(client, source.repository, manifest)
-        wanted = tuple(tags) or ((source.tag,) if source.tag else ())
-        copier = _Copier(
-            clients,
-            source=source,
-            manifest=manifest,
-            attachments=attachments,
-            tags=wanted,
-            console=console,
+        results, attached = _copy(
+            clients, source, digest=digest, targets=targets, tags=tags, console=console
         )
-        with ThreadPoolExecutor(
-            max_workers=max(1, min(source.image.push.parallel, len(targets)))
-        ) as pool:
-            results = tuple(pool.map(copier.copy, targets))
     except RegistryError as error:
-        raise UsageError(f"cannot read {ref}: {error}") from None
+        raise StageError("promote", f"cannot read {ref}: {error}") from None
     finally:
         clients.close()
     return PromoteResult(
         source=shown, verified=verified, started=started, finished=datetime.now(UTC),
-        targets=results, warnings=warnings, attachments=tuple(attachments),
+        targets=results, warnings=warnings, attachments=attached,
     )  # fmt: skip
 
 
-def _source(spec: Spec, ref: str) -> _Source:
+def _copy(
+    clients: Clients,
+    source: Source,
+    *,
+    digest: str,
+    targets: Sequence[SpecRegistry],
+    tags: Sequence[str],
+    console: Console,
+) -> tuple[tuple[TargetResult, ...], tuple[Attachment, ...]]:
+    """The image and its attachments into every target at once (`push.parallel`)."""
+    client = clients.get(source.registry, source.image)
+    manifest = client.manifest(source.repository, digest)
+    attached = tuple(attachments(client, source.repository, manifest))
+    copier = Copier(
+        clients,
+        source=source,
+        manifest=manifest,
+        attachments=attached,
+        tags=tuple(tags) or ((source.tag,) if source.tag else ()),
+        console=console,
+    )
+    workers = max(1, min(source.image.push.parallel, len(targets)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="promote") as pool:
+        return tuple(pool.map(copier.copy, targets)), attached
+
+
+def _source(spec: Spec, ref: str) -> Source:
     """The spec's image and registry that `ref` (host/repository:tag or @digest) belongs to."""
     name, _, digest = ref.partition("@")
     tag = None
@@ -195,7 +163,7 @@ def _source(spec: Spec, ref: str) -> _Source:
         for registry in image.registries:
             if registry.image(image.name) == name.lower():
                 repository = registry.repository(image.name)
-                return _Source(
+                return Source(
                     image=image,
                     registry=registry,
                     repository=repository,
@@ -206,29 +174,30 @@ def _source(spec: Spec, ref: str) -> _Source:
     raise UsageError(f"{name} is not an image of {spec.path}", hint=f"promote one of: {known}")
 
 
-def _target(spec: Spec, text: str, source: _Source) -> SpecRegistry:
+def _target(spec: Spec, text: str, source: Source) -> SpecRegistry:
     """A spec registry by url (with its credentials and CA), else HOST[/NAMESPACE] as given."""
     wanted = text.strip().strip("/").lower()
-    for image in spec.images:
-        for registry in image.registries:
-            if registry.url == wanted:
-                return registry
+    known = [r for i in spec.images for r in i.registries if r.url == wanted]
     host, _, namespace = wanted.partition("/")
-    if (
-        "://" in text
-        or not _HOST.fullmatch(host)
-        or not ("." in host or ":" in host or host == "localhost")
-    ):
+    if known:
+        target = known[0]
+    elif "://" in text or not _HOST.fullmatch(host) or not _looks_like_host(host):
         raise UsageError(
             f"--to {text}: write a registry as HOST[:PORT][/NAMESPACE], like ghcr.io/acme"
         )
-    target = SpecRegistry(url=wanted, host=host, namespace=namespace)
+    else:
+        target = SpecRegistry(url=wanted, host=host, namespace=namespace)
     if target.image(source.image.name) == source.registry.image(source.image.name):
         raise UsageError(f"--to {text} is where {source.image.name} comes from")
     return target
 
 
-def _resolve(client: Registry, source: _Source, ref: str) -> str:
+def _looks_like_host(name: str) -> bool:
+    """As docker reads a reference: a first part with a dot or a port, or localhost."""
+    return "." in name or ":" in name or name == "localhost"
+
+
+def _resolve(client: Registry, source: Source, ref: str) -> str:
     if source.digest:
         return source.digest
     assert source.tag is not None  # noqa: S101 - _source requires a tag or a digest
@@ -239,7 +208,7 @@ def _resolve(client: Registry, source: _Source, ref: str) -> str:
 
 
 def _verify(
-    source: _Source, shown: str, env: Mapping[str, str], console: Console
+    source: Source, shown: str, env: Mapping[str, str], console: Console
 ) -> tuple[bool, str]:
     """Whether the source's signature verifies with the image's policy, and what was said."""
     policy = source.image.sign
@@ -259,133 +228,3 @@ def _verify(
         console.write(f"verified {shown}")
         return True, "verified"
     return False, f"its signature does not verify: {result.error}"
-
-
-def _attachments(client: Registry, repository: str, manifest: Manifest) -> list[Attachment]:
-    """What belongs to the image and its platform manifests: artifact tags and referrers."""
-    subjects = [manifest.digest, *(c.digest for c in manifest.children())]
-    found: list[Attachment] = []
-    for subject in subjects:
-        for tag in artifact_tags(subject):
-            digest = client.manifest_digest(repository, tag)
-            if digest is not None:
-                found.append(Attachment(digest=digest, subject=subject, tag=tag))
-        listed = {a.digest for a in found}
-        for referrer in client.referrers(repository, subject) or ():
-            if referrer.digest not in listed:
-                found.append(Attachment(digest=referrer.digest, subject=subject))
-    return found
-
-
-class _Copier:
-    """Copies the image and its attachments into one target; shared by the threads."""
-
-    def __init__(
-        self,
-        clients: Clients,
-        *,
-        source: _Source,
-        manifest: Manifest,
-        attachments: Sequence[Attachment],
-        tags: Sequence[str],
-        console: Console,
-    ) -> None:
-        self.clients, self.source, self.manifest = clients, source, manifest
-        self.attachments, self.tags, self.console = attachments, tags, console
-
-    def copy(self, target: SpecRegistry) -> TargetResult:
-        repository = target.repository(self.source.image.name)
-        where = f"{target.host}/{repository}"
-        src = self.clients.get(self.source.registry, self.source.image)
-        try:
-            dst = self.clients.get(target, self.source.image)
-            copied = copy_image(
-                src, self.source.repository, self.manifest.digest, dst, repository, []
-            )
-            results = [copied]
-            for item in self.attachments:
-                results.append(
-                    copy_image(src, self.source.repository, item.digest, dst, repository, [])
-                )
-            counts = [
-                sum(len(r.blobs_copied) for r in results),
-                sum(len(r.blobs_mounted) for r in results),
-                sum(r.bytes_copied for r in results),
-            ]
-            warnings = self._tag_attachments(src, dst, repository)
-            for tag in self.tags:
-                dst.put_manifest(repository, tag, self.manifest)
-        except RegistryError as error:
-            return TargetResult(registry=target.url, repository=where, error=str(error))
-        self.console.write(
-            f"{target.url}: {where}@{self.manifest.digest} with {len(self.attachments)} attachments"
-        )
-        return TargetResult(
-            registry=target.url, repository=where, digest=copied.digest, tags=tuple(self.tags),
-            attachments=tuple(a.digest for a in self.attachments), blobs_copied=counts[0],
-            blobs_mounted=counts[1], bytes_copied=counts[2], warnings=tuple(warnings),
-        )  # fmt: skip
-
-    def _tag_attachments(self, src: Registry, dst: Registry, repository: str) -> list[str]:
-        """The artifact tags at the target, and a referrers index where it lacks the API."""
-        warnings: list[str] = []
-        for item in self.attachments:
-            if item.tag is None:
-                continue
-            manifest = src.manifest(self.source.repository, item.digest)
-            there = dst.manifest_digest(repository, item.tag)
-            if there not in (None, item.digest):
-                if item.tag.endswith((".sig", ".att", ".sbom")):
-                    warnings.append(f"{item.tag} at the target held other signatures; replaced")
-                else:
-                    manifest = _merged(dst.manifest(repository, item.tag), manifest)
-            dst.put_manifest(repository, item.tag, manifest)
-        untagged = [a for a in self.attachments if a.tag is None]
-        if untagged and dst.referrers(repository, self.manifest.digest) is None:
-            for subject in dict.fromkeys(a.subject for a in untagged):
-                self._referrers_index(
-                    src, dst, repository, subject, [a for a in untagged if a.subject == subject]
-                )
-        return warnings
-
-    def _referrers_index(
-        self,
-        src: Registry,
-        dst: Registry,
-        repository: str,
-        subject: str,
-        items: Sequence[Attachment],
-    ) -> None:
-        """The OCI referrers tag (`sha256-<hex>`) for referrers a target cannot list itself."""
-        entries = []
-        for item in items:
-            manifest = src.manifest(self.source.repository, item.digest)
-            document = json.loads(manifest.data)
-            entry = {
-                "mediaType": manifest.media_type,
-                "digest": manifest.digest,
-                "size": len(manifest.data),
-            }
-            if isinstance(document.get("artifactType"), str):
-                entry["artifactType"] = document["artifactType"]
-            entries.append(entry)
-        tag = artifact_tags(subject)[0]
-        index = Manifest.from_bytes(
-            json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode(),
-            OCI_INDEX,
-        )
-        if dst.manifest_digest(repository, tag) is not None:
-            index = _merged(dst.manifest(repository, tag), index)
-        dst.put_manifest(repository, tag, index)
-        self.console.write(f"{repository}: referrers index {tag} for {short(subject)}")
-
-
-def _merged(existing: Manifest, extra: Manifest) -> Manifest:
-    """A referrers index listing what `existing` and `extra` list, each once."""
-    old = json.loads(existing.data).get("manifests") or []
-    new = json.loads(extra.data).get("manifests") or []
-    seen = {m.get("digest") for m in old if isinstance(m, dict)}
-    merged = old + [m for m in new if isinstance(m, dict) and m.get("digest") not in seen]
-    document = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": merged}
-    parse_referrers(json.dumps(document).encode())  # both were referrers indexes: check it
-    return Manifest.from_bytes(json.dumps(document).encode(), OCI_INDEX)

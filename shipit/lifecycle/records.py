@@ -28,7 +28,7 @@ ARTIFACT_KINDS: Final = {
     "sig": "signature",
     "att": "attestation",
     "sbom": "sbom",
-    None: "referrers",
+    None: "referrers index",
 }
 ACTIONS: Final = ("keep", "delete", "untag")
 

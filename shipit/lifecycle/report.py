@@ -22,6 +22,7 @@ from shipit.render import table
 
 if TYPE_CHECKING:
     from shipit.lifecycle.apply import Outcome, RepositoryResult
+    from shipit.lifecycle.promote import PromoteResult
     from shipit.lifecycle.prune import PruneResult
 
 REPORT_SCHEMA = 1
@@ -66,6 +67,23 @@ def result_document(result: PruneResult) -> dict[str, Any]:
         "finished": _time(result.finished),
         "repositories": [_repository(r) for r in result.repositories],
     }
+
+
+def promote_lines(result: PromoteResult, style: Style = PLAIN) -> str:
+    """A line per target: promoted (digest, tags) or failed."""
+    lines = []
+    for target in result.targets:
+        word = style.status("failed  " if target.error else "promoted")
+        shown = f"{target.repository}@{target.digest}" if target.digest else target.repository
+        tagged = f" ({', '.join(target.tags)})" if target.tags else ""
+        lines.append(f"{word}  {shown}{tagged}")
+    return "\n".join(lines) if lines else f"nothing promoted: {result.error}"
+
+
+def promote_errors(result: PromoteResult) -> list[str]:
+    """What went wrong: the refusal, or each target's failure."""
+    errors = [f"{t.registry}: {t.error}" for t in result.targets if t.error]
+    return [result.error, *errors] if result.error else errors
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:

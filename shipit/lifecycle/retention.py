@@ -242,7 +242,9 @@ def _roots_in_order(graph: _Graph, holdings: Holdings) -> list[str]:
     roots = [
         d
         for d in holdings.nodes
-        if d not in graph.parent and d not in graph.subject and graph.kind_of(d) != "referrers"
+        if d not in graph.parent
+        and d not in graph.subject
+        and graph.kind_of(d) != "referrers index"
     ]
 
     def key(digest: str) -> tuple[bool, float, str]:
