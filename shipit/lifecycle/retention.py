@@ -157,7 +157,9 @@ class _Graph:
         """(digest, how it relates) for what goes with `digest`: children, then attachments."""
         node = self.nodes.get(digest)
         children = [(c, "platform") for c in (node.children if node else ())]
-        return children + [(a, "attached") for a in self.attached.get(digest, ())]
+        # what an artifact tag names first (a referrers index leads to the bundles it lists)
+        attached = sorted(self.attached.get(digest, ()), key=lambda a: (a not in self.kind, a))
+        return children + [(a, "attached") for a in attached]
 
     def first_reason(self, digest: str, reasons: Mapping[str, str]) -> str | None:
         """Why the digest's first kept tag is kept, protected tags before rules."""

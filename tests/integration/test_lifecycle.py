@@ -163,6 +163,7 @@ def dry_run(world: World) -> DryRun:
     args = ["prune", "-C", str(history.project)]
     code, table, err = run_shipit_captured(args, history.env)
     assert code == 0, err
+    (history.project.parent / "dry-run.txt").write_text(table, encoding="utf-8")  # to read
     code, out, err = run_shipit_captured([*args, "--json"], history.env)
     assert code == 0, err
     with history.client() as client:

@@ -140,3 +140,22 @@ def test_the_schema_takes_what_the_parser_takes(project: Path) -> None:
     )
     load(project, spec)
     assert SCHEMA.is_valid(yaml.safe_load(spec))
+
+
+def readme_policies() -> list[str]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = text.split("```yaml\n")[1:]
+    return [b.split("```", 1)[0] for b in blocks if b.lstrip().startswith("retention:")]
+
+
+def test_the_readme_has_retention_examples() -> None:
+    assert len(readme_policies()) >= 4
+
+
+@pytest.mark.parametrize("example", readme_policies())
+def test_every_retention_example_in_the_readme_is_a_valid_spec(project: Path, example: str) -> None:
+    image = "" if "images:" in example else "image: {name: app}\n"
+    spec = HEAD + image + example
+    policies = [i.retention for i in load(project, spec).images]
+    assert any(p is not None for p in policies)
+    assert SCHEMA.is_valid(yaml.safe_load(spec))
