@@ -205,3 +205,24 @@ def test_a_spec_without_retention_prunes_nothing_and_says_so(
     assert code == 0, err
     assert "app: no retention policy, nothing to prune" in err
     assert "dry run: nothing was changed" in out
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [("ghcr.io", "GitHub's REST API"), ("docker.io", "Docker Hub's own API"),
+     ("index.docker.io", "Docker Hub's own API")],
+)  # fmt: skip
+def test_registries_that_delete_only_through_their_own_api_are_not_probed(
+    host: str, says: str
+) -> None:
+    from shipit.lifecycle.capabilities import probe
+    from shipit.registry import Endpoint, Registry
+
+    with Registry(Endpoint(host=host)) as client:  # no request is made: no network here
+        caps = probe(client, "acme/app", registry=f"{host}/acme", tags_too=True)
+    assert not caps.deletes and caps.delete_status is None
+    assert (
+        caps.message is not None
+        and caps.message.startswith(f"{host}/acme: ")
+        and says in caps.message
+    )
