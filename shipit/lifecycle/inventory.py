@@ -165,14 +165,12 @@ def _nodes(walk: _Walk, *, artifacts: set[str]) -> dict[str, Node]:
             times = [t for c in children if (t := created.get(c)) is not None]
             when = max(times) if times else None
         subject = document.get("subject")
-        kind = document.get("artifactType")
         nodes[digest] = Node(
             digest=digest,
             media_type=manifest.media_type,
             children=children,
             created=when,
             subject=subject.get("digest") if isinstance(subject, dict) else None,
-            artifact_type=kind if isinstance(kind, str) else None,
         )
     return nodes
 

@@ -11,7 +11,7 @@ requests at once and `push.retries` retries.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from shipit.lifecycle.records import PrunePlan, RepositoryPlan, short
 from shipit.lifecycle.retention import decide
 from shipit.log import Console, counted
 from shipit.plan import ImagePlan, Plan
-from shipit.registry import Credentials, Endpoint, Registry, RegistryError
+from shipit.registry import Endpoint, Registry, RegistryError
 from shipit.spec import Image, Spec
 from shipit.spec import Registry as SpecRegistry
 from shipit.stages import preflight
@@ -58,7 +58,7 @@ class Clients:
 
     def _get(self, registry: SpecRegistry, image: Image) -> Registry:
         if registry.url not in self._open:
-            credentials = _credentials(registry, self.env)
+            credentials = preflight.credentials_for(registry, self.env)
             if credentials is not None:
                 self.console.secret(credentials.password)
             endpoint = Endpoint(
@@ -174,17 +174,8 @@ def _unreadable(
     )  # fmt: skip
 
 
-def _credentials(registry: SpecRegistry, env: Mapping[str, str]) -> Credentials | None:
-    return preflight.credentials_for(registry, env)
-
-
 def _retry_line(console: Console, url: str) -> Callable[[str], None]:
     def line(text: str) -> None:
         console.write(f"retry {url}: {text}")
 
     return line
-
-
-def unreadable(results: Sequence[RepositoryPlan]) -> list[str]:
-    """The errors of repositories that could not be read."""
-    return [r.error for r in results if r.error]

@@ -56,7 +56,6 @@ class Node:
     children: tuple[str, ...] = ()  # an index's manifests
     created: datetime | None = None  # an image's creation; an index's newest platform's
     subject: str | None = None  # the manifest this one is attached to (OCI `subject`)
-    artifact_type: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
