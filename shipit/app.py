@@ -24,6 +24,9 @@ from shipit.spec import Spec
 if TYPE_CHECKING:
     from shipit.execute import RunResult
     from shipit.legs import Leg
+    from shipit.lifecycle.promote import PromoteResult
+    from shipit.lifecycle.prune import PruneResult
+    from shipit.lifecycle.records import PrunePlan
 
 DEFAULT_SPEC = "shipit.yml"
 DEFAULT_REPORT = "shipit-report.json"
@@ -195,6 +198,73 @@ def tags_document(plan: Plan) -> dict[str, Any]:
             for i in plan.active()
         ],
     }
+
+
+def prune_plan(
+    options: Options, env: Mapping[str, str], console: Console, *, only: str | None = None
+) -> PrunePlan:
+    """`shipit prune` without --apply: read every repository and decide; nothing changes."""
+    from shipit.lifecycle import prune  # noqa: PLC0415 (keeps the registry client out of `plan`)
+    from shipit.tags import template_values  # noqa: PLC0415
+
+    spec = load_spec(options, env)
+    ctx = load_context(options, env, spec)
+    planned = make_plan(spec, ctx, only=only)
+    clients = prune.Clients(env, console)
+    try:
+        return prune.make_plan(
+            spec, planned, lambda i: template_values(ctx, i.version, i.name), clients, console
+        )
+    finally:
+        clients.close()
+
+
+def read_prune_plan(path: Path) -> PrunePlan:
+    """A plan saved with `shipit prune --json > FILE`."""
+    from shipit.lifecycle.records import PrunePlan  # noqa: PLC0415
+
+    try:
+        return PrunePlan.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UsageError(
+            f"no plan at {path}", hint="save one with `shipit prune --json > FILE`"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a prune plan: {exc}") from None
+
+
+def prune_apply(
+    options: Options, env: Mapping[str, str], console: Console, plan: PrunePlan
+) -> PruneResult:
+    """Carry out a prune plan in every registry it names."""
+    from shipit.lifecycle import prune  # noqa: PLC0415
+
+    spec = load_spec(options, env)
+    clients = prune.Clients(env, console)
+    try:
+        return prune.apply(spec, plan, clients, console)
+    finally:
+        clients.close()
+
+
+def promote(
+    options: Options,
+    env: Mapping[str, str],
+    console: Console,
+    *,
+    ref: str,
+    to: Collection[str],
+    tags: Collection[str],
+    allow_unsigned: bool,
+) -> PromoteResult:
+    """Copy a published image with its signatures to other registries (`shipit promote`)."""
+    from shipit.lifecycle import promote as promote_mod  # noqa: PLC0415
+
+    spec = load_spec(options, env)
+    return promote_mod.promote(
+        spec, ref, to=list(to), tags=list(tags), env=env, console=console,
+        allow_unsigned=allow_unsigned,
+    )  # fmt: skip
 
 
 def schema_text() -> str:

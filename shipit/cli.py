@@ -51,6 +51,7 @@ def cli(**_: Any) -> None:
       shipit plan --ref refs/tags/v2.0.0   what a release of 2.0.0 would publish
       shipit run                           build, scan, push and sign
       shipit -C services/api validate      check another folder's shipit.yml
+      shipit prune                         what the retention policy would delete
 
     Every command takes -f, -C, -v/-q, --color and the context overrides, before or after its
     name; each also comes from a SHIPIT_* variable. Exit codes: 0 ok, 1 a stage failed,
@@ -276,6 +277,147 @@ def verify(
     for result in failed:
         console.error(f"{result.ref}: {result.error}")
     return EXIT_FAILED if failed else 0
+
+
+@cli.command()
+@shared_options
+@click.option("--apply", "do_apply", is_flag=True, help="Delete what the plan deletes.")
+@click.option(
+    "--plan", "plan_file", metavar="FILE", help="With --apply: carry out this saved plan."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (or the report) as JSON.")
+@click.option(
+    "--report", metavar="FILE", help="Where --apply writes its report (default shipit-prune.json)."
+)
+@click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
+@click.pass_context
+def prune(
+    ctx: click.Context,
+    /,
+    *,
+    do_apply: bool,
+    plan_file: str | None,
+    as_json: bool,
+    report: str | None,
+    only: str | None,
+    **_: Any,
+) -> int:
+    """Delete what the `retention:` policy does not keep, in every registry of the spec.
+
+    A dry run unless --apply: a table of every manifest (registry, repository, digest, tags,
+    created, action and the rule that decided). Decided on digests: an image stays if any of
+    its tags is kept, with its platform manifests, signatures and attestations; floating tags
+    (latest, 1.4, 1) and what `shipit plan` would publish now always stay; what goes takes its
+    signatures with it. --apply re-reads every tag first and skips whatever moved. Exit 1 if
+    anything planned was not done (a registry that refuses deletes, a tag that moved).
+
+    \b
+    Examples:
+      shipit prune                         what would go, and why
+      shipit prune --apply                 delete it; report in shipit-prune.json
+      shipit prune --json > plan.json      save the plan to review it...
+      shipit prune --apply --plan plan.json   ...then carry out exactly that plan
+    """
+    from shipit.lifecycle import report as lifecycle_report  # noqa: PLC0415
+
+    options, env, console = _options(ctx)
+    if plan_file and not do_apply:
+        raise click.UsageError("--plan FILE is carried out with --apply")
+    style = _stdout_style(ctx, env)
+    if plan_file:
+        pruning = app.read_prune_plan(Path(plan_file))
+    else:
+        pruning = app.prune_plan(options, env, console, only=only)
+    if not do_apply:
+        if as_json:
+            _emit_json(pruning.to_json())
+        else:
+            _echo(lifecycle_report.plan_table(pruning, style), style)
+        unreadable = [r.error for r in pruning.repositories if r.error]
+        for error in unreadable:
+            console.error(error)
+        return EXIT_FAILED if unreadable else 0
+    with _sigterm_as_interrupt():
+        result = app.prune_apply(options, env, console, pruning)
+    document = lifecycle_report.result_document(result)
+    lifecycle_report.write_json(Path(report or options.directory / "shipit-prune.json"), document)
+    if as_json:
+        _emit_json(document)
+    else:
+        _echo(lifecycle_report.result_table(result, style), style)
+    return 0 if result.complete else EXIT_FAILED
+
+
+@cli.command()
+@shared_options
+@click.argument("image_ref", metavar="REF")
+@click.option(
+    "--to", "targets", multiple=True, metavar="REGISTRY",
+    help="A spec registry url, or HOST[/NAMESPACE] (repeat for several).",
+)  # fmt: skip
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Tag it so there (repeatable).")
+@click.option(
+    "--allow-unsigned", is_flag=True, help="Copy even without a verified signature (warns)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--report", metavar="FILE", help="Write the report here (default shipit-promote.json)."
+)
+@click.pass_context
+def promote(
+    ctx: click.Context,
+    /,
+    *,
+    image_ref: str,
+    targets: Sequence[str],
+    tags: Sequence[str],
+    allow_unsigned: bool,
+    as_json: bool,
+    report: str | None,
+    **_: Any,
+) -> int:
+    """Copy an image this spec publishes, with its signatures, to other registries.
+
+    REF is HOST/REPOSITORY:TAG or @sha256:... of one of the spec's images, one platform or
+    several. Its signature is verified at the source first (the spec's key or keyless
+    identity); an image without one is refused unless --allow-unsigned. The copy is byte for
+    byte (same digests; blobs mounted within one host), with its signatures, attestations
+    and SBOMs; tags are written only once everything is there: --tag, else REF's own tag.
+    Exit 1 if it is refused or any target fails.
+
+    \b
+    Examples:
+      shipit promote registry.staging.example/app:1.4.2 --to ghcr.io/acme
+      shipit promote ghcr.io/acme/app@sha256:... --to registry.example/prod --tag stable
+      shipit promote localhost:5000/app:pr-7 --to localhost:5001 --allow-unsigned
+    """
+    from shipit.lifecycle import report as lifecycle_report  # noqa: PLC0415
+
+    options, env, console = _options(ctx)
+    if not targets:
+        raise click.UsageError("promote needs at least one --to REGISTRY")
+    with _sigterm_as_interrupt():
+        result = app.promote(
+            options,
+            env,
+            console,
+            ref=image_ref,
+            to=targets,
+            tags=tags,
+            allow_unsigned=allow_unsigned,
+        )
+    document = result.to_json()
+    lifecycle_report.write_json(Path(report or options.directory / "shipit-promote.json"), document)
+    style = _stdout_style(ctx, env)
+    if as_json:
+        _emit_json(document)
+    else:
+        _echo(lifecycle_report.promote_lines(result, style), style)
+    for error in lifecycle_report.promote_errors(result):
+        console.error(error)
+    if result.error:
+        click.echo("hint: sign the image, or pass --allow-unsigned to copy it anyway", err=True)
+    return result.exit_code
 
 
 @cli.command()

@@ -20,7 +20,9 @@ The modules, from the bottom up (each imports only those above it):
     manifests   manifest and tag calls: get, HEAD, put, list
     streaming   where a blob's bytes come from, and the check of them on the way
     blobs       blob calls: HEAD, upload (one request, chunks, a new session), mount, read
-    client      `Registry`, assembled from transport, auth, door, manifests and blobs
+    deletes     where a reference points now (HEAD); deleting manifests by digest, and tags
+    referrers   the OCI referrers API (`GET /v2/<name>/referrers/<digest>`), and its index
+    client      `Registry`, assembled from transport, auth, door and the calls above
     image_copy  `copy_image`, and what it reports
 
 Errors are `RegistryError`s whose message names the host and says what to do next; no
@@ -48,18 +50,24 @@ from shipit.registry.endpoint import (
 from shipit.registry.errors import ErrorKind, RegistryError, redact
 from shipit.registry.image_copy import BlobProgress, CopyResult, copy_image
 from shipit.registry.oci import (
+    DIGEST_RE,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     IMAGE_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
+    TAG_RE,
     Descriptor,
     Manifest,
+    compute_digest,
+    short_digest,
 )
+from shipit.registry.referrers import Referrer, parse_referrers
 from shipit.registry.retry import is_retryable_status, parse_retry_after, retry_delay
 
 __all__ = [
+    "DIGEST_RE",
     "DOCKER_HUB_HOSTS",
     "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST",
@@ -67,6 +75,7 @@ __all__ = [
     "INDEX_MEDIA_TYPES",
     "OCI_INDEX",
     "OCI_MANIFEST",
+    "TAG_RE",
     "BlobProgress",
     "Challenge",
     "CopyResult",
@@ -75,16 +84,20 @@ __all__ = [
     "Endpoint",
     "ErrorKind",
     "Manifest",
+    "Referrer",
     "Registry",
     "RegistryError",
     "candidate_schemes",
+    "compute_digest",
     "copy_image",
     "is_loopback_host",
     "is_retryable_status",
     "join_location",
+    "parse_referrers",
     "parse_retry_after",
     "parse_www_authenticate",
     "redact",
     "retry_delay",
+    "short_digest",
     "with_query",
 ]

@@ -71,6 +71,12 @@ def push_scope(repository: str) -> str:
     return f"repository:{repository}:pull,push"
 
 
+def delete_scope(repository: str) -> str:
+    """The token scope that deletes in `repository` (distribution asks for the `delete` action
+    on DELETE requests: registry/handlers/app.go, appendAccessRecords)."""
+    return f"repository:{repository}:delete"
+
+
 def _scope_key(scope: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(scope)))
 

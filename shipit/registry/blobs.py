@@ -7,7 +7,8 @@ hashed again. A registry that refuses one big body (see `_wants_chunks`) gets th
 PATCHed chunks instead, from then on. An upload that fails midway is cancelled and started
 over in a new session, with backoff. Between two repositories of one registry host a blob is
 mounted (POST with `mount` and `from`) rather than sent again; a registry that declines the
-mount opens a session for a normal upload instead.
+mount opens a session for a normal upload instead. `read_blob` reads a small blob (a config)
+whole, checked against its digest.
 """
 
 from __future__ import annotations
@@ -285,10 +286,14 @@ class BlobApi(Door):
         return url
 
     def read_blob(
-        self, repository: str, blob: Descriptor, *, limit: int = 4 * 1024 * 1024
+        self, repository: str, blob: Descriptor | str, *, limit: int = 4 * 1024 * 1024
     ) -> bytes:
-        """The bytes of a small blob (an image config, a leg record), checked against its
-        digest and size; larger than `limit` bytes is an error."""
+        """The bytes of a small blob (an image config, a leg record), given by its descriptor
+        or its digest, checked against its digest (and its size, when known); larger than
+        `limit` bytes is an error."""
+        if isinstance(blob, str):
+            check_digest(blob)
+            blob = Descriptor(media_type="application/octet-stream", digest=blob, size=-1)
         repo = self._api_repo(repository)
         what = f"blob {short_digest(blob.digest)} in {repo}"
         if blob.size > limit:
@@ -306,7 +311,10 @@ class BlobApi(Door):
                 raise self._transport_error(exc)[0] from exc
         data = b"".join(chunks)
         algorithm = blob.digest.split(":", 1)[0]
-        if compute_digest(data, algorithm) != blob.digest or len(data) != blob.size:
+        size_known = blob.size >= 0
+        if compute_digest(data, algorithm) != blob.digest or (
+            size_known and len(data) != blob.size
+        ):
             raise self._protocol(f"{what} on {self.host} does not match its digest and size")
         return data
 

@@ -20,7 +20,9 @@ import urllib3.exceptions
 from shipit.registry.endpoint import Credentials
 from shipit.registry.retry import is_retryable_status
 
-ErrorKind = Literal["dns", "connect", "tls", "auth", "denied", "not_found", "protocol", "server"]
+ErrorKind = Literal[
+    "dns", "connect", "tls", "auth", "denied", "not_found", "protocol", "server", "unsupported"
+]
 
 _URL_QUERY_RE = re.compile(r"(https?://[^\s?'\"]+)\?[^\s'\")]*")
 
@@ -29,7 +31,8 @@ class RegistryError(Exception):
     """A registry failed or refused; `kind` says how, the message says what to do next.
 
     kind: "dns", "connect", "tls", "auth" (401), "denied" (403), "not_found", "protocol" (the
-    registry answered something this client cannot use), "server" (5xx or 429 after retries).
+    registry answered something this client cannot use), "server" (5xx or 429 after retries),
+    "unsupported" (the registry does not do this at all, such as deletes turned off).
     """
 
     def __init__(

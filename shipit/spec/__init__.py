@@ -8,14 +8,14 @@ Every problem is reported with FILE:LINE:COL, all at once. One module per part o
 - `images`: one image's own keys (name, context, dockerfile, build args, labels,
   release), then its inherited sections;
 - `build`: the engine (`sdk` or `buildx`), platforms and the BuildKit keys;
-- `registries`, `tags` (with `flavor` and the template checks), `scan`, `sign`, `push`:
-  one reader per section;
+- `registries`, `tags` (with `flavor` and the template checks), `scan`, `sign`, `push`,
+  `retention`: one reader per section;
 - `nodes`: the located-node `Reader` they all share.
 
 Sections that may stand at the top as defaults for every image (`registries`, `tags`,
-`flavor`, `scan`, `sign`, `push`) are merged per image: a list in an image replaces the top
-one; a mapping is merged key by key, the image's keys winning; `scan: false` /
-`sign: false` in an image turns a top-level section off for that image.
+`flavor`, `scan`, `sign`, `push`, `retention`) are merged per image: a list in an image
+replaces the top one; a mapping is merged key by key, the image's keys winning; `scan: false`
+/ `sign: false` / `retention: false` in an image turns a top-level section off for that image.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from shipit.spec.records import (
     BuildSecret,
     Flavor,
     Image,
+    KeepRule,
     PushPolicy,
     Registry,
     Reports,
+    RetentionPolicy,
     ScanPolicy,
     SignPolicy,
     Spec,
@@ -61,9 +63,11 @@ __all__ = [
     "BuildSecret",
     "Flavor",
     "Image",
+    "KeepRule",
     "PushPolicy",
     "Registry",
     "Reports",
+    "RetentionPolicy",
     "ScanPolicy",
     "SignPolicy",
     "Spec",

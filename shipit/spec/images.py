@@ -21,6 +21,7 @@ from shipit.spec.nodes import Reader
 from shipit.spec.push import PUSH
 from shipit.spec.records import DEFAULT_RELEASE_PATTERN, Image
 from shipit.spec.registries import REPOSITORY, read_registries
+from shipit.spec.retention import RETENTION, resolve_retention
 from shipit.spec.scan import SCAN
 from shipit.spec.sections import inherited
 from shipit.spec.sign import SIGN
@@ -28,7 +29,8 @@ from shipit.spec.tags import FLAVOR, check_templates, default_rules, read_tag_ru
 
 # What an image may take from the top of the spec: values replaced whole, sections merged.
 INHERITED: Final = (
-    "registries", "tags", *BUILD_INHERITED, *(s.key for s in (FLAVOR, SCAN, SIGN, PUSH))
+    "registries", "tags", *BUILD_INHERITED,
+    *(s.key for s in (FLAVOR, SCAN, SIGN, PUSH, RETENTION)),
 )  # fmt: skip
 _KEYS: Final = (
     "name", "context", "dockerfile", "target", "build_args", "labels", "pull", "release",
@@ -54,6 +56,7 @@ def read_image(r: Reader, node: Node, top: Mapping[str, Node]) -> Image | None:
     scan = SCAN.resolve(r, top, entries)
     sign = SIGN.resolve(r, top, entries)
     push = PUSH.resolve(r, top, entries)
+    retention = resolve_retention(r, top, entries)
     no_strings: dict[str, str] = {}
     build_args = r.field(entries, "build_args", lambda n: r.string_map(n, "build_args"), no_strings)
     labels = r.field(entries, "labels", lambda n: r.string_map(n, "labels"), no_strings)
@@ -79,6 +82,7 @@ def read_image(r: Reader, node: Node, top: Mapping[str, Node]) -> Image | None:
         scan=scan,
         sign=sign,
         push=push,
+        retention=retention,
     )
 
 

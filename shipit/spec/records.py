@@ -141,6 +141,35 @@ class PushPolicy:
 
 
 @dataclass(frozen=True, kw_only=True)
+class KeepRule:
+    """One rule of `retention.keep`: the tags it picks, and the limits they must all pass.
+
+    It picks the tags that `tags` (a regular expression, matched against the whole tag) and
+    `semver` (the tag is a semantic version, with or without a `v`) allow; no limit keeps
+    all of them. `newest` keeps the tags of the N newest images, by creation time;
+    `newest_per_minor` / `newest_per_major` the N highest versions of each minor / major
+    line; `younger_than` (seconds) the images created since.
+    """
+
+    text: str  # the rule as the report shows it: "{semver: true, newest_per_minor: 3}"
+    location: Location | None = field(default=None, compare=False)
+    tags: str | None = None
+    semver: bool = False
+    newest: int | None = None
+    newest_per_minor: int | None = None
+    newest_per_major: int | None = None
+    younger_than: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetentionPolicy:
+    """`retention:`: what `shipit prune` keeps; the rules are OR'ed, on image digests."""
+
+    keep: tuple[KeepRule, ...]
+    untagged: str = "delete"  # delete | keep: manifests that no tag or kept image refers to
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildSecret:
     """A build secret by reference: the variable or file BuildKit reads, never the value."""
 
@@ -183,6 +212,7 @@ class Image:
     scan: ScanPolicy | None = None
     sign: SignPolicy | None = None
     push: PushPolicy = field(default_factory=PushPolicy)
+    retention: RetentionPolicy | None = None  # None: `shipit prune` leaves the image alone
 
     def release_regex(self) -> re.Pattern[str]:
         return re.compile(self.release_pattern)

@@ -83,14 +83,20 @@ def qemu_arm64() -> Emulation:
 
 @pytest.fixture(scope="session")
 def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryFactory]:
-    """start_registry(workdir, tls=..., auth=..., port=...) with a fresh workdir each time;
+    """start_registry(workdir, tls=..., auth=..., port=..., delete=...) with a fresh workdir each time;
     every registry it started is stopped at the end of the session."""
     started: list[Registry] = []
 
     def factory(
-        *, tls: bool = False, auth: tuple[str, str] | None = None, port: int | None = None
+        *,
+        tls: bool = False,
+        auth: tuple[str, str] | None = None,
+        port: int | None = None,
+        delete: bool = True,
     ) -> Registry:
-        reg = start_registry(tmp_path_factory.mktemp("registry"), tls=tls, auth=auth, port=port)
+        reg = start_registry(
+            tmp_path_factory.mktemp("registry"), tls=tls, auth=auth, port=port, delete=delete
+        )
         started.append(reg)
         return reg
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Mapping
 
@@ -17,3 +19,11 @@ def run_shipit(
     code = main(args, env={"PATH": os.environ["PATH"], **(env or {})})
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_shipit_captured(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+    """Like `run_shipit`, for fixtures without `capsys`: stdout and stderr caught here."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args, env={"PATH": os.environ["PATH"], **env})
+    return code, out.getvalue(), err.getvalue()

@@ -264,6 +264,7 @@ class Registry:
     username: str | None
     password: str | None
     log: Path
+    config: Path | None = None  # the config file it was started with
 
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
@@ -352,18 +353,20 @@ def start_registry(
     tls: bool = False,
     auth: tuple[str, str] | None = None,
     port: int | None = None,
+    delete: bool = True,
 ) -> Registry:
     """``docker-registry serve CONFIG`` on 127.0.0.1:PORT with its own config and storage.
 
     The registry's files (config, storage, certificates, htpasswd, log) go to a folder of its
-    own under workdir. Waits up to 20 s for GET /v2/ to answer 200 or 401.
+    own under workdir. Waits up to 20 s for GET /v2/ to answer 200 or 401. `delete=False`
+    turns deletes off, the registry's own default.
     """
     chosen = port
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         p = chosen if chosen is not None else free_port()
         try:
-            return _start_registry(workdir, tls=tls, auth=auth, port=p)
+            return _start_registry(workdir, tls=tls, auth=auth, port=p, delete=delete)
         except _PortTakenError:
             if attempt == attempts - 1:
                 raise
@@ -375,7 +378,7 @@ class _PortTakenError(ServiceError):
 
 
 def _start_registry(
-    workdir: Path, *, tls: bool, auth: tuple[str, str] | None, port: int
+    workdir: Path, *, tls: bool, auth: tuple[str, str] | None, port: int, delete: bool = True
 ) -> Registry:
     folder = workdir / f"registry-{port}-{secrets.token_hex(3)}"
     root = folder / "storage"
@@ -394,7 +397,7 @@ def _start_registry(
         "log": {"level": "info", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(root)},
-            "delete": {"enabled": True},
+            "delete": {"enabled": delete},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": http,
@@ -408,22 +411,31 @@ def _start_registry(
     config_file = folder / "config.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    # REGISTRY_* variables override the config file: keep the caller's out of it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    log = folder / "registry.log"
-    pid = spawn([tool_path("docker-registry"), "serve", str(config_file)], log, env=env)
     reg = Registry(
         host=f"127.0.0.1:{port}",
         port=port,
         root=root,
-        pid=pid,
+        pid=0,
         tls=tls,
         ca_file=ca_file,
         username=username,
         password=password,
-        log=log,
+        log=folder / "registry.log",
+        config=config_file,
     )
-    verify: str | bool = str(ca_file) if ca_file else True
+    _serve(reg)
+    return reg
+
+
+def _serve(reg: Registry) -> None:
+    """Start ``docker-registry serve`` for `reg` (its config and storage) and wait for /v2/."""
+    assert reg.config is not None
+    # REGISTRY_* variables override the config file: keep the caller's out of it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    log, port = reg.log, reg.port
+    pid = spawn([tool_path("docker-registry"), "serve", str(reg.config)], log, env=env)
+    reg.pid = pid
+    verify: str | bool = str(reg.ca_file) if reg.ca_file else True
 
     def up() -> bool:
         if exited(pid):
@@ -444,7 +456,28 @@ def _start_registry(
             f"registry on {reg.host} did not answer GET /v2/ within "
             f"{REGISTRY_START_TIMEOUT:.0f} s; {log}:\n{log_tail(log)}"
         )
-    return reg
+
+
+def garbage_collect(reg: Registry) -> str:
+    """Stop the registry (by PID), run ``docker-registry garbage-collect CONFIG`` on its storage,
+    start it again on the same port and storage; what the collector printed."""
+    assert reg.config is not None
+    stop_process(reg.pid)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    done = subprocess.run(
+        [tool_path("docker-registry"), "garbage-collect", str(reg.config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    _serve(reg)
+    if done.returncode != 0:
+        raise ServiceError(
+            f"garbage-collect failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
+    return done.stdout + done.stderr
 
 
 def stop_registry(r: Registry) -> None:

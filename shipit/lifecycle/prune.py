@@ -1,0 +1,181 @@
+"""`shipit prune`: the retention policy of every image, in every registry of the spec.
+
+`make_plan` reads each repository (`inventory`), decides (`retention`, with the tags the
+spec always keeps from `protect`) and returns a `PrunePlan`: a dry run prints it and changes
+nothing. `apply` carries a plan out (`apply`), a fresh one or one saved with `--json` and
+read back with `--plan`; a saved plan is applied only to repositories the spec still has.
+Repositories are read and pruned one after another, each with up to `push.parallel`
+requests at once and `push.retries` retries.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shipit.errors import UsageError
+from shipit.lifecycle.apply import RepositoryResult, apply_plan
+from shipit.lifecycle.inventory import read_holdings
+from shipit.lifecycle.protect import protected_tags
+from shipit.lifecycle.records import PrunePlan, RepositoryPlan, short
+from shipit.lifecycle.retention import decide
+from shipit.log import Console, counted
+from shipit.plan import ImagePlan, Plan
+from shipit.registry import Endpoint, Registry, RegistryError
+from shipit.spec import Image, Spec
+from shipit.spec import Registry as SpecRegistry
+from shipit.stages import preflight
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneResult:
+    """What `--apply` did in every repository."""
+
+    plan: PrunePlan
+    repositories: tuple[RepositoryResult, ...]
+    started: datetime
+    finished: datetime
+
+    @property
+    def complete(self) -> bool:
+        return all(r.complete for r in self.repositories)
+
+
+class Clients:
+    """One registry client per spec registry url (credentials resolved and masked)."""
+
+    def __init__(self, env: Mapping[str, str], console: Console) -> None:
+        self.env, self.console = env, console
+        self._open: dict[str, Registry] = {}
+        self._lock = threading.Lock()
+
+    def get(self, registry: SpecRegistry, image: Image) -> Registry:
+        with self._lock:
+            return self._get(registry, image)
+
+    def _get(self, registry: SpecRegistry, image: Image) -> Registry:
+        if registry.url not in self._open:
+            credentials = preflight.credentials_for(registry, self.env)
+            if credentials is not None:
+                self.console.secret(credentials.password)
+            endpoint = Endpoint(
+                host=registry.host,
+                insecure=registry.insecure,
+                ca_file=registry.ca_file,
+                credentials=credentials,
+            )
+            self._open[registry.url] = Registry(
+                endpoint,
+                retries=image.push.retries,
+                on_retry=_retry_line(self.console, registry.url),
+            )
+        return self._open[registry.url]
+
+    def close(self) -> None:
+        for client in self._open.values():
+            client.close()
+
+
+def make_plan(
+    spec: Spec,
+    plan: Plan,
+    values: Callable[[ImagePlan], Mapping[str, Any]],
+    clients: Clients,
+    console: Console,
+    *,
+    now: datetime | None = None,
+) -> PrunePlan:
+    """Read every repository of the images that have a `retention:` and decide."""
+    when = now or datetime.now(UTC)
+    repositories: list[RepositoryPlan] = []
+    for image_plan in plan.images:
+        image = image_plan.image
+        policy = image.retention
+        if policy is None:
+            console.write(f"{image.name}: no retention policy, nothing to prune")
+            continue
+        planned = image_plan.tags if not image_plan.skipped else ()
+        protected = protected_tags(image, values(image_plan), planned)
+        for registry in image.registries:
+            repository = registry.repository(image.name)
+            try:
+                holdings = read_holdings(
+                    clients.get(registry, image),
+                    registry=registry.url,
+                    repository=repository,
+                    parallel=image.push.parallel,
+                )
+            except RegistryError as error:
+                repositories.append(_unreadable(image, registry, repository, str(error)))
+                continue
+            actions = decide(holdings, policy, protected, when)
+            repositories.append(
+                RepositoryPlan(
+                    image=image.name,
+                    registry=registry.url,
+                    host=registry.host,
+                    repository=repository,
+                    tags=dict(holdings.tags),
+                    actions=actions,
+                )
+            )
+    return PrunePlan(spec=str(spec.path), made=when, repositories=tuple(repositories))
+
+
+def apply(spec: Spec, plan: PrunePlan, clients: Clients, console: Console) -> PruneResult:
+    """Carry out `plan`, repository by repository; a refusing registry does not stop the rest."""
+    started = datetime.now(UTC)
+    owners = _owners(spec)
+    results: list[RepositoryResult] = []
+    for repository in plan.repositories:
+        owner = owners.get((repository.registry, repository.repository))
+        if owner is None:
+            raise UsageError(
+                f"the plan prunes {repository.ref} in {repository.registry}, which is not an"
+                f" image of {spec.path} any more",
+                hint="make the plan again with `shipit prune --json`",
+            )
+        image, registry = owner
+        deletes = repository.count("delete") + repository.count("untag")
+        with console.group(f"prune {repository.ref}: {counted(deletes, 'change')}"):
+            result = apply_plan(
+                clients.get(registry, image), repository, parallel=image.push.parallel
+            )
+            if result.error:
+                console.error(result.error)
+            for outcome in result.outcomes:
+                if outcome.action.action != "keep":
+                    tags = " ".join(outcome.action.tags)
+                    console.write(f"{outcome.status}  {short(outcome.action.digest)} {tags}")
+        results.append(result)
+    return PruneResult(
+        plan=plan, repositories=tuple(results), started=started, finished=datetime.now(UTC)
+    )
+
+
+def _owners(spec: Spec) -> dict[tuple[str, str], tuple[Image, SpecRegistry]]:
+    return {
+        (registry.url, registry.repository(image.name)): (image, registry)
+        for image in spec.images
+        if image.retention is not None
+        for registry in image.registries
+    }
+
+
+def _unreadable(
+    image: Image, registry: SpecRegistry, repository: str, error: str
+) -> RepositoryPlan:
+    return RepositoryPlan(
+        image=image.name, registry=registry.url, host=registry.host, repository=repository,
+        tags={}, actions=(), error=f"{registry.url}: cannot read {repository}: {error}",
+    )  # fmt: skip
+
+
+def _retry_line(console: Console, url: str) -> Callable[[str], None]:
+    def line(text: str) -> None:
+        console.write(f"retry {url}: {text}")
+
+    return line
