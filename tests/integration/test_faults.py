@@ -663,9 +663,9 @@ def test_a_hanging_cosign_is_stopped_and_signing_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """cosign gets SIGN_TIMEOUT (300 s, no spec setting) per signature; 3 s here."""
-    from shipit.stages import sign
+    from shipit.stages.sign import running
 
-    monkeypatch.setattr(sign, "SIGN_TIMEOUT", 3.0)
+    monkeypatch.setattr(running, "SIGN_TIMEOUT", 3.0)
     upstream = registry_factory()
     private, password = keys
     pidfile = tmp_path / "cosign.pid"
