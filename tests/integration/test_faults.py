@@ -660,12 +660,8 @@ def test_a_hanging_cosign_is_stopped_and_signing_fails(
     registry_factory: RegistryFactory,
     keys: tuple[Path, str],
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """cosign gets SIGN_TIMEOUT (300 s, no spec setting) per signature; 3 s here."""
-    from shipit.stages.sign import running
-
-    monkeypatch.setattr(running, "SIGN_TIMEOUT", 3.0)
+    """cosign gets `sign.timeout` per signature (300 s unless set); 3 s here."""
     upstream = registry_factory()
     private, password = keys
     pidfile = tmp_path / "cosign.pid"
@@ -675,7 +671,9 @@ def test_a_hanging_cosign_is_stopped_and_signing_fails(
             real=tool_path("cosign"), action=f'echo $$ > "{pidfile}"\nexec sleep 120'
         ),
     )
-    project = watched_project(tmp_path, upstream.host, f"sign: {{key: {private}, tlog: false}}\n")
+    project = watched_project(
+        tmp_path, upstream.host, f"sign: {{key: {private}, tlog: false, timeout: 3s}}\n"
+    )
     env = run_env(dockerd.host, tmp_path, COSIGN_PASSWORD=password)
     env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
     started = time.monotonic()

@@ -35,7 +35,6 @@ from shipit.stages.sign.cosign import (
 from shipit.stages.sign.decide import KEYLESS_HINT, check_annotations, check_signing, oidc_provider
 from shipit.stages.sign.records import KMS_SCHEMES, CosignTool, Signer, SignResult, SignTarget
 from shipit.stages.sign.running import (
-    SIGN_TIMEOUT,
     VERIFY_TIMEOUT,
     attest_all,
     sign_all,
@@ -47,7 +46,6 @@ __all__ = [
     "KEYLESS_HINT",
     "KMS_SCHEMES",
     "PROBE_TIMEOUT",
-    "SIGN_TIMEOUT",
     "VERIFY_TIMEOUT",
     "CosignTool",
     "SignResult",

@@ -26,8 +26,9 @@ def sign_command(
     annotations: Mapping[str, str],
     env: Mapping[str, str],
 ) -> list[str]:
-    """`cosign sign` for one digest; no secret is ever part of it."""
-    argv = [signer.cosign, "sign", "--yes"]
+    """`cosign sign` for one digest; no secret is ever part of it. cosign stops itself after
+    `sign.timeout` (its `--timeout`, 3 minutes unless given)."""
+    argv = [signer.cosign, "sign", "--yes", f"--timeout={policy.timeout}s"]
     if signer.mode == "key":
         if not signer.key:
             raise UsageError("sign: key mode without a key")
@@ -66,28 +67,40 @@ def attest_command(
 
 
 def sign_format_flags(major: int, policy: SignPolicy) -> list[str]:
-    """The signature format and transparency-log flags of `cosign sign`.
+    """The signature format, transparency-log and Sigstore service flags of `cosign sign`.
 
     cosign 3 writes bundles by default and takes its service URLs from the TUF signing
-    config, which it will not combine with `--tlog-upload=false` nor with the old format;
-    cosign 2 writes the old format by default.
+    config, which it will not combine with `--tlog-upload=false`, with `--rekor-url` nor with
+    the old format (so each of those needs `--use-signing-config=false`); a signing config
+    file replaces the TUF one, and names (or leaves out) the log itself. cosign 2 writes the
+    old format by default and uses no signing config unless given one (2.6 and later).
+    Source: cosign v3.1.1 cmd/cosign/cli/signcommon/common.go,
+    LoadTrustedMaterialAndSigningConfig.
     """
     legacy = policy.format == "legacy"
+    config = policy.signing_config
     flags: list[str] = []
     if major >= 3:
         if legacy:
             flags.append("--new-bundle-format=false")
-        if legacy or not policy.tlog:
+        if config is None and (legacy or not policy.tlog or policy.rekor_url):
             flags.append("--use-signing-config=false")
     elif not legacy:
         flags.append("--new-bundle-format=true")
-    if not policy.tlog:
+    if config is not None:
+        flags += ["--signing-config", str(config)]
+    elif not policy.tlog:
         flags.append("--tlog-upload=false")
+    elif policy.rekor_url:
+        flags += ["--rekor-url", policy.rekor_url]
+    if policy.trusted_root is not None:
+        flags += ["--trusted-root", str(policy.trusted_root)]
     return flags
 
 
 def verify_format_flags(major: int, policy: SignPolicy) -> list[str]:
-    """Where `cosign verify` looks for signatures, and whether it checks the log."""
+    """Where `cosign verify` looks for signatures, whether it checks the log, and the trusted
+    root it checks against (the TUF repository's unless `sign.trusted_root` names one)."""
     flags: list[str] = []
     if major >= 3 and policy.format == "legacy":
         flags.append("--new-bundle-format=false")
@@ -95,6 +108,8 @@ def verify_format_flags(major: int, policy: SignPolicy) -> list[str]:
         flags.append("--new-bundle-format=true")
     if not policy.tlog:
         flags.append("--insecure-ignore-tlog")
+    if policy.trusted_root is not None:
+        flags += ["--trusted-root", str(policy.trusted_root)]
     return flags
 
 

@@ -43,6 +43,12 @@ def check_signing(policy: SignPolicy, env: Mapping[str, str]) -> Signer:
             f"sign: `format: bundle` needs cosign 2.6 or later; {cosign.path} is an older cosign 2",
             hint="install cosign 3, or set `sign.format: legacy`",
         )
+    if (policy.signing_config or policy.trusted_root) and not cosign.new_bundle_flag:
+        raise UsageError(
+            f"sign: `signing_config` and `trusted_root` need cosign 2.6 or later;"
+            f" {cosign.path} is an older cosign 2",
+            hint="install cosign 3, or name a Rekor of your own with `sign.rekor_url`",
+        )
     return Signer(mode=mode, key=policy.key, cosign=cosign.path, major=cosign.major)
 
 

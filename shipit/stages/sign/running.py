@@ -27,8 +27,8 @@ from shipit.stages.sign.records import KMS_SCHEMES, Signer, SignResult, SignTarg
 
 _log = log.get(__name__)
 
-SIGN_TIMEOUT: Final = 300.0  # seconds for one `cosign sign` (cosign's own default is 3 min)
 VERIFY_TIMEOUT: Final = 180.0
+GRACE: Final = 10.0  # seconds cosign gets past its own --timeout before it is stopped
 
 
 def sign_all(
@@ -58,7 +58,7 @@ def sign_all(
 
     def sign_one(target: SignTarget) -> SignResult:
         argv = commands[target.ref]
-        return _run_cosign(argv, target, env=env, secrets=secrets, timeout=SIGN_TIMEOUT)
+        return _run_cosign(argv, target, env=env, secrets=secrets, timeout=policy.timeout + GRACE)
 
     what = f"key {signer.key}" if signer.mode == "key" else "keyless (OIDC)"
     with console.group(f"sign {_refs(targets)} with cosign {signer.major} ({what})"):
@@ -83,7 +83,7 @@ def attest_all(
 
     def attest_one(target: SignTarget) -> SignResult:
         return _run_cosign(
-            commands[target.ref], target, env=env, secrets=secrets, timeout=SIGN_TIMEOUT
+            commands[target.ref], target, env=env, secrets=secrets, timeout=policy.timeout + GRACE
         )
 
     with console.group(f"attest the SBOM to {_refs(targets)}"):
