@@ -1,10 +1,11 @@
-"""Which cosign: the binary on the run's PATH and its major version."""
+"""Which cosign: the binary on the run's PATH and its major version; and how it says why it
+failed."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from shipit import log, proc
@@ -81,3 +82,14 @@ def _help_default(usage: str, flag: str) -> str | None:
     if line is None:
         return None
     return "true" if "(default true)" in line.group(0) else "false"
+
+
+def cosign_reason(exc: proc.CommandError, secrets: Sequence[str]) -> str:
+    """cosign's own explanation of a failure, on one line and without secrets."""
+    if exc.timed_out:
+        return f"timed out after {exc.result.seconds:.0f} s"
+    lines = [line.strip() for line in exc.result.stderr.splitlines() if line.strip()]
+    prefixes = ("Error: ", "error during command execution: ")
+    errors = [line.removeprefix(p) for p in prefixes for line in lines if line.startswith(p)]
+    reason = errors[0] if errors else (lines[-1] if lines else f"exit {exc.result.returncode}")
+    return proc.redact(reason, secrets)

@@ -21,7 +21,7 @@ from shipit.stages.sign.commands import (
     sign_command,
     verify_command,
 )
-from shipit.stages.sign.cosign import PROBE_TIMEOUT, find_cosign
+from shipit.stages.sign.cosign import PROBE_TIMEOUT, cosign_reason, find_cosign
 from shipit.stages.sign.decide import check_annotations
 from shipit.stages.sign.records import KMS_SCHEMES, Signer, SignResult, SignTarget
 
@@ -149,7 +149,7 @@ def _derived_public_key(
     except proc.CommandError as exc:
         raise StageError(
             "verify",
-            f"cannot derive the public key from {policy.key}: {_reason(exc, secrets)}",
+            f"cannot derive the public key from {policy.key}: {cosign_reason(exc, secrets)}",
             hint="COSIGN_PASSWORD must hold the key's password; or pass the public key",
         ) from None
     if "PUBLIC KEY" not in result.stdout:
@@ -179,7 +179,7 @@ def _run_cosign(
         try:
             proc.run(argv, env=child, secrets=secrets, timeout=timeout)
         except proc.CommandError as exc:
-            reason = _reason(exc, secrets)
+            reason = cosign_reason(exc, secrets)
             message = f"cosign could not {verb} {target.ref}: {reason}"
             return _failed(target, StageError(verb, message, hint=_hint(reason)))
     return SignResult(ref=target.ref, ok=True)
@@ -216,17 +216,6 @@ def _each(
 
 def _refs(targets: Sequence[SignTarget]) -> str:
     return log.counted(len(targets), "ref")
-
-
-def _reason(exc: proc.CommandError, secrets: Sequence[str]) -> str:
-    """cosign's own explanation of a failure, on one line and without secrets."""
-    if exc.timed_out:
-        return f"timed out after {exc.result.seconds:.0f} s"
-    lines = [line.strip() for line in exc.result.stderr.splitlines() if line.strip()]
-    prefixes = ("Error: ", "error during command execution: ")
-    errors = [line.removeprefix(p) for p in prefixes for line in lines if line.startswith(p)]
-    reason = errors[0] if errors else (lines[-1] if lines else f"exit {exc.result.returncode}")
-    return proc.redact(reason, secrets)
 
 
 _HINTS: Final = (
