@@ -519,9 +519,10 @@ HANG = """#!/bin/sh
 echo $$ > "{pidfile}"
 exec sleep 120
 """
-# cosign answers its version probes like the real one and breaks only when it signs
+# cosign answers its version probes and opens the key (the preflight) like the real one, and
+# breaks only when it signs
 COSIGN_BREAKS_ON_SIGN = """#!/bin/sh
-case "$1" in version) exec "{real}" "$@";; esac
+case "$1" in version|public-key) exec "{real}" "$@";; esac
 for arg in "$@"; do [ "$arg" = "--help" ] && exec "{real}" "$@"; done
 {action}
 """
