@@ -330,6 +330,18 @@ def test_a_signing_config_that_cannot_work_is_a_usage_error(
     assert info.value.exit_code == EXIT_USAGE
 
 
+def test_a_trusted_root_that_is_none_is_a_usage_error(tmp_path: Path) -> None:
+    trusted = tmp_path / "trusted-root.json"
+    trusted.write_text("not json")
+    with pytest.raises(UsageError, match=f"cannot read the trusted root {trusted}"):
+        services.needs(key_signer(), SignPolicy(key="/k", trusted_root=trusted), {}, now=NOW)
+    trusted.write_text(json.dumps(PUBLIC_SIGNING_CONFIG))  # a signing config, not a root
+    policy = SignPolicy(key="/k", trusted_root=trusted, tlog=False)
+    with pytest.raises(UsageError, match="is not a Sigstore trusted root") as info:
+        services.needs(key_signer(), policy, {}, now=NOW)
+    assert "cosign trusted-root create" in (info.value.hint or "")
+
+
 def test_the_tuf_mirror_is_the_one_cosign_would_use(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert services.tuf_repo({"HOME": str(home)}).mirror == services.DEFAULT_TUF_MIRROR
@@ -569,7 +581,8 @@ def test_a_key_that_does_not_open_says_what_to_change(
 
 def test_signing_is_proven_once_per_way_of_signing(server: Served, tmp_path: Path) -> None:
     """A private Sigstore behind a TUF mirror: the walk finds its signing config, whose log and
-    timestamp authority are asked; two images signed the same way are proven once."""
+    timestamp authority are asked; images signed the same way are proven once, and a key
+    used several ways is opened once."""
     tuf_repository(server, private_signing_config(server.url))
     (tmp_path / "root.json").write_text("{}")
     cosign = fake_cosign(tmp_path / "bin", stdout=PUBLIC_KEY)
@@ -583,8 +596,10 @@ def test_signing_is_proven_once_per_way_of_signing(server: Served, tmp_path: Pat
     signer = Signer(mode="key", key="/keys/cosign.key", cosign=cosign, major=3)
     policy = SignPolicy(key="/keys/cosign.key")
     stream = io.StringIO()
-    sign.prove_signing([(signer, policy)] * 2, env=env, console=Console(env, stream=stream))
-    assert len(calls(tmp_path / "bin")) == 1
+    offline = SignPolicy(key="/keys/cosign.key", tlog=False)
+    pairs = [(signer, policy), (signer, policy), (signer, offline)]
+    sign.prove_signing(pairs, env=env, console=Console(env, stream=stream))
+    assert len(calls(tmp_path / "bin")) == 1  # the key is opened once
     assert server.paths()[-2:] == ["/rekor/api/v1/log", "/tsa/api/v1/timestamp/certchain"]
     output = stream.getvalue()
     assert "the signing key /keys/cosign.key opens" in output

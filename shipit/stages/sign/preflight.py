@@ -79,14 +79,16 @@ def prove_signing(
         todo.setdefault((signer, policy.format, policy.tlog, *services), (signer, policy))
     if not todo:
         return
+    opened: set[str] = set()
     with console.group("signing preflight"):
         for signer, policy in todo.values():
             secrets = secrets_of(env, [], signer.key)
             for secret in secrets:
                 console.secret(secret)
-            if signer.mode == "key" and signer.key:
+            if signer.mode == "key" and signer.key and signer.key not in opened:
                 check_key_opens(signer.cosign, signer.key, env=env, secrets=secrets)
                 console.write(f"the signing key {signer.key} opens")
+                opened.add(signer.key)
             need = needs(signer, policy, env, now=datetime.now(UTC))
             answered = check_services(need, env=env, console=console)
             if answered:

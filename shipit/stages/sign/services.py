@@ -104,6 +104,8 @@ def needs(signer: Signer, policy: SignPolicy, env: Mapping[str, str], *, now: da
     keyless = signer.mode == "keyless"
     token = oidc_provider(env) if keyless else None
     versions = (1, 2) if signer.major >= 3 else (1,)
+    if policy.trusted_root is not None:
+        read_json(policy.trusted_root, TRUSTED_ROOT_TYPE, "trusted root")
     if policy.signing_config is not None:
         document = read_json(policy.signing_config, SIGNING_CONFIG_TYPE, "signing config")
         services = config_services(
@@ -122,8 +124,6 @@ def needs(signer: Signer, policy: SignPolicy, env: Mapping[str, str], *, now: da
             )
         tuf = None if policy.trusted_root else tuf_repo(env)
         return Needs(tuf=tuf, services=services, token=token, keyless=keyless)
-    if policy.trusted_root is not None:
-        read_json(policy.trusted_root, TRUSTED_ROOT_TYPE, "trusted root")
     if signer.major >= 3 and policy.format == "bundle" and policy.tlog and not policy.rekor_url:
         return Needs(
             tuf=tuf_repo(env),
