@@ -107,3 +107,28 @@ def test_gitlab_dotenv(tmp_path: Path) -> None:
         "SHIPIT_TAGS=ghcr.io/acme/app:1.0.0,ghcr.io/acme/app:latest",
         "SHIPIT_STATUS=failed",
     ]
+
+
+def test_the_summary_lists_the_platforms_of_a_multi_platform_image() -> None:
+    from shipit.execute import PlatformResult
+
+    index = "sha256:" + "cd" * 32
+    arm = "sha256:" + "ef" * 32
+    image = ImageResult(
+        name="app",
+        version="1.0.0",
+        tags=("1.0.0",),
+        status="ok",
+        digest=index,
+        platforms=(
+            PlatformResult(platform="linux/amd64", digest=DIGEST),
+            PlatformResult(platform="linux/arm64", digest=arm),
+        ),
+    )
+    text = ci_outputs.markdown_summary(
+        RunResult(version="1.0.0", images=(image,), status="success")
+    )
+    assert (
+        f"Platforms of `app` (index `{index[:19]}`): linux/amd64 `{DIGEST[:19]}`,"
+        f" linux/arm64 `{arm[:19]}`." in text
+    )
