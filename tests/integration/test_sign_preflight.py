@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -63,8 +64,10 @@ def watched(registry_factory: RegistryFactory) -> Iterator[FaultProxy]:
 
 
 def project_with(tmp_path: Path, host: str, sign: str, files: dict[str, str] | None = None) -> Path:
-    spec = f"version: 1\nregistries: [{host}/pre]\nimage: {{name: hello}}\nsign: {sign}\n"
-    return make_project(tmp_path / "project", spec, files=files)
+    """A project pushing to `host/<namespace>/hello`; the namespace is the project's name."""
+    namespace = f"pre-{secrets.token_hex(4)}"
+    spec = f"version: 1\nregistries: [{host}/{namespace}]\nimage: {{name: hello}}\nsign: {sign}\n"
+    return make_project(tmp_path / namespace, spec, files=files)
 
 
 def environment(dockerd: Dockerd, home: Path, **extra: str) -> dict[str, str]:
@@ -79,14 +82,15 @@ def offline(env: dict[str, str], port: int) -> dict[str, str]:
     return {**env, "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy}
 
 
-def images_of(dockerd: Dockerd, host: str) -> list[str]:
-    """The daemon's image tags that start with `host/` (a build tags every ref it makes)."""
+def images_of(dockerd: Dockerd, project: Path, host: str) -> list[str]:
+    """The daemon's image tags for the project's repository (a build tags every ref it makes;
+    the namespace is new, so a port reused from an earlier test names none of its images)."""
     client = docker.APIClient(base_url=dockerd.host)
     try:  # one listing call: other tests on this daemon may remove images meanwhile
         tags = [t for image in client.images() for t in image.get("RepoTags") or []]
     finally:
         client.close()
-    return [t for t in tags if t.startswith(f"{host}/")]
+    return [t for t in tags if t.startswith(f"{host}/{project.name}/")]
 
 
 def assert_nothing_started(
@@ -96,7 +100,7 @@ def assert_nothing_started(
     assert code == 2, err
     assert "==> build" not in err
     assert "Traceback" not in err and "internal error" not in err
-    assert images_of(dockerd, proxy.host) == []
+    assert images_of(dockerd, project, proxy.host) == []
     with proxy.state.lock:
         assert proxy.state.requests == []  # signing is proven before the registry preflight
     assert not (project / "shipit-report.json").exists()
@@ -308,7 +312,7 @@ def test_a_good_key_without_the_log_passes_the_preflight_and_signs(
     document: dict[str, Any] = json.loads((project / "shipit-report.json").read_text())
     refs = document["images"][0]["refs"]
     assert refs and all(r["pushed"] and r["signed"] for r in refs)
-    assert images_of(dockerd, watched.host)  # what the check of the other tests would see
+    assert images_of(dockerd, project, watched.host)  # what the other tests' check would see
     assert keys.password not in out + err
 
 
