@@ -2,7 +2,7 @@
 
 Order, and the guarantee it gives:
 
-1. checks that need nothing but the environment (signing set up, build secrets there);
+1. signing set up and proven (the key opens, the Sigstore services answer), build secrets there;
 2. preflight: the scanner, the daemon, the buildx builders, every registry's credentials;
 3. `prepare`: build every image (one image per platform), scan every platform, export;
 4. `publish`: store every manifest by digest everywhere, sign every digest, then tag.
@@ -70,8 +70,8 @@ def _execute(run: RunState) -> RunResult:
     if not images:  # e.g. a monorepo tag that releases another image: nothing to do here
         console.write("no image of this spec is built for this ref")
         return run.finish("success")
-    signers = _check_signing(images, env)
-    _check_build_secrets(images, env, console)
+    _check_build_secrets(images, env, console)  # local and quick: before any probe
+    signers = _check_signing(images, env, console)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shipit-")))
         try:
@@ -109,9 +109,13 @@ def _execute(run: RunState) -> RunResult:
         return publish(run, images, ready, access, signers)
 
 
-def _check_signing(images: tuple[ImagePlan, ...], env: Mapping[str, str]) -> dict[str, Any]:
-    """Decide how each image will be signed before anything is built (errors exit 2)."""
+def _check_signing(
+    images: tuple[ImagePlan, ...], env: Mapping[str, str], console: Console
+) -> dict[str, Any]:
+    """Decide how each image will be signed, and prove it can work, before anything is
+    built (errors exit 2)."""
     signers: dict[str, Any] = {}
+    policies = []
     for image in images:
         policy = image.image.sign
         if "sign" not in image.stages or policy is None:
@@ -119,12 +123,17 @@ def _check_signing(images: tuple[ImagePlan, ...], env: Mapping[str, str]) -> dic
         from shipit.stages import sign  # noqa: PLC0415 (only runs that sign need it)
 
         signers[image.name] = sign.check_signing(policy, env)
+        policies.append((signers[image.name], policy))
         sign.check_annotations(image.annotations)
         scan_policy = image.image.scan
         if policy.attest_sbom and (scan_policy is None or scan_policy.sbom is None):
             raise UsageError(
                 f"image {image.name}: sign.attest_sbom needs an SBOM: set scan.sbom: cyclonedx"
             )
+    if policies:
+        from shipit.stages import sign  # noqa: PLC0415
+
+        sign.prove_signing(policies, env=env, console=console)
     return signers
 
 

@@ -66,7 +66,7 @@ def _merge(run: RunState, legs: Sequence[Leg] | None) -> RunResult:
         return run.finish("success")
     for image in images:
         check_distributed(image)
-    signers = _check_signing(images, run.env)
+    signers = _check_signing(images, run.env, run.console)
     commit = str(run.plan.context.get("sha") or "")
     with contextlib.ExitStack() as stack:
         try:

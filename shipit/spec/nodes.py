@@ -30,6 +30,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 _VAR = re.compile(r"\$(?:\$|\{(?P<name>[^}:]*)(?::-(?P<default>[^}]*))?\})")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 # Only its scalar constructors and merge-key flattening are used, never its reader.
 _CONSTRUCTOR = yaml.SafeLoader("")
@@ -259,6 +260,25 @@ class Reader:
             if value is not None:
                 result[key] = value
         return result
+
+    def duration(self, node: Node, what: str, *, minimum: int = 0) -> int | None:
+        """Seconds, or a duration like 10m or 1h30m, as seconds (at least `minimum`)."""
+        text = self.string(node, what)
+        if text is None:
+            return None
+        match = _DURATION.fullmatch(text)
+        if text.isdigit():
+            seconds = int(text)
+        elif match and any(match.groups()):
+            hours, minutes, secs = (int(g or 0) for g in match.groups())
+            seconds = hours * 3600 + minutes * 60 + secs
+        else:
+            self.error(node, f"{what} '{text}' must be seconds or a duration like 10m or 1h30m")
+            return None
+        if seconds < minimum:
+            self.error(node, f"{what} must be at least {minimum}s, not '{text}'")
+            return None
+        return seconds
 
     # -- paths -------------------------------------------------------------------
 

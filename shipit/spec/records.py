@@ -132,6 +132,10 @@ class SignPolicy:
     attest_sbom: bool = False
     identity: str | None = None  # keyless verification: certificate identity (regexp)
     oidc_issuer: str | None = None
+    signing_config: Path | None = None  # cosign --signing-config: the Sigstore services to use
+    trusted_root: Path | None = None  # cosign --trusted-root: those services' keys and CAs
+    rekor_url: str | None = None  # a Rekor of one's own, without a signing config
+    timeout: int = 300  # seconds for each `cosign sign` / `cosign attest`
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,6 @@ A mergeable section that `scan: false` turns off; a spec without `scan:` does no
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 from yaml.nodes import Node
@@ -18,7 +17,6 @@ _KEYS = (
     "fail_on", "ignore_unfixed", "scanners", "ignorefile", "reports", "timeout",
     "db_repository", "cache_dir", "skip_db_update", "sbom",
 )  # fmt: skip
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
 def read_scan(r: Reader, section: Section) -> ScanPolicy | None:
@@ -43,7 +41,7 @@ def read_scan(r: Reader, section: Section) -> ScanPolicy | None:
         ignorefile=ignorefile,
         ignorefile_explicit=ignore_node is not None,
         reports=r.field(e, "reports", lambda n: _reports(r, n), Reports()),
-        timeout=r.field(e, "timeout", lambda n: _duration(r, n), 600),
+        timeout=r.field(e, "timeout", lambda n: r.duration(n, "timeout"), 600),
         db_repository=r.field(e, "db_repository", lambda n: r.string_list(n, "db_repository"), ()),
         cache_dir=r.field(e, "cache_dir", lambda n: r.path(n, "cache_dir"), None),
         skip_db_update=r.field(
@@ -76,18 +74,3 @@ def _reports(r: Reader, node: Node) -> Reports | None:
         return None
     paths = {key: r.path(value, f"reports.{key}") for key, value in entries.items()}
     return Reports(json=paths.get("json"), sarif=paths.get("sarif"), gitlab=paths.get("gitlab"))
-
-
-def _duration(r: Reader, node: Node) -> int | None:
-    """Seconds, or a duration like 10m or 1h30m, as seconds."""
-    text = r.string(node, "timeout")
-    if text is None:
-        return None
-    if text.isdigit():
-        return int(text)
-    match = _DURATION.fullmatch(text)
-    if not match or not any(match.groups()):
-        r.error(node, f"timeout '{text}' must be seconds or a duration like 10m or 1h30m")
-        return None
-    hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds

@@ -519,9 +519,10 @@ HANG = """#!/bin/sh
 echo $$ > "{pidfile}"
 exec sleep 120
 """
-# cosign answers its version probes like the real one and breaks only when it signs
+# cosign answers its version probes and opens the key (the preflight) like the real one, and
+# breaks only when it signs
 COSIGN_BREAKS_ON_SIGN = """#!/bin/sh
-case "$1" in version) exec "{real}" "$@";; esac
+case "$1" in version|public-key) exec "{real}" "$@";; esac
 for arg in "$@"; do [ "$arg" = "--help" ] && exec "{real}" "$@"; done
 {action}
 """
@@ -660,12 +661,8 @@ def test_a_hanging_cosign_is_stopped_and_signing_fails(
     registry_factory: RegistryFactory,
     keys: tuple[Path, str],
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """cosign gets SIGN_TIMEOUT (300 s, no spec setting) per signature; 3 s here."""
-    from shipit.stages import sign
-
-    monkeypatch.setattr(sign, "SIGN_TIMEOUT", 3.0)
+    """cosign gets `sign.timeout` per signature (300 s unless set); 3 s here."""
     upstream = registry_factory()
     private, password = keys
     pidfile = tmp_path / "cosign.pid"
@@ -675,7 +672,9 @@ def test_a_hanging_cosign_is_stopped_and_signing_fails(
             real=tool_path("cosign"), action=f'echo $$ > "{pidfile}"\nexec sleep 120'
         ),
     )
-    project = watched_project(tmp_path, upstream.host, f"sign: {{key: {private}, tlog: false}}\n")
+    project = watched_project(
+        tmp_path, upstream.host, f"sign: {{key: {private}, tlog: false, timeout: 3s}}\n"
+    )
     env = run_env(dockerd.host, tmp_path, COSIGN_PASSWORD=password)
     env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
     started = time.monotonic()

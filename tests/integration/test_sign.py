@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import tarfile
 import threading
@@ -429,3 +430,35 @@ def test_a_key_held_in_an_environment_variable(
     assert sign.verify_all([target], policy, env=env, console=out)[0].ok
     assert real_verify(keys, target.ref).returncode == 0
     assert "PRIVATE KEY" not in stream.getvalue()
+
+
+def test_a_signing_config_without_a_log_signs_offline_and_asks_no_tuf(
+    plain_registry: Registry, keys: Keys, tmp_path: Path
+) -> None:
+    """A private Sigstore without a transparency log, in files made by cosign itself: the
+    preflight and cosign need no service (every proxied request would go to a closed port),
+    and with the trusted root cosign does not even try the TUF repository."""
+    repo = repo_name()
+    digest = push_random_image(plain_registry, repo, tmp_path)
+    target = SignTarget(ref=f"{plain_registry.host}/{repo}@{digest}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        env = {**keys.env(), "HOME": str(tmp_path), "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy}
+        config, trusted = tmp_path / "signing-config.json", tmp_path / "trusted-root.json"
+        run_tool([tool_path("cosign"), "signing-config", "create", "--out", str(config)], env=env)
+        run_tool([tool_path("cosign"), "trusted-root", "create", "--out", str(trusted)], env=env)
+        policy = SignPolicy(
+            key=str(keys.private), tlog=False, signing_config=config, trusted_root=trusted
+        )
+        out, stream = console(env)
+        signer = sign.check_signing(policy, env)
+        sign.prove_signing([(signer, policy)], env=env, console=out)
+        signed = sign.sign_all(signer, [target], policy, {}, env=env, console=out)
+        verified = sign.verify_all([target], policy, env=env, console=out)
+    assert signed == [SignResult(ref=target.ref, ok=True)]
+    assert verified == [SignResult(ref=target.ref, ok=True)]
+    assert f"the signing key {keys.private} opens" in stream.getvalue()
+    assert "TUF" not in stream.getvalue()  # shipit warned of no TUF repository either
+    assert not (tmp_path / ".sigstore").exists()  # cosign never even opened its TUF cache
+    assert real_verify(keys, target.ref).returncode == 0

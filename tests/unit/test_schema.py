@@ -25,6 +25,8 @@ VALID = [
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nscan: false\nsign: {format: legacy, tlog: false}\n",
     "version: 1\nx-anchor: {a: 1}\nregistries: [a.io/b]\nimage: {name: a, flavor: {latest: false, floating: always}}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nscan: {fail_on: never, scanners: secret, timeout: 5m}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {key: env://K, signing_config: sc.json, trusted_root: tr.json, timeout: 90}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {key: env://K, rekor_url: 'https://rekor.example.com', timeout: 1h30m}\n",
 ]
 VALID += [
     "version: 1\nregistries: [a.io/b]\nengine: buildx\nplatforms: [linux/amd64, linux/arm64]\n"
@@ -54,6 +56,12 @@ INVALID = [
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nscan: {fail_on: SEVERE}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nscan: {scanners: [viruses]}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {format: pgp}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {timeout: 0}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {timeout: 0m0s}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {timeout: soon}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {rekor_url: rekor.example.com}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {signing_config: sc.json, rekor_url: 'https://r.example'}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {signing_config: sc.json, format: legacy}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\npush: {parallel: 0}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\npush: {retries: 11}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a, platform: amd64}\n",
@@ -77,6 +85,8 @@ def parser_accepts(text: str, root: Path) -> bool:
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     (tmp_path / "Dockerfile").write_text("FROM scratch\n", encoding="utf-8")
+    (tmp_path / "sc.json").write_text("{}", encoding="utf-8")  # sign.signing_config
+    (tmp_path / "tr.json").write_text("{}", encoding="utf-8")  # sign.trusted_root
     return tmp_path
 
 

@@ -8,6 +8,7 @@ cosign release does; tests/integration/test_sign.py runs the real one.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -35,6 +36,8 @@ REGISTRY_PASSWORD = "registry-password-91c2"
 GITLAB_TOKEN = "eyJhbGciOi.gitlab-token.sig"
 GITHUB_REQUEST_TOKEN = "github-request-token-5e6d"
 PEM_KEY = "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nc2VjcmV0\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n"  # fmt: skip
+
+TIMEOUT = "--timeout=300s"  # sign.timeout's default, for cosign itself
 
 GITHUB_ENV = {
     "ACTIONS_ID_TOKEN_REQUEST_URL": "https://pipelines.actions.example/token",
@@ -141,7 +144,9 @@ def test_credentials_come_in_pairs_and_the_password_stays_out_of_repr() -> None:
 
 
 def test_key_file_bundle_with_the_log_is_cosign_3_defaults() -> None:
-    assert sign_argv(key_signer()) == [COSIGN, "sign", "--yes", "--key", "/keys/cosign.key", REF]
+    assert sign_argv(key_signer()) == [
+        COSIGN, "sign", "--yes", TIMEOUT, "--key", "/keys/cosign.key", REF
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -169,14 +174,87 @@ def test_format_and_log_flags_follow_the_cosign_major_version(
     policy = SignPolicy(key="/keys/cosign.key", format=fmt, tlog=tlog)
     assert sign.sign_format_flags(major, policy) == flags
     argv = sign_argv(key_signer(major), policy=policy)
-    assert argv == [COSIGN, "sign", "--yes", "--key", "/keys/cosign.key", *flags, REF]
+    assert argv == [COSIGN, "sign", "--yes", TIMEOUT, "--key", "/keys/cosign.key", *flags, REF]
+
+
+SC = Path("/sigstore/signing-config.json")
+TR = Path("/sigstore/trusted-root.json")
+
+
+@pytest.mark.parametrize(
+    ("major", "policy", "flags"),
+    [
+        # a signing config file replaces the TUF one and names (or leaves out) the log itself
+        (3, SignPolicy(signing_config=SC), ["--signing-config", str(SC)]),
+        (3, SignPolicy(signing_config=SC, tlog=False), ["--signing-config", str(SC)]),
+        (
+            3,
+            SignPolicy(signing_config=SC, trusted_root=TR),
+            ["--signing-config", str(SC), "--trusted-root", str(TR)],
+        ),
+        (
+            2,
+            SignPolicy(signing_config=SC),
+            ["--new-bundle-format=true", "--signing-config", str(SC)],
+        ),
+        # a Rekor of one's own: cosign 3 takes a URL only without the TUF signing config
+        (
+            3,
+            SignPolicy(rekor_url="https://rekor.internal"),
+            ["--use-signing-config=false", "--rekor-url", "https://rekor.internal"],
+        ),
+        (
+            3,
+            SignPolicy(rekor_url="https://rekor.internal", format="legacy"),
+            [
+                "--new-bundle-format=false",
+                "--use-signing-config=false",
+                "--rekor-url",
+                "https://rekor.internal",
+            ],
+        ),
+        (
+            2,
+            SignPolicy(rekor_url="https://rekor.internal", format="legacy"),
+            ["--rekor-url", "https://rekor.internal"],
+        ),
+        # without the log there is no Rekor to name
+        (
+            3,
+            SignPolicy(rekor_url="https://rekor.internal", tlog=False),
+            ["--use-signing-config=false", "--tlog-upload=false"],
+        ),
+        (3, SignPolicy(trusted_root=TR), ["--trusted-root", str(TR)]),
+    ],
+)
+def test_the_sigstore_services_of_the_spec_reach_cosign(
+    major: int, policy: SignPolicy, flags: list[str]
+) -> None:
+    assert sign.sign_format_flags(major, policy) == flags
+
+
+def test_the_spec_timeout_is_cosigns_own_and_attest_gets_the_same_flags() -> None:
+    policy = SignPolicy(key="/keys/cosign.key", timeout=42, signing_config=SC)
+    argv = sign_argv(key_signer(), policy=policy)
+    assert argv[:4] == [COSIGN, "sign", "--yes", "--timeout=42s"]
+    attest = sign.attest_command(key_signer(), SignTarget(ref=REF), policy, Path("/sbom.json"), {})
+    assert attest == [
+        COSIGN, "attest", "--type", "cyclonedx", "--predicate", "/sbom.json",
+        "--yes", "--timeout=42s", "--key", "/keys/cosign.key", "--signing-config", str(SC), REF,
+    ]  # fmt: skip
+
+
+def test_verify_checks_against_the_specs_trusted_root() -> None:
+    policy = SignPolicy(key="/keys/cosign.key", trusted_root=TR)
+    argv = sign.verify_command(COSIGN, 3, SignTarget(ref=REF), policy, "/tmp/cosign.pub")
+    assert argv == [COSIGN, "verify", "--key", "/tmp/cosign.pub", "--trusted-root", str(TR), REF]
 
 
 def test_an_env_key_is_named_on_the_command_line_never_its_content() -> None:
     signer = key_signer(key="env://COSIGN_PRIVATE_KEY")
     env = {"COSIGN_PRIVATE_KEY": PEM_KEY, "COSIGN_PASSWORD": KEY_PASSWORD}
     argv = sign_argv(signer, env=env)
-    assert argv[3:5] == ["--key", "env://COSIGN_PRIVATE_KEY"]
+    assert argv[4:6] == ["--key", "env://COSIGN_PRIVATE_KEY"]
     assert not any(PEM_KEY.strip() in a or KEY_PASSWORD in a for a in argv)
 
 
@@ -191,19 +269,19 @@ def test_an_env_key_is_named_on_the_command_line_never_its_content() -> None:
     ],
 )
 def test_a_kms_uri_is_passed_through(uri: str) -> None:
-    assert sign_argv(key_signer(key=uri))[3:5] == ["--key", uri]
+    assert sign_argv(key_signer(key=uri))[4:6] == ["--key", uri]
 
 
 def test_keyless_on_github_lets_cosign_ask_the_runner_for_its_token() -> None:
     argv = sign_argv(keyless_signer(), policy=SignPolicy(), env=GITHUB_ENV)
-    assert argv == [COSIGN, "sign", "--yes", "--oidc-provider", "github-actions", REF]
+    assert argv == [COSIGN, "sign", "--yes", TIMEOUT, "--oidc-provider", "github-actions", REF]
     assert not any(GITHUB_REQUEST_TOKEN in a for a in argv)
 
 
 def test_keyless_on_gitlab_reads_the_token_from_the_environment_not_argv() -> None:
     env = {**GITHUB_ENV, **GITLAB_ENV}  # an explicit token wins over the runner's
     argv = sign_argv(keyless_signer(), policy=SignPolicy(), env=env)
-    assert argv == [COSIGN, "sign", "--yes", "--oidc-provider", "envvar", REF]
+    assert argv == [COSIGN, "sign", "--yes", TIMEOUT, "--oidc-provider", "envvar", REF]
     assert not any(GITLAB_TOKEN in a for a in argv)
     with sign.cosign_env(SignTarget(ref=REF), env) as child:
         assert child["SIGSTORE_ID_TOKEN"] == GITLAB_TOKEN
@@ -211,7 +289,7 @@ def test_keyless_on_gitlab_reads_the_token_from_the_environment_not_argv() -> No
 
 def test_keyless_legacy_on_cosign_3_leaves_the_signing_config() -> None:
     argv = sign_argv(keyless_signer(), policy=SignPolicy(format="legacy"), env=GITLAB_ENV)
-    assert argv[3:] == [
+    assert argv[4:] == [
         "--oidc-provider",
         "envvar",
         "--new-bundle-format=false",
@@ -242,7 +320,7 @@ def test_insecure_registry_flags_only_where_allowed(
 ) -> None:
     flags = ["--allow-http-registry", "--allow-insecure-registry"]
     argv = sign_argv(key_signer(), target=target)
-    assert argv == [COSIGN, "sign", "--yes", "--key", "/keys/cosign.key"] + (
+    assert argv == [COSIGN, "sign", "--yes", TIMEOUT, "--key", "/keys/cosign.key"] + (
         flags if insecure_flags else []
     ) + [target.ref]
     policy = SignPolicy(key="/keys/cosign.key")
@@ -253,7 +331,7 @@ def test_insecure_registry_flags_only_where_allowed(
 def test_annotations_become_one_entry_each_even_with_commas_and_quotes() -> None:
     annotations = {"org.opencontainers.image.revision": "1a2b3c4", "note": 'a,b "c"'}
     argv = sign_argv(key_signer(), annotations=annotations)
-    assert argv[5:-1] == [
+    assert argv[6:-1] == [
         "-a",
         "org.opencontainers.image.revision=1a2b3c4",
         "-a",
@@ -498,6 +576,21 @@ def test_bundle_format_needs_cosign_2_6_or_later(tmp_path: Path) -> None:
         sign.check_signing(SignPolicy(key="env://K"), {**env, "K": "x"})
     assert info.value.exit_code == EXIT_USAGE
     assert "legacy" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [SignPolicy(key="env://K", signing_config=SC), SignPolicy(key="env://K", trusted_root=TR)],
+)
+def test_a_signing_config_or_trusted_root_needs_cosign_2_6_or_later(
+    tmp_path: Path, policy: SignPolicy
+) -> None:
+    env = fake_cosign(tmp_path, sign_help=HELP_V2_4, has_new_bundle_flag=False)
+    with pytest.raises(UsageError, match=r"cosign 2\.6") as info:
+        sign.check_signing(dataclasses.replace(policy, format="legacy"), {**env, "K": "x"})
+    assert "rekor_url" in (info.value.hint or "")
+    env = fake_cosign(tmp_path / "2.6", sign_help=HELP_V2_6)
+    assert sign.check_signing(policy, {**env, "K": "x"}).major == 2
 
 
 def test_no_key_and_no_token_is_a_usage_error_with_a_hint(tmp_path: Path) -> None:

@@ -385,6 +385,26 @@ def test_yaml_syntax_errors_are_located(project: Path) -> None:
             "4:13: never write a private key in the spec: use env://VAR or a file",
         ),
         (
+            "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {timeout: 0s}\n",
+            "4:17: timeout must be at least 1s, not '0s'",
+        ),
+        (
+            "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {timeout: later}\n",
+            "4:17: timeout 'later' must be seconds or a duration like 10m or 1h30m",
+        ),
+        (
+            "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {rekor_url: rekor.example.com}\n",
+            "4:19: rekor_url 'rekor.example.com' must be an http:// or https:// URL",
+        ),
+        (
+            "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {signing_config: none.json}\n",
+            "4:24: signing_config 'none.json' does not exist",
+        ),
+        (
+            "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {trusted_root: none.json}\n",
+            "4:22: trusted_root 'none.json' does not exist",
+        ),
+        (
             "version: 1\nregistries: [a.io/b]\nimage: {name: a}\npush: {parallel: many}\n",
             "4:18: parallel must be a whole number, not 'many'",
         ),
@@ -458,6 +478,55 @@ def test_empty_key_means_keyless_and_a_file_key_must_exist(project: Path) -> Non
     assert image.sign is not None and image.sign.key == str((project / "cosign.key").resolve())
     [image] = load(project, MINIMAL + "sign: {key: 'awskms:///alias/release'}\n").images
     assert image.sign is not None and image.sign.key == "awskms:///alias/release"
+
+
+def test_the_sigstore_services_and_the_cosign_timeout_are_read(project: Path) -> None:
+    (project / "sigstore").mkdir()
+    (project / "sigstore" / "signing-config.json").write_text("{}", encoding="utf-8")
+    (project / "sigstore" / "trusted-root.json").write_text("{}", encoding="utf-8")
+    [image] = load(project, MINIMAL + "sign: {key: env://K}\n").images
+    assert image.sign is not None
+    assert (image.sign.signing_config, image.sign.trusted_root, image.sign.rekor_url) == (
+        None,
+        None,
+        None,
+    )
+    assert image.sign.timeout == 300
+    text = (
+        MINIMAL + "sign: {signing_config: sigstore/signing-config.json,"
+        " trusted_root: sigstore/trusted-root.json, timeout: 2m30s}\n"
+    )
+    [image] = load(project, text).images
+    assert image.sign is not None
+    assert image.sign.signing_config == (project / "sigstore" / "signing-config.json").resolve()
+    assert image.sign.trusted_root == (project / "sigstore" / "trusted-root.json").resolve()
+    assert image.sign.timeout == 150
+    [image] = load(
+        project, MINIMAL + "sign: {rekor_url: 'https://rekor.internal/', timeout: 90}\n"
+    ).images
+    assert image.sign is not None
+    assert (image.sign.rekor_url, image.sign.timeout) == ("https://rekor.internal", 90)
+
+
+def test_a_signing_config_takes_no_rekor_url_and_no_legacy_format(project: Path) -> None:
+    (project / "sc.json").write_text("{}", encoding="utf-8")
+    found = problems(
+        project,
+        MINIMAL + "sign:\n  signing_config: sc.json\n  rekor_url: https://r.example\n",
+    )
+    assert found == [
+        "6:14: rekor_url and signing_config do not go together: cosign takes every service"
+        " URL from the signing config, so list the Rekor there (`cosign signing-config create`)"
+    ]
+    found = problems(
+        project,
+        "version: 1\nregistries: [a.io/b]\nsign: {format: legacy}\n"
+        "images:\n  - {name: a, sign: {signing_config: sc.json}}\n",
+    )
+    assert found == [
+        "5:38: signing_config needs `format: bundle`: cosign writes the services of a signing"
+        " config only into Sigstore bundles"
+    ]  # the format came from the top of the spec, the signing config from the image
 
 
 def test_choices_are_case_insensitive_and_booleans_read_as_words(project: Path) -> None:
