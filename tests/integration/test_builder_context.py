@@ -145,4 +145,5 @@ def test_a_context_that_loads_is_read_back_from_its_own_daemon(
         for tag in image["tags"]:
             assert registry.manifest(repository, tag).digest == image["digest"]
         assert file_in_image(registry, repository, image["digest"], "arch") == b"aarch64\n"
-    docker_at(dockerd.host, "rmi", "-f", *{r["ref"] for r in image["refs"]})
+    # --no-prune: untagged parents stay (another session may build from the same cache)
+    docker_at(dockerd.host, "rmi", "-f", "--no-prune", *{r["ref"] for r in image["refs"]})

@@ -226,7 +226,7 @@ sign: {{key: {keys.private}, tlog: false}}
         assert pulled.returncode == 0, pulled.stderr
         ran = docker_at(daemon, "run", "--rm", "--platform", platform, tag, "cat", "/arch")
         assert ran.stdout.strip() == uname, ran.stderr
-        docker_at(daemon, "rmi", "-f", tag)
+        docker_at(daemon, "rmi", "-f", "--no-prune", tag)
 
 
 def test_a_secret_planted_in_one_platform_blocks_the_release_and_names_it(
