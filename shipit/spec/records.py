@@ -132,6 +132,8 @@ class SignPolicy:
     attest_sbom: bool = False
     identity: str | None = None  # keyless verification: certificate identity (regexp)
     oidc_issuer: str | None = None
+    # SLSA provenance attested to every digest: off | on (build args by name) | max (values too)
+    provenance: str = "on"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,5 @@
-"""The `sign:` section (cosign): the key or keyless identity, the signature format, tlog.
+"""The `sign:` section (cosign): the key or keyless identity, the signature format, tlog,
+and the SLSA provenance attested next to the signatures (`provenance`: true, false or max).
 
 A mergeable section that `sign: false` turns off; a spec without `sign:` does not sign.
 A key is named (a file, env://VAR, a KMS URI), never written in the spec.
@@ -38,12 +39,22 @@ def read_sign(r: Reader, section: Section) -> SignPolicy | None:
         attest_sbom=r.field(e, "attest_sbom", lambda n: r.boolean(n, "attest_sbom"), False),
         identity=r.field(e, "identity", lambda n: r.string(n, "identity"), None),
         oidc_issuer=r.field(e, "oidc_issuer", lambda n: r.string(n, "oidc_issuer"), None),
+        provenance=r.field(e, "provenance", lambda n: _provenance(r, n), "on"),
     )
 
 
 SIGN: Final = Mergeable(
     key="sign",
-    keys=("key", "format", "tlog", "annotations", "attest_sbom", "identity", "oidc_issuer"),
+    keys=(
+        "key",
+        "format",
+        "tlog",
+        "annotations",
+        "attest_sbom",
+        "identity",
+        "oidc_issuer",
+        "provenance",
+    ),
     read=read_sign,
     switchable=True,
 )
@@ -72,3 +83,9 @@ def _key(r: Reader, node: Node) -> str | None:
         return None
     path = r.existing_file(node, "key")
     return str(path) if path else None
+
+
+def _provenance(r: Reader, node: Node) -> str | None:
+    """`provenance: true` (build args by name), `false` (none), or `max` (with their values)."""
+    chosen = r.choice(node, "provenance", ("true", "false", "max"))
+    return {"true": "on", "false": "off", "max": "max"}.get(chosen) if chosen else None
