@@ -388,7 +388,8 @@ class _StepTracker:
     def line_handler(self, console: Console) -> Callable[[str], None]:
         def handle(line: str) -> None:
             if match := self._FROM.match(line):
-                first = match[1].split(" ", 1)[0]
+                words = match[1].split()  # [PLATFORM] [STAGE] N/M
+                first = words[0] if len(words) > 1 else ""
                 platform = first if "/" in first else None
                 self.resolved[(platform, normalize_ref(match[2]))] = match[3]
             if match := self._STEP.match(line):
