@@ -20,11 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shipit import log
 from shipit.execute.prepare import Ready
 from shipit.execute.results import RunState
 from shipit.plan import ImagePlan, Source
 from shipit.stages import provenance
 from shipit.stages.push import TargetResult
+
+_log = log.get(__name__)
 
 
 def attest_all(
@@ -57,7 +60,10 @@ def attest_all(
             text = json.dumps(document, indent=2, sort_keys=True) + "\n"
             leaked = any(secret in text for secret in secrets)
             if leaked:
-                results += [_refused(sign, t.ref) for t in chosen]
+                refused = [_refused(sign, t.ref) for t in chosen]
+                for result in refused:
+                    _log.error("%s", result.error)
+                results += refused
                 continue
             path = Path(tmp) / f"{digest.replace(':', '-')}.json"
             path.write_text(text, encoding="utf-8")
