@@ -457,3 +457,118 @@ sign: {{key: {keys.private}, tlog: false}}
     )
     assert code == 1
     assert "names builder local, not https://ci.example/other" in err
+
+
+# -- a failed attestation: nothing is tagged ------------------------------------------------
+
+
+def image_tags(registry: RunningRegistry, repository: str) -> list[str]:
+    """The tags of a repository, leaving out cosign's referrers fallback (`sha256-<hex>`)."""
+    listed = crane("ls", f"{registry.host}/{repository}").split()
+    return [t for t in listed if not t.startswith("sha256-")]
+
+
+def test_a_failed_attestation_leaves_every_registry_untagged(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registries: tuple[RunningRegistry, RunningRegistry],
+    keys: KeyPair,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    first, second = registries
+    namespace = f"prov-fail-{secrets.token_hex(3)}"
+    spec = f"""\
+version: 1
+registries: [{first.host}/{namespace}, {second.host}/{namespace}]
+image: {{name: hello}}
+sign: {{key: {keys.private}, tlog: false}}
+"""
+    project = make_project(tmp_path / "project", spec)
+    wrapper = tmp_path / "bin" / "cosign"
+    wrapper.parent.mkdir()
+    wrapper.write_text(  # the real cosign, except that `cosign attest` fails
+        "#!/bin/sh\n"
+        'if [ "$1" = attest ]; then echo "Error: the attestation store is down" >&2; exit 1; fi\n'
+        f'exec "{tool_path("cosign")}" "$@"\n',
+        encoding="utf-8",
+    )
+    wrapper.chmod(0o755)
+    env = env_for(dockerd, tmp_path, COSIGN_PASSWORD=keys.password)
+    env["PATH"] = f"{wrapper.parent}{os.pathsep}{env['PATH']}"
+
+    code, _, err = run_shipit(["run", "-C", str(project)], capsys, env)
+
+    assert code == 1
+    assert "the attestation store is down" in err
+    assert "nothing was tagged in any registry" in err
+    document = report(project)
+    assert document["images"][0]["error"] == "the provenance attestation failed"
+    digests = stored_digests(document)
+    assert len(digests) == 2
+    assert all(entry["signed"] and not entry["attested"] for _, _, entry in digests)
+    for registry in registries:
+        assert image_tags(registry, f"{namespace}/hello") == []
+
+
+def test_a_build_arg_holding_a_secret_is_never_attested_under_max(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    keys: KeyPair,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    namespace = f"prov-leak-{secrets.token_hex(3)}"
+    spec = f"""\
+version: 1
+registries: [{plain_registry.host}/{namespace}]
+image: {{name: hello, build_args: {{PASSWORD: "{{{{ env.COSIGN_PASSWORD }}}}"}}}}
+sign: {{key: {keys.private}, tlog: false, provenance: max}}
+"""
+    project = make_project(tmp_path / "project", spec)
+    env = env_for(dockerd, tmp_path, COSIGN_PASSWORD=keys.password)
+
+    code, out, err = run_shipit(["run", "-C", str(project)], capsys, env)
+
+    assert code == 1
+    assert "would hold a secret's value" in err
+    assert keys.password not in out + err
+    assert image_tags(plain_registry, f"{namespace}/hello") == []
+    assert not [b for b in registry_bytes(plain_registry) if keys.password.encode() in b]
+
+
+# -- buildx: the base image's digest, pulled by BuildKit or taken from the daemon ----------
+
+
+@pytest.mark.parametrize("where", ["pulled", "in-the-daemon"])
+def test_buildx_records_the_base_image_digest_it_resolved(
+    where: str,
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    keys: KeyPair,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base, base_digest = push_base_image(dockerd, plain_registry, tmp_path / "base")
+    if where == "pulled":  # BuildKit fetches it and prints `FROM NAME@DIGEST`
+        tool("docker", "rmi", base, env={"DOCKER_HOST": dockerd.host})
+    namespace = f"prov-bx-{secrets.token_hex(3)}"
+    spec = f"""\
+version: 1
+registries: [{plain_registry.host}/{namespace}]
+image: {{name: hello, engine: buildx}}
+sign: {{key: {keys.private}, tlog: false}}
+"""
+    dockerfile = f"FROM {base}\nCOPY hello.txt /hello.txt\n"
+    project = make_project(tmp_path / "project", spec, dockerfile=dockerfile)
+    env = env_for(dockerd, tmp_path, COSIGN_PASSWORD=keys.password)
+
+    code, _, err = run_shipit(["run", "-C", str(project)], capsys, env)
+
+    assert code == 0, err
+    if where == "pulled":
+        assert f"FROM {base}@{base_digest}" in err
+    [(repository, digest, _)] = stored_digests(report(project))
+    statement, _ = provenance_of(keys.public, f"{repository}@{digest}")
+    _, base_dependency = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert base_dependency["name"] == base
+    assert base_dependency["digest"] == {"sha256": base_digest.removeprefix("sha256:")}
