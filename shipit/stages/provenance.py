@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from shipit import __version__
 from shipit.plan import ImagePlan, Source
-from shipit.stages.build.images import BaseImage
+from shipit.stages.build.bases import BaseImage
 
 PREDICATE_TYPE: Final = "https://slsa.dev/provenance/v1"
 COSIGN_TYPE: Final = "slsaprovenance1"  # what `cosign attest --type` calls it

@@ -16,8 +16,8 @@ from shipit.errors import SpecError
 from shipit.plan import ImagePlan, Source, make_plan
 from shipit.spec import SignPolicy, parse
 from shipit.stages import provenance, sign
+from shipit.stages.build.bases import BaseImage, base_from_inspect, normalize_ref
 from shipit.stages.build.dockerfile import base_images, expand, instructions
-from shipit.stages.build.images import BaseImage, base_from_inspect, normalize_ref
 from shipit.stages.provenance import Expected, Paths, PlatformBuild
 
 SHA = "1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d"

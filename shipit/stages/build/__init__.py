@@ -4,6 +4,8 @@
   `Builder` interface every engine implements;
 - sdk.py: `engine: sdk`, docker-py's classic builder (the default);
 - buildx.py: `engine: buildx`, BuildKit through `docker buildx build`.
+- dockerfile.py, bases.py: the images a build starts from (its Dockerfile's `FROM` and
+  `COPY --from`) and the digests each engine resolved them to, for the provenance.
 
 `prepare` runs in preflight, before anything is built: it finds buildx (with the install
 hint when it is missing) and asks each builder where its images will come back.

@@ -38,14 +38,11 @@ from shipit import proc
 from shipit.errors import StageError, UsageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
+from shipit.stages.build.bases import BaseImage, dockerfile_bases, normalize_ref, resolve_bases
 from shipit.stages.build.images import (
-    BaseImage,
     BuiltImage,
     PlatformImage,
-    base_from_inspect,
-    dockerfile_bases,
     local_name,
-    normalize_ref,
     platform_args,
     platform_slug,
 )
@@ -273,15 +270,7 @@ class BuildxBuilder:
         names = dockerfile_bases(
             settings, settings.build_args, automatic=platform_args(platform), buildkit=True
         )
-        found = []
-        for name in names:
-            full = normalize_ref(name)
-            digest = steps.resolved.get((platform, full)) or steps.resolved.get((None, full))
-            if digest is not None:
-                found.append(BaseImage(name=full, digest=digest))
-            else:
-                found.append(base_from_inspect(name, self._inspect(name)))
-        return tuple(found)
+        return resolve_bases(names, platform, steps.resolved, self._inspect)
 
     def _inspect(self, name: str) -> dict[str, object] | None:
         argv, child = _daemon_cli(self.docker, self.info.endpoint, self.env)

@@ -24,15 +24,8 @@ from shipit.docker_api import BuildRequest, Daemon, DaemonError, StreamError
 from shipit.errors import StageError
 from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
-from shipit.stages.build.images import (
-    BaseImage,
-    BuiltImage,
-    PlatformImage,
-    base_from_inspect,
-    dockerfile_bases,
-    local_name,
-    platform_args,
-)
+from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
+from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
 
 
 class SdkBuilder:
