@@ -572,3 +572,36 @@ sign: {{key: {keys.private}, tlog: false}}
     _, base_dependency = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
     assert base_dependency["name"] == base
     assert base_dependency["digest"] == {"sha256": base_digest.removeprefix("sha256:")}
+
+
+def test_the_legacy_format_keeps_the_provenance_under_the_att_tag(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    keys: KeyPair,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    namespace = f"prov-legacy-{secrets.token_hex(3)}"
+    spec = f"""\
+version: 1
+registries: [{plain_registry.host}/{namespace}]
+image: {{name: hello}}
+sign: {{key: {keys.private}, tlog: false, format: legacy}}
+"""
+    project = make_project(tmp_path / "project", spec)
+    head = git(project, "rev-parse", "HEAD")
+    env = env_for(dockerd, tmp_path, COSIGN_PASSWORD=keys.password)
+
+    code, _, err = run_shipit(["run", "-C", str(project)], capsys, env)
+
+    assert code == 0, err
+    [(repository, digest, entry)] = stored_digests(report(project))
+    assert entry["attested"]
+    hexdigest = digest.removeprefix("sha256:")
+    listed = crane("ls", f"{repository}").split()
+    assert f"sha256-{hexdigest}.att" in listed and f"sha256-{hexdigest}.sig" in listed
+    statement, _ = provenance_of(keys.public, f"{repository}@{digest}")
+    assert source_commit(statement) == head
+    code, out, err = run_shipit(["verify", "-C", str(project)], capsys, env)
+    assert code == 0, err
+    assert f"provenance: commit {head[:12]}" in out
