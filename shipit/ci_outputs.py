@@ -82,6 +82,18 @@ def markdown_summary(result: RunResult) -> str:
         lines.extend(_image_rows(image))
     lines.extend(_digest_rows(doc["images"]))
     for image in doc["images"]:
+        platforms = [
+            p for p in image.get("platforms") or [] if p.get("platform") and p.get("digest")
+        ]
+        if len(platforms) > 1:
+            shown = ", ".join(
+                f"{_escape(p['platform'])} `{_escape(p['digest'][:19])}`" for p in platforms
+            )
+            lines.append(
+                f"\nPlatforms of `{_escape(image['name'])}` (index"
+                f" `{_escape(str(image.get('digest'))[:19])}`): {shown}."
+            )
+    for image in doc["images"]:
         scan = image.get("scan")
         if scan:
             counts = ", ".join(f"{s} {scan['counts'].get(s, 0)}" for s in _SEVERITIES)

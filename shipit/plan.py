@@ -223,30 +223,7 @@ def _image_plan(
     version = derive(ctx, image.release_regex())
     tags = derive_tags(image, ctx, version)
     values = template_values(ctx, version, image.name)
-    options = image.build
-    build = BuildSettings(
-        context=str(image.context),
-        dockerfile=image.dockerfile,
-        target=image.target,
-        platforms=options.platforms,
-        build_args=_render_all(image, "build arg", image.build_args, values),
-        labels={
-            **oci_labels(image, ctx, version),
-            **_render_all(image, "label", image.labels, values),
-        },
-        pull=image.pull,
-        cache_from=options.cache_from,
-        engine=options.engine,
-        builder=options.builder,
-        secrets=tuple(
-            BuildSecret(id=s.id, env=s.env, file=str(s.file) if s.file else None)
-            for s in options.secrets
-        ),
-        ssh=options.ssh,
-        cache_to=options.cache_to,
-        network=options.network,
-        no_cache=options.no_cache,
-    )
+    build = _build_settings(image, ctx, version, values)
     targets = tuple(
         Target(
             registry=registry.url,
@@ -279,6 +256,36 @@ def _image_plan(
         annotations=annotations,
         skipped=skipped,
         image=image,
+    )
+
+
+def _build_settings(
+    image: Image, ctx: Context, version: Version, values: Mapping[str, Any]
+) -> BuildSettings:
+    """How the image is built: the spec's build keys, with labels and build args rendered."""
+    options = image.build
+    return BuildSettings(
+        context=str(image.context),
+        dockerfile=image.dockerfile,
+        target=image.target,
+        platforms=options.platforms,
+        build_args=_render_all(image, "build arg", image.build_args, values),
+        labels={
+            **oci_labels(image, ctx, version),
+            **_render_all(image, "label", image.labels, values),
+        },
+        pull=image.pull,
+        cache_from=options.cache_from,
+        engine=options.engine,
+        builder=options.builder,
+        secrets=tuple(
+            BuildSecret(id=s.id, env=s.env, file=str(s.file) if s.file else None)
+            for s in options.secrets
+        ),
+        ssh=options.ssh,
+        cache_to=options.cache_to,
+        network=options.network,
+        no_cache=options.no_cache,
     )
 
 

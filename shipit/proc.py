@@ -196,6 +196,34 @@ def stream(
         )
     except FileNotFoundError:
         raise ToolMissing(f"{argv[0]} is not installed") from None
+    tail: deque[str] = deque(maxlen=keep)
+
+    def keep_and_hand_on(line: str) -> None:
+        tail.append(line)
+        on_line(line)
+
+    expired = _pump(proc, timeout, keep_and_hand_on, secret_list)
+    result = Result(
+        argv=tuple(argv),
+        returncode=proc.returncode,
+        stdout="\n".join(tail),
+        stderr="",
+        seconds=time.monotonic() - started,
+    )
+    _log.debug("  %s exited %d in %.1fs", Path(argv[0]).name, proc.returncode, result.seconds)
+    if expired or proc.returncode != 0:
+        raise CommandError(result, timed_out=expired, secrets=secret_list)
+    return result
+
+
+def _pump(
+    proc: subprocess.Popen[str],
+    timeout: float | None,
+    on_line: Callable[[str], None],
+    secrets: Sequence[str],
+) -> bool:
+    """Hand each line of `proc`'s output on, redacted, until it exits; kill it (and its
+    group) after `timeout` seconds. Returns whether the timeout killed it."""
     RUNNING.add(proc)
     expired = threading.Event()
 
@@ -204,7 +232,6 @@ def stream(
         _signal_group(proc, signal.SIGKILL)
 
     timer = threading.Timer(timeout, expire) if timeout else None
-    tail: deque[str] = deque(maxlen=keep)
     try:
         if timer is not None:
             timer.daemon = True
@@ -212,9 +239,7 @@ def stream(
         try:
             assert proc.stdout is not None  # noqa: S101 - PIPE was asked for
             for raw in proc.stdout:
-                line = redact(raw.rstrip("\n"), secret_list)
-                tail.append(line)
-                on_line(line)
+                on_line(redact(raw.rstrip("\n"), secrets))
             proc.wait()
         except BaseException:  # Ctrl-C or SIGTERM while streaming: the child goes too
             _stop(proc)
@@ -225,17 +250,7 @@ def stream(
         RUNNING.discard(proc)
         if proc.stdout is not None:
             proc.stdout.close()
-    result = Result(
-        argv=tuple(argv),
-        returncode=proc.returncode,
-        stdout="\n".join(tail),
-        stderr="",
-        seconds=time.monotonic() - started,
-    )
-    _log.debug("  %s exited %d in %.1fs", Path(argv[0]).name, proc.returncode, result.seconds)
-    if expired.is_set() or proc.returncode != 0:
-        raise CommandError(result, timed_out=expired.is_set(), secrets=secret_list)
-    return result
+    return expired.is_set()
 
 
 def _stop(proc: subprocess.Popen[str], grace: float = 5.0) -> None:

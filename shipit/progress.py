@@ -53,9 +53,12 @@ class Transfer:
         with self._lock:
             return sum(c.done for c in self._counts.values())
 
-    def line(self) -> str:
-        """`push app: 127.0.0.1:5000 48.1/153.2 MB 95.3 MB/s, ghcr.io/acme 12.0/153.2 MB ...`."""
+    def line(self) -> str | None:
+        """`push app: 127.0.0.1:5000 48.1/153.2 MB 95.3 MB/s, ghcr.io/acme 12.0/153.2 MB ...`;
+        None while no blob is on its way yet (nothing worth a line)."""
         with self._lock:
+            if not self._counts:
+                return None
             elapsed = self._clock() - self._started if self._started is not None else 0.0
             parts = []
             for registry, count in self._counts.items():
@@ -66,11 +69,42 @@ class Transfer:
                 elif count.expected and count.done >= count.expected:
                     part += " done"
                 parts.append(part)
-        return f"{self.title}: {', '.join(parts) or 'starting'}"
+        return f"{self.title}: {', '.join(parts)}"
 
 
 def _mb(count: int) -> str:
     return f"{count / 1e6:.1f}"
+
+
+class Shower:
+    """What `showing` does at each tick: redraw the live line, or write a plain line when the
+    bytes moved since the last one (so an idle upload adds nothing to a log)."""
+
+    def __init__(self, transfer: Transfer, console: Console) -> None:
+        self.transfer = transfer
+        self.console = console
+        self.live = console.interactive
+        self._shown = transfer.total_done()
+
+    @property
+    def interval(self) -> float:
+        return TERMINAL_INTERVAL if self.live else LOG_INTERVAL
+
+    def tick(self) -> None:
+        line = self.transfer.line()
+        if line is None:
+            return
+        if self.live:
+            self.console.live(line)
+            return
+        done = self.transfer.total_done()
+        if done != self._shown:
+            self._shown = done
+            self.console.write(line)
+
+    def done(self) -> None:
+        if self.live:
+            self.console.live(None)
 
 
 @contextlib.contextmanager
@@ -79,27 +113,18 @@ def showing(transfer: Transfer, console: Console) -> Iterator[None]:
     if console.verbosity < 0:
         yield
         return
-    live = console.interactive
-    interval = TERMINAL_INTERVAL if live else LOG_INTERVAL
+    shower = Shower(transfer, console)
     stop = threading.Event()
-    shown = [transfer.total_done()]
 
-    def tick() -> None:
-        while not stop.wait(interval):
-            if live:
-                console.live(transfer.line())
-                continue
-            done = transfer.total_done()
-            if done != shown[0]:
-                shown[0] = done
-                console.write(transfer.line())
+    def run() -> None:
+        while not stop.wait(shower.interval):
+            shower.tick()
 
-    ticker = threading.Thread(target=tick, name="shipit-progress", daemon=True)
+    ticker = threading.Thread(target=run, name="shipit-progress", daemon=True)
     ticker.start()
     try:
         yield
     finally:
         stop.set()
         ticker.join()
-        if live:
-            console.live(None)
+        shower.done()

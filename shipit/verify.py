@@ -56,7 +56,9 @@ def expected_from_report(path: Path) -> Expected:
 
 
 def refs_from_report(path: Path) -> list[str]:
-    """Every pushed digest ref of a result document, once each."""
+    """Every digest a run published, once each: for a multi-platform image the index and
+    every platform manifest, in every registry that was tagged (per-platform verifiers, such
+    as podman, check the platform's own signature)."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -66,7 +68,14 @@ def refs_from_report(path: Path) -> list[str]:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read the report {path}: {exc}") from None
     found: dict[str, None] = {}
-    for image in document.get("images", []):
+    images = document.get("images", []) if isinstance(document, dict) else []
+    for image in images if isinstance(images, list) else []:
+        if not isinstance(image, dict):
+            continue
+        for registry in image.get("registries") or []:
+            if isinstance(registry, dict) and registry.get("tags"):
+                for manifest in registry.get("manifests") or []:
+                    found[f"{registry.get('repository')}@{manifest.get('digest')}"] = None
         for ref in image.get("refs", []):
             if ref.get("pushed") and ref.get("digest"):
                 repository = str(ref["ref"]).rpartition(":")[0]

@@ -37,14 +37,14 @@ _SSH = re.compile(r"[A-Za-z0-9_.-]{1,128}(?:=.+)?")
 # what only BuildKit's Dockerfile frontend understands (docs.docker.com/reference/dockerfile)
 _BUILDKIT_SYNTAX: Final = (
     (re.compile(r"^\s*#\s*syntax\s*=", re.IGNORECASE), "a `# syntax=` directive"),
-    (re.compile(r"^\s*RUN\s+(?:--\S+\s+)*--(?:mount|network|security)\b", re.IGNORECASE),
-     "RUN --mount/--network/--security"),
-    (re.compile(r"^\s*(?:RUN|COPY|ADD)\b.*<<-?\s*['\"]?[A-Za-z_]\w*['\"]?\s*$", re.IGNORECASE),
-     "a heredoc (<<EOF)"),
-    (re.compile(r"^\s*(?:COPY|ADD)\s+(?:--\S+\s+)*--(?:link|parents|exclude)\b", re.IGNORECASE),
-     "COPY/ADD --link"),
-    (re.compile(r"^\s*ADD\s+(?:--\S+\s+)*--(?:checksum|keep-git-dir)\b", re.IGNORECASE),
-     "ADD --checksum"),
+    (re.compile(r"^\s*(RUN)\s+(?:--\S+\s+)*(--(?:mount|network|security))\b", re.IGNORECASE),
+     "{0} {1}"),
+    (re.compile(r"^\s*(?:RUN|COPY|ADD)\b(?:.*\s)?<<-?['\"]?[A-Za-z_]\w*['\"]?\s*$",
+                re.IGNORECASE), "a heredoc (<<EOF)"),
+    (re.compile(r"^\s*(COPY|ADD)\s+(?:--\S+\s+)*(--(?:link|parents|exclude))\b",
+                re.IGNORECASE), "{0} {1}"),
+    (re.compile(r"^\s*(ADD)\s+(?:--\S+\s+)*(--(?:checksum|keep-git-dir))\b", re.IGNORECASE),
+     "{0} {1}"),
 )  # fmt: skip
 
 
@@ -64,8 +64,8 @@ def read_build(
         platforms=_platforms(r, top, entries),
         secrets=r.field(entries, "secrets", lambda n: _secrets(r, n), ()),
         ssh=r.field(entries, "ssh", lambda n: _ssh(r, n), ()),
-        cache_from=r.field(entries, "cache_from", lambda n: r.string_list(n, "cache_from"), ()),
-        cache_to=r.field(entries, "cache_to", lambda n: r.string_list(n, "cache_to"), ()),
+        cache_from=r.field(entries, "cache_from", lambda n: _caches(r, n, "cache_from"), ()),
+        cache_to=r.field(entries, "cache_to", lambda n: _caches(r, n, "cache_to"), ()),
         network=r.field(own, "network", lambda n: r.choice(n, "network", NETWORKS), None),
         no_cache=r.field(entries, "no_cache", lambda n: r.boolean(n, "no_cache"), False),
     )
@@ -160,6 +160,27 @@ def _secret_path(r: Reader, text: str) -> Path | None:
     return r.root / text
 
 
+def _caches(r: Reader, node: Node, what: str) -> tuple[str, ...] | None:
+    """Cache sources or targets. In a YAML flow list `[type=registry,ref=r.io/a:cache]` the
+    commas split one BuildKit entry into several items (YAML's rule); an item that is a bare
+    `key=value` right after a `type=` item is the rest of that entry, so it is joined back."""
+    values = r.string_list(node, what)
+    if values is None:
+        return None
+    joined: list[str] = []
+    for value in values:
+        if (
+            joined
+            and joined[-1].startswith("type=")
+            and "=" in value
+            and not value.startswith("type=")
+        ):
+            joined[-1] += f",{value}"
+        else:
+            joined.append(value)
+    return tuple(joined)
+
+
 def _ssh(r: Reader, node: Node) -> tuple[str, ...] | None:
     values = r.string_list(node, "ssh")
     if values is None:
@@ -205,6 +226,7 @@ def buildkit_syntax(dockerfile: Path) -> tuple[int, str] | None:
         return None  # unreadable: the build itself will say so
     for number, line in enumerate(text.splitlines(), start=1):
         for pattern, what in _BUILDKIT_SYNTAX:
-            if pattern.search(line):
-                return number, what
+            if match := pattern.search(line):
+                words = [g.upper() if g.isalpha() else g.lower() for g in match.groups()]
+                return number, what.format(*words)
     return None

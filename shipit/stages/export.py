@@ -8,6 +8,9 @@ push stage then uploads these same bytes to every registry: one compression, one
 
 Both layouts `docker save` writes are read: the classic one (Docker up to 24:
 `<id>/layer.tar`, `manifest.json` last) and the OCI one (Docker 25+: `blobs/sha256/...`).
+On the containerd image store (seen with Docker 28.5) the export holds the layers as the
+content store keeps them, often gzipped already: those are pushed unchanged, not compressed
+again, and the image id is its manifest's digest rather than its config's.
 Every layer is checked against the image config's `rootfs.diff_ids`, and the config
 against the image id, so what is pushed is exactly what was built (and scanned).
 """
@@ -19,6 +22,7 @@ import io
 import json
 import posixpath
 import tarfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +49,7 @@ OCI_CONFIG_MEDIA_TYPE: Final = "application/vnd.oci.image.config.v1+json"
 _CHUNK: Final = 1024 * 1024
 _SMALL: Final = 4 * 1024 * 1024  # members kept in memory unless they are layers
 _IN_FLIGHT: Final = 8  # chunks read ahead of the compressor
+_GZIP_MAGIC: Final = b"\x1f\x8b\x08"  # RFC 1952: ID1, ID2, CM=deflate
 
 
 class ExportError(Exception):
@@ -108,9 +113,10 @@ def export_image(
             if handle is None:
                 continue
             head = handle.read(512)
-            if _is_tar(head) or name.endswith("layer.tar"):
+            if _is_tar(head) or name.endswith("layer.tar") or head[:3] == _GZIP_MAGIC:
                 out = workdir / f"layer-{len(compressed)}.tar.gz"
-                diff_id, descriptor = _gzip(head, handle, out)
+                keep = head[:3] == _GZIP_MAGIC  # compressed already: pushed as it is
+                diff_id, descriptor = (_keep_gzip if keep else _gzip)(head, handle, out)
                 compressed[name] = (diff_id, out, descriptor)
                 if on_layer is not None:
                     on_layer(Layer(diff_id=diff_id, path=out, descriptor=descriptor))
@@ -224,6 +230,26 @@ def _resolve(name: str, links: dict[str, str]) -> str:
 
 def _is_tar(head: bytes) -> bool:
     return len(head) >= 263 and head[257:262] == b"ustar"
+
+
+def _keep_gzip(head: bytes, rest: IO[bytes], out: Path) -> tuple[str, Descriptor]:
+    """A layer the export holds gzipped already (the containerd image store exports its blobs
+    as they are): copy it unchanged, hashing it, and hash what it unpacks to for the diff id."""
+    plain = hashlib.sha256()
+    packed = hashlib.sha256()
+    size = 0
+    unpacker = zlib.decompressobj(31)  # 31: the gzip wrapper
+    with out.open("wb") as sink:
+        for chunk in _chunks(head, rest):
+            packed.update(chunk)
+            sink.write(chunk)
+            size += len(chunk)
+            plain.update(unpacker.decompress(chunk))
+        plain.update(unpacker.flush())
+    descriptor = Descriptor(
+        media_type=LAYER_MEDIA_TYPE, digest=f"sha256:{packed.hexdigest()}", size=size
+    )
+    return f"sha256:{plain.hexdigest()}", descriptor
 
 
 def _gzip(head: bytes, rest: IO[bytes], out: Path) -> tuple[str, Descriptor]:

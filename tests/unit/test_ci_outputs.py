@@ -149,3 +149,28 @@ def test_the_report_and_the_summary_list_each_digest_signed_and_attested() -> No
     assert "| image | registry | digest | signed | provenance |" in summary
     assert f"| app | ghcr.io/acme | `{platform}` | yes | yes |" in summary
     assert f"| app | ghcr.io/acme | `{DIGEST}` | yes | no |" in summary
+
+
+def test_the_summary_lists_the_platforms_of_a_multi_platform_image() -> None:
+    from shipit.execute import PlatformResult
+
+    index = "sha256:" + "cd" * 32
+    arm = "sha256:" + "ef" * 32
+    image = ImageResult(
+        name="app",
+        version="1.0.0",
+        tags=("1.0.0",),
+        status="ok",
+        digest=index,
+        platforms=(
+            PlatformResult(platform="linux/amd64", digest=DIGEST),
+            PlatformResult(platform="linux/arm64", digest=arm),
+        ),
+    )
+    text = ci_outputs.markdown_summary(
+        RunResult(version="1.0.0", images=(image,), status="success")
+    )
+    assert (
+        f"Platforms of `app` (index `{index[:19]}`): linux/amd64 `{DIGEST[:19]}`,"
+        f" linux/arm64 `{arm[:19]}`." in text
+    )

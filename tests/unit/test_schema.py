@@ -28,7 +28,19 @@ VALID = [
     "version: 1\nx-anchor: {a: 1}\nregistries: [a.io/b]\nimage: {name: a, flavor: {latest: false, floating: always}}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nscan: {fail_on: never, scanners: secret, timeout: 5m}\n",
 ]
+VALID += [
+    "version: 1\nregistries: [a.io/b]\nengine: buildx\nplatforms: [linux/amd64, linux/arm64]\n"
+    "image: {name: a, secrets: {tok: {env: TOK}, rc: {file: .netrc}}, ssh: [default],"
+    " cache_to: [type=inline], network: none, no_cache: true, builder: farm}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, platform: linux/arm64/v8}\n",
+]
 INVALID = [
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, engine: kaniko}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, platforms: []}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, platforms: [amd64]}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, engine: buildx, secrets: {t: s3cret}}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, engine: buildx, secrets: {t: {value: x}}}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, network: bridge}\n",
     "registries: [a.io/b]\nimage: {name: app}\n",  # no version
     "version: 2\nregistries: [a.io/b]\nimage: {name: app}\n",
     "version: 1\nregistries: [a.io/b]\n",  # no image

@@ -13,13 +13,20 @@ hint when it is missing) and asks each builder where its images will come back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from shipit.docker_api import Daemon
+from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import ImagePlan
-from shipit.stages.build.buildx import BuilderInfo, BuildxBuilder, check_buildx, inspect_builder
+from shipit.stages.build.buildx import (
+    EMULATION_HINT,
+    BuilderInfo,
+    BuildxBuilder,
+    check_buildx,
+    inspect_builder,
+)
 from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
 from shipit.stages.build.sdk import SdkBuilder
 
@@ -56,8 +63,9 @@ class Engines:
         for daemon in self._daemons.values():
             daemon.close()
 
-    def prepare(self, images: Iterable[ImagePlan], console: Console) -> None:
-        """Check every buildx builder the images name answers; say where images come back."""
+    def prepare(self, images: Sequence[ImagePlan], console: Console) -> None:
+        """Check every buildx builder the images name answers and can build their platforms;
+        say where images come back."""
         for image in images:
             settings = image.build
             if settings.engine != "buildx" or settings.builder in self._builders:
@@ -70,6 +78,19 @@ class Engines:
             console.write(
                 f"buildx builder {info.name} ({info.driver} driver): images come back {how}"
             )
+        for image in images:
+            found = self._builders.get(image.build.builder)
+            if found is None or image.build.engine != "buildx":
+                continue
+            missing = found.missing(image.build.platforms)
+            if missing:
+                raise StageError(
+                    "preflight",
+                    f"image {image.name}: the buildx builder {found.name} cannot build"
+                    f" {', '.join(missing)} (it builds {', '.join(found.platforms)});"
+                    " nothing was built",
+                    hint=EMULATION_HINT,
+                )
 
     def builder(self, image: ImagePlan, workdir: Path) -> Builder:
         settings = image.build

@@ -64,6 +64,10 @@ _QUIET_ENV: Final = {
     "BUILDX_METADATA_PROVENANCE": "disabled",
 }
 _VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.\d+)?")
+# Docker 28's embedded BuildKit writing a two-platform OCI layout (tar=false) prints lines like
+# "ERROR: (*service).Write failed: rpc error: ... locked for 2ms ...: unavailable" and still
+# exits 0 with every blob intact (checked blob by blob): noise, shown only with -v
+_NOISE = re.compile(r"^ERROR: \(\*service\)\.Write failed: .* locked for .*: unavailable$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +78,14 @@ class BuilderInfo:
     driver: str  # docker | docker-container | remote | kubernetes | ...
     endpoint: str | None  # for the docker driver: the docker context (daemon) it builds in
     containerd_store: bool  # docker driver only: that daemon keeps images in containerd
+    platforms: tuple[str, ...] = ()  # what it can build (natively or through QEMU/binfmt)
+
+    def missing(self, wanted: tuple[str, ...]) -> list[str]:
+        """The platforms of `wanted` this builder cannot build (none when it did not say)."""
+        if not self.platforms:
+            return []
+        have = {_normal(p) for p in self.platforms}
+        return [p for p in wanted if _normal(p) not in have]
 
     @property
     def loads(self) -> bool:
@@ -119,12 +131,28 @@ def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) ->
     store = False
     if driver == "docker":
         store = _containerd_store(docker, endpoint, env)
+    platforms = tuple(
+        p.strip().rstrip("*") for p in fields.get("Platforms", "").split(",") if p.strip()
+    )
     return BuilderInfo(
         name=fields.get("Name", builder or "default"),
         driver=driver,
         endpoint=endpoint,
         containerd_store=store,
+        platforms=platforms,
     )
+
+
+def _normal(platform: str) -> str:
+    """`linux/arm64/v8` is `linux/arm64` (v8 is arm64's only variant, as containerd has it)."""
+    return platform.removesuffix("/v8") if "/arm64" in platform else platform
+
+
+EMULATION_HINT: Final = (
+    "install QEMU for it (Debian: qemu-user-static, then `update-binfmts --enable qemu-ARCH`"
+    " with binfmt_misc mounted; or `docker run --privileged tonistiigi/binfmt --install ARCH`),"
+    " or build that platform on a native runner of its own (`shipit matrix --by platform`)"
+)
 
 
 def _inspect_fields(text: str) -> dict[str, str]:
@@ -385,7 +413,8 @@ class _StepTracker:
                 self.titles.setdefault(match[1], match[2])
             elif (match := self._ERROR.match(line)) and self.failed is None:
                 self.failed = (self.titles.get(match[1], f"step #{match[1]}"), match[2])
-            console.write(line)
+            if console.verbosity > 0 or not (_NOISE.match(line) or not line.strip()):
+                console.write(line)
 
         return handle
 
@@ -394,8 +423,12 @@ class _StepTracker:
             return f"image {name}: buildx did not finish within {BUILD_TIMEOUT / 3600:.0f} h"
         if self.failed is not None:
             step, reason = self.failed
-            return f"image {name}{which}: step {step} failed: {reason}"
-        return f"image {name}{which}: buildx failed: {_last_line(exc.result)}"
+            text = f"image {name}{which}: step {step} failed: {reason}"
+        else:
+            text = f"image {name}{which}: buildx failed: {_last_line(exc.result)}"
+        if "exec format error" in exc.result.stdout:
+            text += f"; a binary of another CPU could not run: {EMULATION_HINT}"
+        return text
 
 
 def _last_line(result: proc.Result) -> str:

@@ -25,6 +25,7 @@ from shipit.errors import StageError
 from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
+from shipit.stages.build.buildx import EMULATION_HINT
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
 
 
@@ -70,7 +71,10 @@ class SdkBuilder:
             except StreamError as exc:
                 where = f"{exc.step} failed" if exc.step else "failed"
                 on = f" ({platform})" if platform else ""
-                raise StageError("build", f"image {image.name}{on}: {where}: {exc}") from None
+                text = f"image {image.name}{on}: {where}: {exc}"
+                if "exec format error" in str(exc):
+                    text += f"; a binary of another CPU could not run: {EMULATION_HINT}"
+                raise StageError("build", text) from None
             except DaemonError as exc:
                 raise StageError("build", f"image {image.name}: {exc}") from None
             refs = () if many else image.refs  # one image: tagged locally as `docker build -t`

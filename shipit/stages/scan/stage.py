@@ -69,9 +69,7 @@ def scan_image(
             work = Path(tmp)
             started = datetime.now(UTC)
             raw_json = work / "trivy.json"
-            with cache_lock(cache_dir, policy.timeout):
-                trivy.run(trivy.scan_argv(image, raw_json))
-                sbom_files = sbom.write(trivy, image, root, report_suffix)
+            sbom_files = _run_trivy(trivy, image, raw_json, root=root, suffix=report_suffix)
             doc = load_report(raw_json)
             decision = decide(
                 parse_findings(doc), rules, ignore_unfixed=policy.ignore_unfixed, now=now
@@ -100,6 +98,15 @@ def scan_image(
         )
         _log_outcome(report, console, label)
         return report
+
+
+def _run_trivy(
+    trivy: Trivy, image: str, raw_json: Path, *, root: Path | None, suffix: str | None
+) -> tuple[Path, ...]:
+    """The scan's JSON, then the SBOM when asked for, one scan at a time per cache folder."""
+    with cache_lock(trivy.cache_dir, trivy.policy.timeout):
+        trivy.run(trivy.scan_argv(image, raw_json))
+        return sbom.write(trivy, image, root, suffix)
 
 
 def _log_outcome(report: ScanReport, console: Console, label: str) -> None:
