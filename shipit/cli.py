@@ -450,7 +450,10 @@ def verify(
         style = _stdout_style(ctx, env)
         for result in results:
             word = style.status("verified" if result.ok else "FAILED  ")
-            _echo(f"{word}  {result.ref}{_provenance_note(result)}", style)
+            _echo(f"{word}  {result.ref}", style)  # the ref last: scripts read it there
+            note = _provenance_note(result)
+            if note:
+                _echo(note, style)
     failed = [r for r in results if not r.ok]
     for result in failed:
         console.error(f"{result.ref}: {result.error}")
@@ -484,7 +487,7 @@ def _provenance_note(result: Any) -> str:
         return ""
     commits = ", ".join(sorted({c[:12] for c in checked.commits}))
     builders = ", ".join(sorted(set(checked.builders)))
-    return f"  (provenance: commit {commits}, builder {builders})"
+    return f"          provenance: commit {commits}, builder {builders}"
 
 
 @cli.command()

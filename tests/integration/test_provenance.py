@@ -231,7 +231,8 @@ sign: {{key: {keys.private}, tlog: false, provenance: {mode}}}
 
     code, out, err = run_shipit(["verify", "-C", str(project)], capsys, env)
     assert code == 0, err
-    assert out.count("verified") == 2
+    verified = [line.split()[-1] for line in out.splitlines() if line.startswith("verified")]
+    assert sorted(verified) == sorted(f"{r}@{d}" for r, d, _ in digests)  # the ref comes last
     assert out.count(f"provenance: commit {head[:12]}, builder local") == 2
 
 
