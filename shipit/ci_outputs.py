@@ -3,8 +3,9 @@
 GitHub Actions: `version`, `tags` (full refs, one a line), `digest` and `json` (the result
 document) go to GITHUB_OUTPUT, each in a heredoc with a random delimiter, so no value can end
 its own entry or start another; a Markdown table is appended (never written over) to
-GITHUB_STEP_SUMMARY. GitLab CI: `shipit.env` (SHIPIT_VERSION, SHIPIT_DIGEST, SHIPIT_TAGS) for
-`artifacts:reports:dotenv`, one line per variable.
+GITHUB_STEP_SUMMARY, with every digest each registry holds and whether it is signed and
+carries the SLSA provenance attestation. GitLab CI: `shipit.env` (SHIPIT_VERSION,
+SHIPIT_DIGEST, SHIPIT_TAGS) for `artifacts:reports:dotenv`, one line per variable.
 
 A leg of a distributed build hands on its leg document instead: in GitHub Actions as the
 outputs `leg` and `json` (with `version`, `digest` of its platform manifest, and `tags`
@@ -89,6 +90,7 @@ def markdown_summary(result: RunResult) -> str:
     lines += ["| image | registry | tags | digest | signed |", "| --- | --- | --- | --- | --- |"]
     for image in doc["images"]:
         lines.extend(_image_rows(image))
+    lines.extend(_digest_rows(doc["images"]))
     for image in doc["images"]:
         platforms = [
             p for p in image.get("platforms") or [] if p.get("platform") and p.get("digest")
@@ -131,6 +133,24 @@ def _image_rows(image: Mapping[str, Any]) -> list[str]:
             f"| {_escape(image['name'])} | {_escape(registry)} | {tags} | {shown} | {signed} |"
         )
     return rows
+
+
+def _digest_rows(images: Any) -> list[str]:
+    """Every stored digest per registry: signed, and attested (the SLSA provenance)."""
+    rows = []
+    for image in images:
+        for registry in image.get("registries", []):
+            for manifest in registry.get("manifests", []):
+                signed = "yes" if manifest.get("signed") else "no"
+                attested = "yes" if manifest.get("attested") else "no"
+                rows.append(
+                    f"| {_escape(image['name'])} | {_escape(registry['registry'])}"
+                    f" | `{_escape(manifest['digest'])}` | {signed} | {attested} |"
+                )
+    if not rows:
+        return []
+    header = ["", "| image | registry | digest | signed | provenance |"]
+    return [*header, "| --- | --- | --- | --- | --- |", *rows]
 
 
 def _escape(text: str) -> str:

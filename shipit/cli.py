@@ -233,6 +233,22 @@ def version(ctx: click.Context, /, *, as_json: bool, only: str | None, **_: Any)
 @click.option(
     "--key", "public_key", metavar="KEY", help="Verify with this public key (file or KMS URI)."
 )
+@click.option(
+    "--provenance/--no-provenance",
+    "check_provenance",
+    default=None,
+    help="Also verify the SLSA provenance attestation (default: where the spec attests it).",
+)
+@click.option(
+    "--source-commit",
+    metavar="SHA",
+    help="The commit the provenance must name (default: the report's commit).",
+)
+@click.option(
+    "--builder-id",
+    metavar="ID",
+    help="The builder.id the provenance must name (default: the report's builder).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.pass_context
 def verify(
@@ -242,41 +258,85 @@ def verify(
     refs: Sequence[str],
     report: str | None,
     public_key: str | None,
+    check_provenance: bool | None,
+    source_commit: str | None,
+    builder_id: str | None,
     as_json: bool,
     **_: Any,
 ) -> int:
-    """Check the cosign signatures of what a run pushed (or of REFS).
+    """Check the cosign signatures of what a run pushed (or of REFS), and its provenance.
 
     Each ref is verified with its image's signing policy (the spec's key or keyless
-    identity) and reached with its registry's settings. Exit 1 if any fails.
+    identity) and reached with its registry's settings. Where the spec attests provenance
+    (or with --provenance), `cosign verify-attestation --type slsaprovenance1` must pass too,
+    for the digest, naming the expected source commit and builder. Exit 1 if any fails.
 
     \b
     Examples:
       shipit verify                        every digest in shipit-report.json
       shipit verify --key cosign.pub ghcr.io/acme/app:1.2.3
+      shipit verify --source-commit 1a2b3c4 ghcr.io/acme/app@sha256:...
       shipit verify --json --report out/api.json
     """
     from shipit import verify as verify_mod  # noqa: PLC0415
 
     options, env, console = _options(ctx)
     spec = app.load_spec(options, env)
-    if refs:
-        targets = list(refs)
-    else:
-        default = options.directory / app.DEFAULT_REPORT
-        targets = verify_mod.refs_from_report(Path(report or env.get("SHIPIT_REPORT") or default))
-    results = verify_mod.verify_refs(spec, targets, env, console, public_key=public_key)
+    report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
+    targets = list(refs) if refs else verify_mod.refs_from_report(report_path)
+    from_report = verify_mod.expected_from_report(report_path) if report or not refs else None
+    expected = verify_mod.Expected(
+        commit=source_commit or (from_report.commit if from_report else None),
+        builder_id=builder_id or (from_report.builder_id if from_report else None),
+    )
+    results = verify_mod.verify_refs(
+        spec, targets, env, console, public_key=public_key,
+        check_provenance=check_provenance, expected=expected,
+    )  # fmt: skip
     if as_json:
-        _emit_json([{"ref": r.ref, "ok": r.ok, "error": r.error} for r in results])
+        _emit_json([_verified_json(r) for r in results])
     else:
         style = _stdout_style(ctx, env)
         for result in results:
             word = style.status("verified" if result.ok else "FAILED  ")
-            _echo(f"{word}  {result.ref}", style)
+            _echo(f"{word}  {result.ref}", style)  # the ref last: scripts read it there
+            note = _provenance_note(result)
+            if note:
+                _echo(note, style)
     failed = [r for r in results if not r.ok]
     for result in failed:
         console.error(f"{result.ref}: {result.error}")
+    if (
+        check_provenance is not False
+        and expected.commit is None
+        and any(r.provenance for r in results)
+    ):
+        console.warn("the provenance's source commit was not checked: give --source-commit")
     return EXIT_FAILED if failed else 0
+
+
+def _verified_json(result: Any) -> dict[str, Any]:
+    checked = result.provenance
+    document: dict[str, Any] = {"ref": result.ref, "ok": result.ok, "error": result.error}
+    document["provenance"] = (
+        None
+        if checked is None
+        else {
+            "ok": checked.ok,
+            "commits": list(checked.commits),
+            "builders": list(checked.builders),
+        }
+    )
+    return document
+
+
+def _provenance_note(result: Any) -> str:
+    checked = result.provenance
+    if checked is None or not checked.commits:
+        return ""
+    commits = ", ".join(sorted({c[:12] for c in checked.commits}))
+    builders = ", ".join(sorted(set(checked.builders)))
+    return f"          provenance: commit {commits}, builder {builders}"
 
 
 @cli.command()

@@ -70,6 +70,7 @@ class GitFacts:
     history: History = field(default_factory=History)
     origin_url: str | None = None
     origin_head: str | None = None  # the default branch per refs/remotes/origin/HEAD
+    root: Path | None = None  # the work tree's top folder
 
     def tags_at(self, sha: str | None) -> list[str]:
         return sorted(t.name for t in self.tags if t.sha == sha)
@@ -108,6 +109,7 @@ class Context:
     history: History = field(default_factory=History)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     now: datetime = _EPOCH
+    repo_root: Path | None = None  # the work tree's top folder, when in a git repository
 
     @property
     def is_default_branch(self) -> bool:
@@ -168,6 +170,7 @@ def _facts(repo: Any) -> GitFacts:
         history=_history(repo, head.hexsha),
         origin_url=_origin_url(repo),
         origin_head=_origin_head(repo),
+        root=Path(repo.working_tree_dir) if repo.working_tree_dir else None,
     )
 
 
@@ -306,6 +309,7 @@ def resolve(
         history=git.history,
         env=dict(env),
         now=now,
+        repo_root=git.root,
     )
 
 

@@ -136,11 +136,34 @@ class ImagePlan:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Source:
+    """What was built from, for the provenance: the repository, the commit checked out (the
+    one the build context holds), and the ref and event of the run."""
+
+    repository: str | None  # a browsable https URL, when the CI or the git remote names one
+    commit: str
+    ref: str | None
+    event: str
+    dirty: bool = False
+    root: str | None = None  # the work tree's top folder, where relative paths start
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "commit": self.commit,
+            "ref": self.ref,
+            "event": self.event,
+            "dirty": self.dirty,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     spec: str
     context: Mapping[str, Any]
     images: tuple[ImagePlan, ...]
     warnings: tuple[str, ...] = ()
+    source: Source | None = None
 
     @property
     def version(self) -> str | None:
@@ -186,6 +209,14 @@ def make_plan(
         context=ctx.summary(),
         images=images,
         warnings=tuple(_warnings(ctx, images)),
+        source=Source(
+            repository=ctx.source_url,
+            commit=ctx.head_sha,
+            ref=ctx.ref,
+            event=ctx.event,
+            dirty=ctx.dirty,
+            root=str(ctx.repo_root) if ctx.repo_root else None,
+        ),
     )
 
 

@@ -29,6 +29,8 @@ def document(result: RunResult) -> dict[str, Any]:
         "error": result.error,
         "started": _time(result.started),
         "finished": _time(result.finished),
+        "source": result.source.to_json() if result.source else None,
+        "builder_id": result.builder_id,
         "images": [_image(image) for image in result.images],
     }
 
@@ -65,13 +67,18 @@ def _image(image: ImageResult) -> dict[str, Any]:
 
 
 def _registry(image: ImageResult, target: TargetResult) -> dict[str, Any]:
-    """What one registry holds: every manifest by digest, which are signed, which tags."""
+    """What one registry holds: every manifest by digest, which are signed and carry the
+    provenance attestation, which tags."""
     return {
         "registry": target.registry,
         "repository": f"{target.host}/{target.repository}",
         "digest": target.digest,
         "manifests": [
-            {"digest": digest, "signed": image.signed(target.digest_ref(digest))}
+            {
+                "digest": digest,
+                "signed": image.signed(target.digest_ref(digest)),
+                "attested": image.attested(target.digest_ref(digest)),
+            }
             for digest in target.stored
         ],
         "tags": [ref.rpartition(":")[2] for ref in target.pushed],

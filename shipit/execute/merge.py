@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from shipit import proc
@@ -39,6 +40,7 @@ from shipit.progress import Transfer
 from shipit.registry import IMAGE_MEDIA_TYPES, Manifest, RegistryError
 from shipit.stages import leg_records, preflight
 from shipit.stages.assemble import PlatformPart, image_index
+from shipit.stages.build.images import BuiltImage, PlatformImage
 from shipit.stages.push import Artifact, BlobUploads, PlatformExport
 from shipit.stages.scan.findings import ScanReport
 
@@ -179,7 +181,18 @@ def _ready(
         platforms=tuple(PlatformResult.of(p.platform, p.manifest) for p in parts),
         scans=tuple(_scan_report(image, leg) for leg in legs.values() if leg.scan is not None),
     )
-    return Ready(artifact=artifact, uploads=uploads, transfer=Transfer(f"push {image.name}"))
+    # the legs built on runners of their own: no base images are known here (their provenance
+    # lists the source and the legs' platforms; see the README's Provenance section)
+    built = BuiltImage(platforms=tuple(PlatformImage(platform=p.platform) for p in parts))
+    now = datetime.now(UTC)
+    return Ready(
+        artifact=artifact,
+        uploads=uploads,
+        transfer=Transfer(f"push {image.name}"),
+        built=built,
+        started=now,
+        finished=now,
+    )
 
 
 def _scan_report(image: ImagePlan, leg: Leg) -> ScanReport:

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ class Ready:
     artifact: Artifact
     uploads: BlobUploads
     transfer: Transfer
+    built: BuiltImage  # what the engine made: per platform, the base images it used
+    started: datetime  # when the build began
+    finished: datetime  # when the image was built, scanned and made ready to push
 
 
 def prepare_all(
@@ -51,6 +55,7 @@ def prepare_all(
     ready: dict[str, Ready] = {}
     for image in images:
         run.update(image.name, status="building")
+        started = datetime.now(UTC)
         folder = workdir / image.name
         built = engines.builder(image, folder / "build").build(image, run.console)
         run.update(
@@ -63,8 +68,9 @@ def prepare_all(
             scan_all(run, image, built, folder, many_images=len(images) > 1)
         if "push" in image.stages:
             ready[image.name] = _ready(
-                run, image, built, engines=engines, access=access, folder=folder, stack=stack
-            )
+                run, image, built, engines=engines, access=access, folder=folder, stack=stack,
+                started=started,
+            )  # fmt: skip
     return ready
 
 
@@ -161,6 +167,7 @@ def _ready(
     access: Mapping[str, Any],
     folder: Path,
     stack: contextlib.ExitStack,
+    started: datetime,
 ) -> Ready:
     """Export (or read) every platform, start the uploads, and assemble the index."""
     transfer = Transfer(f"push {image.name}")
@@ -190,7 +197,14 @@ def _ready(
         digest=artifact.top.digest,
         platforms=tuple(PlatformResult.of(p.platform, p.manifest) for p in parts),
     )
-    return Ready(artifact=artifact, uploads=uploads, transfer=transfer)
+    return Ready(
+        artifact=artifact,
+        uploads=uploads,
+        transfer=transfer,
+        built=built,
+        started=started,
+        finished=datetime.now(UTC),
+    )
 
 
 def _export(

@@ -1,9 +1,10 @@
 """Publishing, in the order that keeps every tag honest (DESIGN section 4, steps 6 to 8).
 
 1. **Store**: every image's blobs and manifests, by digest only, in every registry.
-2. **Sign**: every stored digest (each platform and the index) in every registry.
-3. **Tag**: only when every image is stored everywhere and every digest is signed (when
-   signing is on) does any tag move, in every registry.
+2. **Sign**: every stored digest (each platform and the index) in every registry; then, with
+   `sign.provenance` (on by default), attest each digest's SLSA provenance (attest.py).
+3. **Tag**: only when every image is stored everywhere and every digest is signed and
+   attested (when signing is on) does any tag move, in every registry.
 
 A failure before step 3 leaves only untagged manifests (a pull by tag never sees them);
 the result lists them and says nothing was tagged, and a second run finishes the job
@@ -53,6 +54,12 @@ def publish(
             if not all(s.ok for s in signatures):
                 signing_failed.append(image.name)
                 run.update(image.name, status="failed", error="signing failed")
+                continue
+            attested = _provenance(run, image, ready[image.name], access, signers[image.name])
+            run.update(image.name, attestations=attested)
+            if not all(a.ok for a in attested):
+                signing_failed.append(image.name)
+                run.update(image.name, status="failed", error="the provenance attestation failed")
     if signing_failed:
         reason = f"signing failed for {', '.join(signing_failed)}"
         return run.finish("failed", untagged_message(run.results.values(), reason))
@@ -120,6 +127,21 @@ def _sign(
             run, image, item, targets=targets, access=access, signer=signer, results=results
         )
     return tuple(results)
+
+
+def _provenance(
+    run: RunState, image: ImagePlan, item: Ready, access: Mapping[str, Any], signer: Any
+) -> tuple[Any, ...]:
+    """The SLSA provenance of every stored digest, attested where it was signed."""
+    from shipit.execute import attest  # noqa: PLC0415
+    from shipit.stages import sign  # noqa: PLC0415
+
+    stored = [t for t in run.results[image.name].targets if t.complete]
+    targets = [_sign_target(sign, ref, t, access) for t in stored for ref in t.stored_refs()]
+    signed = {s.ref for s in run.results[image.name].signatures if s.ok}
+    return attest.attest_all(
+        run, image, item, targets=targets, signed=signed, signer=signer, stored=stored
+    )
 
 
 def _attest_sboms(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipit.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from shipit.log import Console
-from shipit.plan import Plan
+from shipit.plan import Plan, Source
 
 if TYPE_CHECKING:
     from shipit.registry import Manifest
@@ -49,6 +49,7 @@ class ImageResult:
     targets: tuple[TargetResult, ...] = ()
     scans: tuple[ScanReport, ...] = ()  # one per platform scanned
     signatures: tuple[SignResult, ...] = ()
+    attestations: tuple[SignResult, ...] = ()  # the SLSA provenance, one per digest ref
     error: str | None = None
 
     @property
@@ -58,6 +59,10 @@ class ImageResult:
 
     def signed(self, digest_ref: str | None) -> bool:
         return any(s.ok and s.ref == digest_ref for s in self.signatures)
+
+    def attested(self, digest_ref: str | None) -> bool:
+        """The digest ref carries shipit's signed provenance attestation."""
+        return any(a.ok and a.ref == digest_ref for a in self.attestations)
 
     def fully_signed(self, target: TargetResult) -> bool:
         """Every manifest this registry holds for the image (index and platforms) is signed."""
@@ -71,6 +76,8 @@ class RunResult:
     images: tuple[ImageResult, ...]
     status: str  # success | failed | blocked | interrupted
     error: str | None = None
+    source: Source | None = None  # the repository and commit built
+    builder_id: str | None = None  # the provenance's runDetails.builder.id
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -119,10 +126,14 @@ class RunState:
                 self.update(name, error=error)
 
     def finish(self, status: str, error: str | None = None) -> RunResult:
+        from shipit.stages.provenance import builder_id  # noqa: PLC0415
+
         return RunResult(
             version=self.plan.version,
             images=tuple(self.results.values()),
             status=status,
             error=error,
+            source=self.plan.source,
+            builder_id=builder_id(self.env),
             started=self.started,
         )

@@ -136,6 +136,8 @@ class SignPolicy:
     trusted_root: Path | None = None  # cosign --trusted-root: those services' keys and CAs
     rekor_url: str | None = None  # a Rekor of one's own, without a signing config
     timeout: int = 300  # seconds for each `cosign sign` / `cosign attest`
+    # SLSA provenance attested to every digest: off | on (build args by name) | max (values too)
+    provenance: str = "on"
 
 
 @dataclass(frozen=True, kw_only=True)

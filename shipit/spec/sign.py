@@ -1,5 +1,6 @@
 """The `sign:` section (cosign): the key or keyless identity, the signature format, tlog,
-the Sigstore services to use instead of the public ones, and cosign's time per signature.
+the Sigstore services to use instead of the public ones, cosign's time per signature, and
+the SLSA provenance attested next to the signatures (`provenance`: true, false or max).
 
 A mergeable section that `sign: false` turns off; a spec without `sign:` does not sign.
 A key is named (a file, env://VAR, a KMS URI), never written in the spec. A signing config
@@ -25,7 +26,7 @@ _ENV_KEY = re.compile(r"env://[A-Za-z_][A-Za-z0-9_]*")
 _URL = re.compile(r"https?://[^\s/?#]+(?:/[^\s?#]*)?")
 _KEYS: Final = (
     "key", "format", "tlog", "annotations", "attest_sbom", "identity", "oidc_issuer",
-    "signing_config", "trusted_root", "rekor_url", "timeout",
+    "signing_config", "trusted_root", "rekor_url", "timeout", "provenance",
 )  # fmt: skip
 
 
@@ -53,6 +54,7 @@ def read_sign(r: Reader, section: Section) -> SignPolicy | None:
         trusted_root=r.field(e, "trusted_root", lambda n: r.existing_file(n, "trusted_root"), None),
         rekor_url=r.field(e, "rekor_url", lambda n: _url(r, n, "rekor_url"), None),
         timeout=r.field(e, "timeout", lambda n: r.duration(n, "timeout", minimum=1), 300),
+        provenance=r.field(e, "provenance", lambda n: _provenance(r, n), "on"),
     )
     _check_services(r, section, policy)
     return policy
@@ -118,3 +120,9 @@ def _check_services(r: Reader, section: Section, policy: SignPolicy) -> None:
             "signing_config needs `format: bundle`: cosign writes the services of a signing"
             " config only into Sigstore bundles",
         )
+
+
+def _provenance(r: Reader, node: Node) -> str | None:
+    """`provenance: true` (build args by name), `false` (none), or `max` (with their values)."""
+    chosen = r.choice(node, "provenance", ("true", "false", "max"))
+    return {"true": "on", "false": "off", "max": "max"}.get(chosen) if chosen else None

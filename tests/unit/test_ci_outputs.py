@@ -109,6 +109,48 @@ def test_gitlab_dotenv(tmp_path: Path) -> None:
     ]
 
 
+def test_the_report_and_the_summary_list_each_digest_signed_and_attested() -> None:
+    from shipit import report
+    from shipit.plan import Source
+    from shipit.stages.sign import SignResult
+
+    platform = "sha256:" + "cd" * 32
+    target = TargetResult(
+        registry="ghcr.io/acme",
+        host="ghcr.io",
+        repository="acme/app",
+        refs=("ghcr.io/acme/app:1.0.0",),
+        pushed=(),
+        digest=DIGEST,
+        stored=(platform, DIGEST),
+    )
+    refs = [f"ghcr.io/acme/app@{d}" for d in (platform, DIGEST)]
+    image = ImageResult(
+        name="app",
+        version="1.0.0",
+        tags=("1.0.0",),
+        status="failed",
+        targets=(target,),
+        signatures=tuple(SignResult(ref=r, ok=True) for r in refs),
+        attestations=(SignResult(ref=refs[0], ok=True), SignResult(ref=refs[1], ok=False)),
+    )
+    source = Source(repository=None, commit="1a2b" * 10, ref="refs/heads/main", event="push")
+    run = RunResult(
+        version="1.0.0", images=(image,), status="failed", source=source, builder_id="local"
+    )
+    document = report.document(run)
+    assert document["source"]["commit"] == "1a2b" * 10
+    assert document["builder_id"] == "local"
+    assert document["images"][0]["registries"][0]["manifests"] == [
+        {"digest": platform, "signed": True, "attested": True},
+        {"digest": DIGEST, "signed": True, "attested": False},
+    ]
+    summary = ci_outputs.markdown_summary(run)
+    assert "| image | registry | digest | signed | provenance |" in summary
+    assert f"| app | ghcr.io/acme | `{platform}` | yes | yes |" in summary
+    assert f"| app | ghcr.io/acme | `{DIGEST}` | yes | no |" in summary
+
+
 def test_the_summary_lists_the_platforms_of_a_multi_platform_image() -> None:
     from shipit.execute import PlatformResult
 

@@ -23,6 +23,8 @@ VALID = [
     "version: 1\nregistries: [{url: a.io/b, username: u, password_env: T, insecure: true}]\n"
     "images: [{name: a, tags: [{type: sha, length: 8}, {type: match, pattern: 'v(.*)', group: 1}]}]\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nscan: false\nsign: {format: legacy, tlog: false}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {provenance: max}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {provenance: false}\n",
     "version: 1\nx-anchor: {a: 1}\nregistries: [a.io/b]\nimage: {name: a, flavor: {latest: false, floating: always}}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nscan: {fail_on: never, scanners: secret, timeout: 5m}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {key: env://K, signing_config: sc.json, trusted_root: tr.json, timeout: 90}\n",
@@ -62,6 +64,7 @@ INVALID = [
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {rekor_url: rekor.example.com}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {signing_config: sc.json, rekor_url: 'https://r.example'}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {signing_config: sc.json, format: legacy}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a}\nsign: {provenance: full}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\npush: {parallel: 0}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a}\npush: {retries: 11}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a, platform: amd64}\n",

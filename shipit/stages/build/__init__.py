@@ -5,7 +5,9 @@
 - sdk.py: `engine: sdk`, docker-py's classic builder (the default);
 - buildx.py: `engine: buildx`, BuildKit through `docker buildx build`;
 - contexts.py: a docker context as the builder (`builder:`): how its builds run and which
-  daemon it loads into.
+  daemon it loads into;
+- dockerfile.py, bases.py: the images a build starts from (its Dockerfile's `FROM` and
+  `COPY --from`) and the digests each engine resolved them to, for the provenance.
 
 `prepare` runs in preflight, before anything is built: it finds buildx (with the install
 hint when it is missing) and asks each builder where its images will come back.

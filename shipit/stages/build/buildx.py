@@ -23,6 +23,11 @@ the image index as `unknown/unknown` entries; shipit attaches provenance next to
 Secrets reach BuildKit as `--secret id=ID,env=VAR` or `id=ID,src=FILE` (a name, never the
 value), and build args as `--build-arg NAME` with the value in the child's environment, so
 no value is ever on a command line.
+
+The base images a build used, for the provenance: BuildKit's progress names each one it
+pulled with the digest it resolved (`#5 [linux/arm64 1/2] FROM docker.io/library/alpine:3.19
+@sha256:...`); one taken from the daemon's own store is named without a digest, and is then
+looked up with `docker image inspect` in the builder's daemon (RepoDigests).
 """
 
 from __future__ import annotations
@@ -38,8 +43,15 @@ from shipit import proc
 from shipit.errors import StageError, UsageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
+from shipit.stages.build.bases import BaseImage, dockerfile_bases, normalize_ref, resolve_bases
 from shipit.stages.build.contexts import builder_argv, loading_daemon
-from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_slug
+from shipit.stages.build.images import (
+    BuiltImage,
+    PlatformImage,
+    local_name,
+    platform_args,
+    platform_slug,
+)
 from shipit.stages.export import ExportError
 from shipit.stages.layout import platform_manifests
 
@@ -164,12 +176,20 @@ def _inspect_fields(text: str) -> dict[str, str]:
     return fields
 
 
-def _containerd_store(docker: str, context: str | None, env: Mapping[str, str]) -> bool:
+def _daemon_cli(
+    docker: str, context: str | None, env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The docker CLI pointed at a builder's daemon (a context name, or a daemon URL)."""
     argv = [docker, *(["--context", context] if context and "://" not in context else [])]
-    argv += ["info", "--format", "{{json .DriverStatus}}"]
     child = dict(env)
     if context and "://" in context:
         child["DOCKER_HOST"] = context
+    return argv, child
+
+
+def _containerd_store(docker: str, context: str | None, env: Mapping[str, str]) -> bool:
+    argv, child = _daemon_cli(docker, context, env)
+    argv += ["info", "--format", "{{json .DriverStatus}}"]
     try:
         result = proc.run(argv, env=child, timeout=PROBE_TIMEOUT)
     except proc.CommandError as exc:
@@ -210,19 +230,20 @@ class BuildxBuilder:
         if not many:
             for ref in image.refs[1:]:
                 output += ["--tag", ref]
-        digest = self._run(image, (platform,) if platform else (), output, metadata, console)
+        digest, steps = self._run(image, (platform,) if platform else (), output, metadata, console)
         return PlatformImage(
             platform=platform,
             image_id=digest,
             local_ref=local_ref,
             docker_host=self.info.daemon_host,
+            bases=self._bases(image, platform, steps),
         )
 
     def _layout(self, image: ImagePlan, console: Console) -> BuiltImage:
         dest = self.workdir / "oci"
         metadata = self.workdir / "metadata.json"
         output = ["--output", f"type=oci,tar=false,dest={dest}"]
-        digest = self._run(image, image.build.platforms, output, metadata, console)
+        digest, steps = self._run(image, image.build.platforms, output, metadata, console)
         try:
             found = platform_manifests(dest, digest)
         except ExportError as exc:
@@ -238,7 +259,10 @@ class BuildxBuilder:
         return BuiltImage(
             platforms=tuple(
                 PlatformImage(
-                    platform=p.platform if many else None, layout=dest, manifest=p.manifest.digest
+                    platform=p.platform if many else None,
+                    layout=dest,
+                    manifest=p.manifest.digest,
+                    bases=self._bases(image, p.platform, steps),
                 )
                 for p in found
             ),
@@ -252,7 +276,7 @@ class BuildxBuilder:
         output: list[str],
         metadata: Path,
         console: Console,
-    ) -> str:
+    ) -> tuple[str, _StepTracker]:
         settings = image.build
         argv, child = build_command(self.docker, settings, self.info, platforms, self.env)
         at = argv.index("build") + 1
@@ -274,7 +298,30 @@ class BuildxBuilder:
                 raise StageError("build", steps.failure(image.name, which, exc)) from None
             digest = read_metadata(metadata, image.name)
             console.write(f"built {image.name}{which}: {digest}")
-        return digest
+        return digest, steps
+
+    def _bases(
+        self, image: ImagePlan, platform: str | None, steps: _StepTracker
+    ) -> tuple[BaseImage, ...]:
+        """The images the build of `platform` started from: as BuildKit resolved them, else
+        as the builder's daemon holds them."""
+        settings = image.build
+        names = dockerfile_bases(
+            settings, settings.build_args, automatic=platform_args(platform), buildkit=True
+        )
+        return resolve_bases(names, platform, steps.resolved, self._inspect)
+
+    def _inspect(self, name: str) -> dict[str, object] | None:
+        argv, child = _daemon_cli(self.docker, self.info.endpoint, self.env)
+        argv += ["image", "inspect", "--format", "{{json .}}", name]
+        result = proc.run(argv, env=child, timeout=PROBE_TIMEOUT, check=False)
+        if result.returncode != 0:
+            return None
+        try:
+            document = json.loads(result.stdout)
+        except ValueError:
+            return None
+        return document if isinstance(document, dict) else None
 
 
 def build_command(
@@ -361,13 +408,22 @@ class _StepTracker:
 
     _STEP = re.compile(r"^#(\d+) (\[[^\]]+\] .*)$")
     _ERROR = re.compile(r"^#(\d+) ERROR: (.*)$")
+    # `#5 [linux/arm64 build 1/3] FROM docker.io/library/alpine:3.19@sha256:...`
+    _FROM = re.compile(r"^#\d+ \[([^\]]*)\] FROM (\S+)@(sha256:[0-9a-f]{64})$")
 
     def __init__(self) -> None:
         self.titles: dict[str, str] = {}
         self.failed: tuple[str, str] | None = None
+        # (platform or None, normalised name) -> the digest BuildKit resolved it to
+        self.resolved: dict[tuple[str | None, str], str] = {}
 
     def line_handler(self, console: Console) -> Callable[[str], None]:
         def handle(line: str) -> None:
+            if match := self._FROM.match(line):
+                words = match[1].split()  # [PLATFORM] [STAGE] N/M
+                first = words[0] if len(words) > 1 else ""
+                platform = first if "/" in first else None
+                self.resolved[(platform, normalize_ref(match[2]))] = match[3]
             if match := self._STEP.match(line):
                 self.titles.setdefault(match[1], match[2])
             elif (match := self._ERROR.match(line)) and self.failed is None:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from shipit.log import Console
 from shipit.plan import ImagePlan
+from shipit.stages.build.bases import BaseImage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +28,7 @@ class PlatformImage:
     docker_host: str | None = None  # the daemon holding it, when not the run's own
     layout: Path | None = None  # the OCI layout holding it
     manifest: str | None = None  # its manifest's digest in the layout
+    bases: tuple[BaseImage, ...] = ()  # the images it was built from
 
     @property
     def label(self) -> str:
@@ -67,3 +69,16 @@ def local_name(image: ImagePlan, platform: str | None = None) -> str:
     repository, _, tag = base.rpartition(":")
     suffix = f"-{platform_slug(platform)}"
     return f"{repository}:{tag[: 128 - len(suffix)]}{suffix}"
+
+
+def platform_args(platform: str | None) -> dict[str, str]:
+    """BuildKit's automatic platform args (TARGETPLATFORM, TARGETOS, TARGETARCH,
+    TARGETVARIANT: docs.docker.com/build/building/variables), which the classic builder does
+    not set, so a Dockerfile's `ARG TARGETARCH` means the same under both engines."""
+    if platform is None:
+        return {}
+    os_name, arch, *variant = platform.split("/")
+    args = {"TARGETPLATFORM": platform, "TARGETOS": os_name, "TARGETARCH": arch}
+    if variant:
+        args["TARGETVARIANT"] = variant[0]
+    return args

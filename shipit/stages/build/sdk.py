@@ -8,6 +8,10 @@ builder's cache ignores the platform, so it would hand one platform's layers to 
 and each gets a local name of its own. Seen with Docker 20.10: in a `FROM scratch` stage, an
 `ARG` before the first step that adds files makes a foreign-platform build fail ("does not
 match the specified platform"); BuildKit has neither problem.
+
+Right after each platform's build, the images its Dockerfile builds on are looked up in the
+daemon (image inspect: `RepoDigests` for the registry digest, `Id`), for the provenance; this
+happens per platform because the classic store holds one platform of a tag at a time.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from pathlib import Path
 from shipit.docker_api import BuildRequest, Daemon, DaemonError, StreamError
 from shipit.errors import StageError
 from shipit.log import Console, counted
-from shipit.plan import ImagePlan
+from shipit.plan import BuildSettings, ImagePlan
+from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
 from shipit.stages.build.buildx import EMULATION_HINT
-from shipit.stages.build.images import BuiltImage, PlatformImage, local_name
+from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
 
 
 class SdkBuilder:
@@ -78,20 +83,19 @@ class SdkBuilder:
                 self.daemon.tag(image_id, repository, tag)
             tagged = counted(len(refs), "ref") if refs else local_ref
             console.write(f"built {image.name} as {image_id[:19]}, tagged {tagged}")
-        return PlatformImage(platform=platform, image_id=image_id, local_ref=local_ref)
+            bases = self._bases(dict(request.build_args or {}), settings)
+        return PlatformImage(platform=platform, image_id=image_id, local_ref=local_ref, bases=bases)
 
-
-def platform_args(platform: str | None) -> dict[str, str]:
-    """BuildKit's automatic platform args (TARGETPLATFORM, TARGETOS, TARGETARCH,
-    TARGETVARIANT: docs.docker.com/build/building/variables), which the classic builder does
-    not set, so a Dockerfile's `ARG TARGETARCH` means the same under both engines."""
-    if platform is None:
-        return {}
-    os_name, arch, *variant = platform.split("/")
-    args = {"TARGETPLATFORM": platform, "TARGETOS": os_name, "TARGETARCH": arch}
-    if variant:
-        args["TARGETVARIANT"] = variant[0]
-    return args
+    def _bases(self, args: dict[str, str], settings: BuildSettings) -> tuple[BaseImage, ...]:
+        """The images the build started from, as the daemon holds them now."""
+        found = []
+        for name in dockerfile_bases(settings, args, automatic={}, buildkit=False):
+            try:
+                inspected = self.daemon.inspect(name)
+            except DaemonError:
+                inspected = None
+            found.append(base_from_inspect(name, inspected))
+        return tuple(found)
 
 
 _NOISE = re.compile(

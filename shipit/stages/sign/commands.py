@@ -51,15 +51,18 @@ def attest_command(
     policy: SignPolicy,
     predicate: Path,
     env: Mapping[str, str],
+    *,
+    predicate_type: str = "cyclonedx",
 ) -> list[str]:
-    """`cosign attest` of a CycloneDX SBOM to one digest, signed like the signature."""
+    """`cosign attest` of a predicate (by default a CycloneDX SBOM; `slsaprovenance1` for
+    SLSA v1 provenance) to one digest, signed like the signature."""
     signing = sign_command(signer, target, policy, {}, env)
     # the same key or OIDC, format and registry flags as `cosign sign`, on another verb
     return [
         signer.cosign,
         "attest",
         "--type",
-        "cyclonedx",
+        predicate_type,
         "--predicate",
         str(predicate),
         *signing[2:],
@@ -133,10 +136,19 @@ def annotation_args(annotations: Mapping[str, str]) -> list[str]:
 
 
 def verify_command(
-    cosign: str, major: int, target: SignTarget, policy: SignPolicy, key: str | None
+    cosign: str,
+    major: int,
+    target: SignTarget,
+    policy: SignPolicy,
+    key: str | None,
+    *,
+    attestation: str | None = None,
 ) -> list[str]:
-    """`cosign verify` of one digest: with a public key, else the keyless identity."""
+    """`cosign verify` of one digest: with a public key, else the keyless identity; with
+    `attestation` (a `--type`), `cosign verify-attestation` of that type instead."""
     argv = [cosign, "verify"]
+    if attestation:
+        argv = [cosign, "verify-attestation", "--type", attestation]
     if key:
         argv += ["--key", key]
     else:

@@ -56,6 +56,7 @@ class SignResult:
     ref: str
     ok: bool
     error: str | None = None
+    output: str = field(default="", repr=False, compare=False)  # cosign's stdout, on success
 
 
 @dataclass(frozen=True, kw_only=True)

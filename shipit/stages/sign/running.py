@@ -74,19 +74,27 @@ def attest_all(
     env: Mapping[str, str],
     console: log.Console,
     parallel: int = 4,
+    predicate_type: str = "cyclonedx",
 ) -> list[SignResult]:
-    """Attach the SBOM at `predicate` to every target as a signed CycloneDX attestation."""
+    """Attach the predicate at `predicate` to every target as a signed attestation of
+    `predicate_type` (the SBOM as CycloneDX unless told otherwise)."""
     if not targets:
         return []
     secrets = secrets_of(env, targets, signer.key)
-    commands = {t.ref: attest_command(signer, t, policy, predicate, env) for t in targets}
+    commands = {
+        t.ref: attest_command(signer, t, policy, predicate, env, predicate_type=predicate_type)
+        for t in targets
+    }
 
     def attest_one(target: SignTarget) -> SignResult:
         return _run_cosign(
             commands[target.ref], target, env=env, secrets=secrets, timeout=policy.timeout + GRACE
         )
 
-    with console.group(f"attest the SBOM to {_refs(targets)}"):
+    what = {"cyclonedx": "the SBOM", "slsaprovenance1": "SLSA provenance"}.get(
+        predicate_type, predicate_type
+    )
+    with console.group(f"attest {what} to {_refs(targets)}"):
         return _each(targets, attest_one, parallel, console, done="attested")
 
 
@@ -97,9 +105,12 @@ def verify_all(
     env: Mapping[str, str],
     console: log.Console,
     public_key: str | None = None,
+    attestation: str | None = None,
 ) -> list[SignResult]:
     """`cosign verify` of every target: with `public_key`, else the public half of the
-    policy's key, else keyless with `policy.identity` and `policy.oidc_issuer`.
+    policy's key, else keyless with `policy.identity` and `policy.oidc_issuer`. With
+    `attestation`, `cosign verify-attestation --type ATTESTATION`, whose output (the verified
+    envelopes, one JSON document a line) each ok result holds.
 
     A signature that does not verify is a result with ok False and cosign's reason, not an
     exception; a missing cosign, a key that cannot be read or a keyless policy without an
@@ -116,7 +127,10 @@ def verify_all(
             cosign.path, policy, env=env, folder=Path(tmp), secrets=secrets
         )
         commands = {
-            t.ref: verify_command(cosign.path, cosign.major, t, policy, key) for t in targets
+            t.ref: verify_command(
+                cosign.path, cosign.major, t, policy, key, attestation=attestation
+            )
+            for t in targets
         }
 
         def verify_one(target: SignTarget) -> SignResult:
@@ -124,7 +138,8 @@ def verify_all(
             return _run_cosign(argv, target, env=env, secrets=secrets, timeout=VERIFY_TIMEOUT)
 
         what = f"key {public_key or policy.key}" if key else f"identity {policy.identity}"
-        with console.group(f"verify {_refs(targets)} with cosign {cosign.major} ({what})"):
+        verb = f"verify the {attestation} attestations of" if attestation else "verify"
+        with console.group(f"{verb} {_refs(targets)} with cosign {cosign.major} ({what})"):
             # no line per ref here: `shipit verify` prints each result once, itself
             return _each(targets, verify_one, 4, console, done=None)
 
@@ -177,12 +192,12 @@ def _run_cosign(
                 target, StageError(verb, f"cannot prepare cosign for {target.ref}: {exc}")
             )
         try:
-            proc.run(argv, env=child, secrets=secrets, timeout=timeout)
+            done = proc.run(argv, env=child, secrets=secrets, timeout=timeout)
         except proc.CommandError as exc:
             reason = cosign_reason(exc, secrets)
             message = f"cosign could not {verb} {target.ref}: {reason}"
             return _failed(target, StageError(verb, message, hint=_hint(reason)))
-    return SignResult(ref=target.ref, ok=True)
+    return SignResult(ref=target.ref, ok=True, output=done.stdout)
 
 
 def _failed(target: SignTarget, error: StageError) -> SignResult:
