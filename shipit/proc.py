@@ -119,21 +119,15 @@ def run(
     can be stopped with everything it started), and is killed after `timeout` seconds.
     """
     secret_list = [s for s in secrets if s]
-    _log.debug("+ %s", redact(" ".join(argv), secret_list))
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        raise ToolMissing(f"{argv[0]} is not installed") from None
+    proc = _start(
+        argv,
+        env=env,
+        cwd=cwd,
+        secrets=secret_list,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     RUNNING.add(proc)
     timed_out = False
     try:
@@ -179,23 +173,16 @@ def stream(
     kept whole in memory); a non-zero exit raises CommandError with that tail.
     """
     secret_list = [s for s in secrets if s]
-    _log.debug("+ %s", redact(" ".join(argv), secret_list))
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        raise ToolMissing(f"{argv[0]} is not installed") from None
+    proc = _start(
+        argv,
+        env=env,
+        cwd=cwd,
+        secrets=secret_list,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        line_buffered=True,
+    )
     tail: deque[str] = deque(maxlen=keep)
 
     def keep_and_hand_on(line: str) -> None:
@@ -214,6 +201,35 @@ def stream(
     if expired or proc.returncode != 0:
         raise CommandError(result, timed_out=expired, secrets=secret_list)
     return result
+
+
+def _start(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    secrets: Sequence[str],
+    stdin: int,
+    stderr: int,
+    line_buffered: bool = False,
+) -> subprocess.Popen[str]:
+    """Start `argv` (logged, redacted) with exactly `env`, in a process group of its own."""
+    _log.debug("+ %s", redact(" ".join(argv), secrets))
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            errors="replace" if line_buffered else None,
+            bufsize=1 if line_buffered else -1,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise ToolMissing(f"{argv[0]} is not installed") from None
 
 
 def _pump(
