@@ -20,6 +20,8 @@ from shipit.errors import UsageError
 from shipit.log import PLAIN, Console, Style
 from shipit.plan import Plan, make_plan
 from shipit.spec import Spec
+from shipit.spec.paths import PathProblem, kind, shown
+from shipit.spec.paths import check as check_path
 
 if TYPE_CHECKING:
     from shipit.execute import RunResult
@@ -43,7 +45,12 @@ class Options:
 
 
 def load_spec(options: Options, env: Mapping[str, str]) -> Spec:
-    if not options.directory.is_dir():
+    try:
+        check_path(str(options.directory))
+        is_folder = kind(options.directory) == "folder"
+    except PathProblem as exc:
+        raise UsageError(f"-C {shown(str(options.directory))} {exc}") from None
+    if not is_folder:
         raise UsageError(f"-C {options.directory}: no such folder")
     return spec_mod.load(options.spec_path, env)
 

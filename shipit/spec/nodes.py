@@ -19,6 +19,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from shipit.errors import Location, Problem
+from shipit.spec import paths
+from shipit.spec.composing import MERGE, flatten_merges
 
 T = TypeVar("T")
 
@@ -26,37 +28,15 @@ _STR = "tag:yaml.org,2002:str"
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
-_MERGE = "tag:yaml.org,2002:merge"
 
 _VAR = re.compile(r"\$(?:\$|\{(?P<name>[^}:]*)(?::-(?P<default>[^}]*))?\})")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_DIGITS = 30  # a longer number is a mistake, and Python limits int <-> str at 4300 digits
+_WHOLE = re.compile(rf"-?[0-9]{{1,{_MAX_DIGITS}}}")
 
-# Only its scalar constructors and merge-key flattening are used, never its reader.
+# Only its scalar constructors are used, never its reader.
 _CONSTRUCTOR = yaml.SafeLoader("")
-
-
-class YamlSyntaxError(Exception):
-    """The text is not YAML at all; carries the located problem."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
-
-
-def compose(text: str, file: str) -> Node | None:
-    """Parse `text` into a node tree; a syntax error carries FILE:LINE:COL."""
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = exc.problem or exc.context or "invalid YAML"
-        raise YamlSyntaxError(
-            Problem(location=Location(file=file, line=line, column=column), message=what)
-        ) from None
-    except yaml.YAMLError as exc:
-        loc = Location(file=file, line=1, column=1)
-        raise YamlSyntaxError(Problem(location=loc, message=str(exc))) from None
 
 
 def kind(node: Node) -> str:
@@ -106,8 +86,8 @@ class Reader:
         if not isinstance(node, MappingNode):
             self.error(node, f"{what} must be a mapping, not {kind(node)}")
             return None
-        explicit = {id(k) for k, _ in node.value if k.tag != _MERGE}
-        _flatten_merge_keys(node)
+        explicit = {id(k) for k, _ in node.value if k.tag != MERGE}
+        flatten_merges(node, self.error)
         allowed_keys = list(allowed) if allowed is not None else None
         result: dict[str, Node] = {}
         key_nodes: dict[str, Node] = {}
@@ -180,6 +160,10 @@ class Reader:
             return ""
 
         text = _VAR.sub(substitute, str(node.value))
+        bad = _SURROGATE.search(text)
+        if ok and bad:  # a lone "\ud800" escape: no file, terminal or API can take it
+            self.error(node, f"U+{ord(bad.group()):04X} is not a character (it has no UTF-8)")
+            ok = False
         return text if ok else None
 
     def boolean(self, node: Node, what: str) -> bool | None:
@@ -197,10 +181,13 @@ class Reader:
     ) -> int | None:
         value: int | None = None
         if isinstance(node, ScalarNode) and node.tag == _INT:
+            if len(str(node.value)) > _MAX_DIGITS:
+                self.error(node, f"{what} must be a whole number of at most {_MAX_DIGITS} digits")
+                return None
             value = int(_CONSTRUCTOR.construct_yaml_int(node))
         elif isinstance(node, ScalarNode) and node.tag == _STR:
             text = self.expand(node)
-            if text is not None and re.fullmatch(r"-?\d+", text.strip()):
+            if text is not None and _WHOLE.fullmatch(text.strip()):
                 value = int(text)
         if value is None:
             self.error(node, f"{what} must be a whole number, not {_shown(node)}")
@@ -262,21 +249,41 @@ class Reader:
 
     # -- paths -------------------------------------------------------------------
 
-    def path(self, node: Node, what: str) -> Path | None:
-        """A path relative to the spec's folder, made absolute; it need not exist yet."""
+    def path(self, node: Node, what: str, *, base: Path | None = None) -> Path | None:
+        """A path relative to the spec's folder (or `base`), made absolute; need not exist."""
         text = self.string(node, what)
-        return None if text is None else (self.root / text).resolve()
+        return None if text is None else self.resolve(node, what, text, base=base)
+
+    def resolve(self, node: Node, what: str, text: str, *, base: Path | None = None) -> Path | None:
+        """`text` as a path (see `paths`): a located problem when no system call may take it."""
+        try:
+            return paths.resolve(self.root if base is None else base, text)
+        except paths.PathProblem as exc:
+            self.error(node, f"{what} {paths.shown(text)} {exc}")
+            return None
 
     def existing_file(self, node: Node, what: str) -> Path | None:
         """Like `path`, and the file must be there."""
         text = self.string(node, what)
-        if text is None:
-            return None
-        path = (self.root / text).resolve()
-        if not path.is_file():
-            self.error(node, f"{what} '{text}' does not exist")
+        path = None if text is None else self.resolve(node, what, text)
+        if text is None or path is None or not self.is_there(node, what, text, path, "file"):
             return None
         return path
+
+    def is_there(self, node: Node, what: str, text: str, path: Path, want: paths.Kind) -> bool:
+        """Whether `path` is a `want` (file or folder); a located problem when it is not."""
+        try:
+            found = paths.kind(path)
+        except paths.PathProblem as exc:
+            self.error(node, f"{what} {paths.shown(text)} {exc}")
+            return False
+        if found == want:
+            return True
+        if found == "missing":
+            self.error(node, f"{what} {paths.shown(text)} does not exist")
+        else:
+            self.error(node, f"{what} {paths.shown(text)} is not a {want}")
+        return False
 
     # -- optional keys -----------------------------------------------------------
 
@@ -328,11 +335,5 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
 
 def _shown(node: Node) -> str:
     if isinstance(node, ScalarNode) and node.tag != _NULL:
-        return f"'{node.value}'"
+        return paths.shown(str(node.value))
     return kind(node)
-
-
-def _flatten_merge_keys(node: MappingNode) -> None:
-    """Apply YAML merge keys (`<<: *defaults`) in place, as PyYAML's constructor would."""
-    if any(k.tag == _MERGE for k, _ in node.value):
-        _CONSTRUCTOR.flatten_mapping(node)

@@ -6,11 +6,13 @@ A mergeable section that `scan: false` turns off; a spec without `scan:` does no
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Final
 
 from yaml.nodes import Node
 
 from shipit.spec.nodes import Reader
+from shipit.spec.paths import PathProblem, kind, shown
 from shipit.spec.records import SCANNERS, SEVERITIES, Reports, ScanPolicy
 from shipit.spec.sections import Mergeable, Section
 
@@ -18,7 +20,9 @@ _KEYS = (
     "fail_on", "ignore_unfixed", "scanners", "ignorefile", "reports", "timeout",
     "db_repository", "cache_dir", "skip_db_update", "sbom",
 )  # fmt: skip
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION = re.compile(r"(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,9})s)?")
+_SECONDS = re.compile(r"()()([0-9]{1,9})")  # plain seconds, as the same three groups
+MAX_TIMEOUT: Final = 7 * 24 * 3600  # seconds: a week (a scan takes minutes)
 
 
 def read_scan(r: Reader, section: Section) -> ScanPolicy | None:
@@ -30,8 +34,7 @@ def read_scan(r: Reader, section: Section) -> ScanPolicy | None:
     if ignore_node is not None:
         ignorefile = r.existing_file(ignore_node, "ignorefile")
     else:
-        default = r.root / ".trivyignore"
-        ignorefile = default if default.is_file() else None
+        ignorefile = _default_ignorefile(r.root)
     return ScanPolicy(
         fail_on=r.field(
             e, "fail_on", lambda n: r.choice(n, "fail_on", (*SEVERITIES, "never")), "HIGH"
@@ -62,7 +65,7 @@ def _scanners(r: Reader, node: Node) -> tuple[str, ...] | None:
         return None
     for value in values:
         if value not in SCANNERS:
-            r.error(node, f"unknown scanner '{value}' (scanners: {', '.join(SCANNERS)})")
+            r.error(node, f"unknown scanner {shown(value)} (scanners: {', '.join(SCANNERS)})")
             return None
     if not values:
         r.error(node, "scanners is empty: write `scan: false` to turn scanning off")
@@ -83,11 +86,22 @@ def _duration(r: Reader, node: Node) -> int | None:
     text = r.string(node, "timeout")
     if text is None:
         return None
-    if text.isdigit():
-        return int(text)
-    match = _DURATION.fullmatch(text)
+    match = _SECONDS.fullmatch(text) or _DURATION.fullmatch(text)
     if not match or not any(match.groups()):
-        r.error(node, f"timeout '{text}' must be seconds or a duration like 10m or 1h30m")
+        r.error(node, f"timeout {shown(text)} must be seconds or a duration like 10m or 1h30m")
         return None
     hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > MAX_TIMEOUT:
+        r.error(node, f"timeout {shown(text)} is longer than {MAX_TIMEOUT // 3600}h")
+        return None
+    return total
+
+
+def _default_ignorefile(root: Path) -> Path | None:
+    """`.trivyignore` beside the spec, when there is one (and it can be looked at)."""
+    default = root / ".trivyignore"
+    try:
+        return default if kind(default) == "file" else None
+    except PathProblem:
+        return None
