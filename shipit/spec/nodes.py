@@ -167,8 +167,8 @@ class Reader:
         return text if ok else None
 
     def boolean(self, node: Node, what: str) -> bool | None:
-        if isinstance(node, ScalarNode) and node.tag == _BOOL:
-            return bool(_CONSTRUCTOR.construct_yaml_bool(node))
+        if isinstance(node, ScalarNode) and node.tag == _BOOL and _yaml_bool(node) is not None:
+            return _yaml_bool(node)
         if isinstance(node, ScalarNode) and node.tag == _STR:
             text = self.expand(node)
             if text is not None and text.lower() in ("true", "false"):
@@ -184,7 +184,7 @@ class Reader:
             if len(str(node.value)) > _MAX_DIGITS:
                 self.error(node, f"{what} must be a whole number of at most {_MAX_DIGITS} digits")
                 return None
-            value = int(_CONSTRUCTOR.construct_yaml_int(node))
+            value = _yaml_int(node)
         elif isinstance(node, ScalarNode) and node.tag == _STR:
             text = self.expand(node)
             if text is not None and _WHOLE.fullmatch(text.strip()):
@@ -204,7 +204,8 @@ class Reader:
         """One of `choices`, case-insensitively; YAML booleans read as 'true'/'false'."""
         options = list(choices)
         if isinstance(node, ScalarNode) and node.tag == _BOOL:
-            text: str | None = "true" if _CONSTRUCTOR.construct_yaml_bool(node) else "false"
+            flag = _yaml_bool(node)
+            text: str | None = str(node.value) if flag is None else str(flag).lower()
         elif isinstance(node, ScalarNode) and node.tag in (_STR, _INT):
             text = self.expand(node)
         else:
@@ -331,6 +332,22 @@ def unknown_key_message(key: str, what: str, allowed: Iterable[str]) -> str:
 def did_you_mean(word: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _yaml_bool(node: ScalarNode) -> bool | None:
+    """A YAML boolean's value; None for an explicit `!!bool` PyYAML cannot read (`!!bool x`)."""
+    try:
+        return bool(_CONSTRUCTOR.construct_yaml_bool(node))
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def _yaml_int(node: ScalarNode) -> int | None:
+    """A YAML integer's value; None for an explicit `!!int` PyYAML cannot read (`!!int x`)."""
+    try:
+        return int(_CONSTRUCTOR.construct_yaml_int(node))
+    except (KeyError, IndexError, ValueError):  # `!!int ""` indexes an empty string
+        return None
 
 
 def _shown(node: Node) -> str:

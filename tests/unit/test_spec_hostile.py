@@ -294,3 +294,16 @@ def test_wrong_types_in_every_position(repo: Path, capsys: pytest.CaptureFixture
     )
     problems = located(repo, spec, capsys)
     assert len(problems) >= 30, problems
+
+
+@pytest.mark.parametrize("value", ["!!int x", "!!int ''", "!!bool x", "!!bool ''"], ids=lambda v: v)
+def test_explicit_tags_pyyaml_cannot_read(
+    repo: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    spec = BASE + f"  pull: {value}\npush: {{parallel: {value}}}\nflavor: {{latest: {value}}}\n"
+    shown = value.split(" ", 1)[1].strip("'")
+    assert located(repo, spec, capsys) == [
+        f"5:9: pull must be true or false, not '{shown}'",
+        f"6:18: parallel must be a whole number, not '{shown}'",
+        f"7:18: latest must be one of auto, true, false, not '{shown}'",
+    ]
