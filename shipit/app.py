@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,14 +91,35 @@ def write_report(path: Path, result: RunResult) -> None:
     report.write(path, result)
 
 
-def write_ci_outputs(result: RunResult, env: Mapping[str, str], *, directory: Path) -> None:
-    """GitHub step outputs and summary, or GitLab's dotenv, when running there."""
+def leave_behind(
+    result: RunResult, env: Mapping[str, str], *, report: Path, directory: Path
+) -> tuple[RunResult, tuple[str, ...]]:
+    """Write the CI outputs, then the report; what could not be written, as messages.
+
+    A CI output that fails is noted in the report's `error`; its `status` stays what the
+    run was. The result returned is the one the report holds.
+    """
     from shipit import ci_outputs  # noqa: PLC0415
 
-    if env.get("GITHUB_ACTIONS") == "true":
-        ci_outputs.write_github(result, env)
-    if env.get("GITLAB_CI") == "true":
-        ci_outputs.write_gitlab(result, Path(env.get("CI_PROJECT_DIR") or directory))
+    failures = [str(f) for f in ci_outputs.write(result, env, directory)]
+    if failures:
+        note = "; ".join(failures)
+        result = replace(result, error=f"{result.error}; {note}" if result.error else note)
+    try:
+        write_report(report, result)
+    except (OSError, ValueError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        failures.append(f"cannot write the report {report}: {reason}")
+    return result, tuple(failures)
+
+
+def clear_report(path: Path) -> None:
+    """Remove an older run's report: it must not pass for this one's (before anything runs)."""
+    try:
+        path.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise UsageError(f"cannot replace the report {path}: {reason}") from None
 
 
 def summary(result: RunResult, style: Style = PLAIN) -> str:

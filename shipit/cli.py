@@ -261,19 +261,22 @@ def run(
     for warning in result_plan.warnings:
         console.warn(warning)
     report_path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
-    report_path.unlink(missing_ok=True)  # an older run's report must not pass for this one's
+    app.clear_report(report_path)  # an older run's report must not pass for this one's
     with _sigterm_as_interrupt():
         result = app.run(result_plan, env, console)
-    app.write_report(report_path, result)
-    app.write_ci_outputs(result, env, directory=options.directory)
+    run_error = result.error
+    result, failures = app.leave_behind(
+        result, env, report=report_path, directory=options.directory
+    )
     if as_json:
         _emit_json(app.result_document(result))
     else:
         style = _stdout_style(ctx, env)
         _echo(app.summary(result, style), style)
-    if result.error:
-        console.error(result.error)
-    return result.exit_code
+    for message in (run_error, *failures):  # what the run said, then each output not written
+        if message:
+            console.error(message)
+    return result.exit_code or (EXIT_FAILED if failures else 0)
 
 
 @cli.command()
