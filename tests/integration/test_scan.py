@@ -393,15 +393,17 @@ def test_no_database_with_skip_db_update_says_what_to_change(
 def test_an_unreachable_database_repository_is_a_stage_error(
     debian_image: str, run: Run, tmp_path: Path
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on: refused at once, on loopback
+    # a port nobody listens on: bound (so no one else can take it) but never listening, so
+    # connections are refused at once, on loopback
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    repository = f"127.0.0.1:{port}/trivy-db:2"
-    policy = ScanPolicy(
-        scanners=("vuln",), cache_dir=tmp_path / "empty", db_repository=(repository,)
-    )
-    with pytest.raises(StageError) as info:
-        run(debian_image, policy)
+        repository = f"127.0.0.1:{port}/trivy-db:2"
+        policy = ScanPolicy(
+            scanners=("vuln",), cache_dir=tmp_path / "empty", db_repository=(repository,)
+        )
+        with pytest.raises(StageError) as info:
+            run(debian_image, policy)
     assert "failed to download vulnerability DB" in str(info.value)
     assert info.value.hint is not None
     assert repository in info.value.hint
