@@ -4,7 +4,10 @@ The spec's section readers walk PyYAML's node tree (not the constructed Python o
 every value keeps the line and column it came from; problems are collected, not raised one
 at a time, so `shipit validate` can list them all. The `Reader` is the one tool they share:
 it turns a node into a plain value (string, number, choice, list, map, a path relative to
-the spec's folder) or records a located problem and answers None.
+the spec's folder) or records a located problem and answers None. Every path goes through
+`paths` (checked before any system call, every stat guarded), merge keys through
+`composing`; a number of more than 30 digits, a lone surrogate and an explicit tag PyYAML
+cannot read (`!!int x`) are problems like any other wrong value.
 """
 
 from __future__ import annotations
@@ -250,10 +253,10 @@ class Reader:
 
     # -- paths -------------------------------------------------------------------
 
-    def path(self, node: Node, what: str, *, base: Path | None = None) -> Path | None:
-        """A path relative to the spec's folder (or `base`), made absolute; need not exist."""
+    def path(self, node: Node, what: str) -> Path | None:
+        """A path relative to the spec's folder, made absolute; it need not exist yet."""
         text = self.string(node, what)
-        return None if text is None else self.resolve(node, what, text, base=base)
+        return None if text is None else self.resolve(node, what, text)
 
     def resolve(self, node: Node, what: str, text: str, *, base: Path | None = None) -> Path | None:
         """`text` as a path (see `paths`): a located problem when no system call may take it."""
