@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,8 @@ from shipit.errors import UsageError
 from shipit.log import PLAIN, Console, Style
 from shipit.plan import Plan, make_plan
 from shipit.spec import Spec
+from shipit.spec.paths import PathProblem, kind, shown
+from shipit.spec.paths import check as check_path
 
 if TYPE_CHECKING:
     from shipit.execute import RunResult
@@ -47,7 +49,12 @@ class Options:
 
 
 def load_spec(options: Options, env: Mapping[str, str]) -> Spec:
-    if not options.directory.is_dir():
+    try:
+        check_path(str(options.directory))
+        is_folder = kind(options.directory) == "folder"
+    except PathProblem as exc:
+        raise UsageError(f"-C {shown(str(options.directory))} {exc}") from None
+    if not is_folder:
         raise UsageError(f"-C {options.directory}: no such folder")
     return spec_mod.load(options.spec_path, env)
 
@@ -151,14 +158,22 @@ def write_leg(path: Path, plan: Plan, result: RunResult) -> Leg | None:
     return leg
 
 
-def write_leg_ci_outputs(leg: Leg, env: Mapping[str, str], *, directory: Path) -> None:
-    """A leg's document as CI outputs: GitHub step outputs, or GitLab's shipit-legs file."""
+def write_leg_ci_outputs(leg: Leg, env: Mapping[str, str], *, directory: Path) -> tuple[str, ...]:
+    """A leg's document as CI outputs (GitHub step outputs, or GitLab's shipit-legs file);
+    what could not be written, as messages."""
     from shipit import ci_outputs  # noqa: PLC0415
 
+    failures: list[ci_outputs.OutputFailure] = []
     if env.get("GITHUB_ACTIONS") == "true":
-        ci_outputs.write_leg_github(leg, env)
+        failures += ci_outputs.write_leg_github(leg, env)
     if env.get("GITLAB_CI") == "true":
-        ci_outputs.write_leg_gitlab(leg, Path(env.get("CI_PROJECT_DIR") or directory))
+        project_dir = env.get("CI_PROJECT_DIR")
+        where = Path(project_dir) if project_dir else directory
+        written = ci_outputs.write_leg_gitlab(
+            leg, where, variable="CI_PROJECT_DIR" if project_dir else "-C"
+        )
+        failures += [written] if isinstance(written, ci_outputs.OutputFailure) else []
+    return tuple(str(f) for f in failures)
 
 
 def result_document(result: RunResult) -> dict[str, Any]:
@@ -173,14 +188,35 @@ def write_report(path: Path, result: RunResult) -> None:
     report.write(path, result)
 
 
-def write_ci_outputs(result: RunResult, env: Mapping[str, str], *, directory: Path) -> None:
-    """GitHub step outputs and summary, or GitLab's dotenv, when running there."""
+def leave_behind(
+    result: RunResult, env: Mapping[str, str], *, report: Path, directory: Path
+) -> tuple[RunResult, tuple[str, ...]]:
+    """Write the CI outputs, then the report; what could not be written, as messages.
+
+    A CI output that fails is noted in the report's `error`; its `status` stays what the
+    run was. The result returned is the one the report holds.
+    """
     from shipit import ci_outputs  # noqa: PLC0415
 
-    if env.get("GITHUB_ACTIONS") == "true":
-        ci_outputs.write_github(result, env)
-    if env.get("GITLAB_CI") == "true":
-        ci_outputs.write_gitlab(result, Path(env.get("CI_PROJECT_DIR") or directory))
+    failures = [str(f) for f in ci_outputs.write(result, env, directory)]
+    if failures:
+        note = "; ".join(failures)
+        result = replace(result, error=f"{result.error}; {note}" if result.error else note)
+    try:
+        write_report(report, result)
+    except (OSError, ValueError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        failures.append(f"cannot write the report {report}: {reason}")
+    return result, tuple(failures)
+
+
+def clear_report(path: Path) -> None:
+    """Remove an older run's report: it must not pass for this one's (before anything runs)."""
+    try:
+        path.unlink(missing_ok=True)
+    except (OSError, ValueError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        raise UsageError(f"cannot replace the report {path}: {reason}") from None
 
 
 def summary(result: RunResult, style: Style = PLAIN) -> str:

@@ -5,7 +5,8 @@ document) go to GITHUB_OUTPUT, each in a heredoc with a random delimiter, so no 
 its own entry or start another; a Markdown table is appended (never written over) to
 GITHUB_STEP_SUMMARY, with every digest each registry holds and whether it is signed and
 carries the SLSA provenance attestation. GitLab CI: `shipit.env` (SHIPIT_VERSION,
-SHIPIT_DIGEST, SHIPIT_TAGS) for `artifacts:reports:dotenv`, one line per variable.
+SHIPIT_DIGEST, SHIPIT_TAGS, SHIPIT_STATUS) in CI_PROJECT_DIR for `artifacts:reports:dotenv`,
+one line per variable.
 
 A leg of a distributed build hands on its leg document instead: in GitHub Actions as the
 outputs `leg` and `json` (with `version`, `digest` of its platform manifest, and `tags`
@@ -13,6 +14,11 @@ empty), in GitLab CI as the file `shipit-legs/IMAGE-PLATFORM.json` (one name per
 artifacts of every leg fit side by side in the merge job) and, in `shipit.env`, a variable
 `SHIPIT_LEG_IMAGE_PLATFORM` holding its digest (a name per leg: a merge job that `needs:`
 every leg gets all of them).
+
+An output that cannot be written (no such folder, read-only, a folder in its place) is an
+`OutputFailure` naming the file and the variable that chose it, never an exception: the
+run's images are already published by then, and the caller says so and still writes the
+report.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +53,55 @@ def outputs(result: RunResult) -> dict[str, str]:
     }
 
 
-def write_github(result: RunResult, env: Mapping[str, str]) -> None:
+@dataclass(frozen=True, kw_only=True)
+class OutputFailure:
+    """A CI output that could not be written: which file, named by which variable, and why."""
+
+    path: str
+    variable: str  # GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, CI_PROJECT_DIR (or -C for the dotenv)
+    reason: str
+
+    def __str__(self) -> str:
+        return f"cannot write the CI output {self.path} (from {self.variable}): {self.reason}"
+
+
+def write(result: RunResult, env: Mapping[str, str], directory: Path) -> list[OutputFailure]:
+    """The outputs of the CI system shipit runs in (none outside CI); what could not be written."""
+    failures = []
+    if env.get("GITHUB_ACTIONS") == "true":
+        failures += write_github(result, env)
+    if env.get("GITLAB_CI") == "true":
+        project_dir = env.get("CI_PROJECT_DIR")
+        where = Path(project_dir) if project_dir else directory
+        failure = write_gitlab(result, where, variable="CI_PROJECT_DIR" if project_dir else "-C")
+        failures += [failure] if isinstance(failure, OutputFailure) else []
+    return failures
+
+
+def write_github(result: RunResult, env: Mapping[str, str]) -> list[OutputFailure]:
+    """Append the step outputs and the summary; a file that cannot be written is reported."""
+    failures = []
     output = env.get("GITHUB_OUTPUT")
     if output:
-        with Path(output).open("a", encoding="utf-8") as handle:
-            for name, value in outputs(result).items():
-                handle.write(github_output(name, value))
+        text = "".join(github_output(name, value) for name, value in outputs(result).items())
+        failures.append(_append(output, "GITHUB_OUTPUT", text))
     summary = env.get("GITHUB_STEP_SUMMARY")
     if summary:
-        with Path(summary).open("a", encoding="utf-8") as handle:
-            handle.write(markdown_summary(result))
+        failures.append(_append(summary, "GITHUB_STEP_SUMMARY", markdown_summary(result)))
+    return [f for f in failures if f is not None]
+
+
+def _append(path: str, variable: str, text: str) -> OutputFailure | None:
+    try:
+        with Path(path).open("a", encoding="utf-8") as handle:
+            handle.write(text)
+    except (OSError, ValueError) as exc:  # no such folder, read-only, a folder in its place
+        return OutputFailure(path=path, variable=variable, reason=_reason(exc))
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def github_output(name: str, value: str) -> str:
@@ -66,7 +112,10 @@ def github_output(name: str, value: str) -> str:
             return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
 
 
-def write_gitlab(result: RunResult, directory: Path) -> Path:
+def write_gitlab(
+    result: RunResult, directory: Path, *, variable: str = "CI_PROJECT_DIR"
+) -> Path | OutputFailure:
+    """`shipit.env` in `directory` (named by `variable`), or why it could not be written."""
     values = outputs(result)
     lines = {
         "SHIPIT_VERSION": values["version"],
@@ -75,9 +124,11 @@ def write_gitlab(result: RunResult, directory: Path) -> Path:
         "SHIPIT_STATUS": result.status,
     }
     path = directory / DOTENV
-    path.write_text(
-        "".join(f"{key}={_one_line(value)}\n" for key, value in lines.items()), encoding="utf-8"
-    )
+    text = "".join(f"{key}={_one_line(value)}\n" for key, value in lines.items())
+    try:
+        path.write_text(text, encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        return OutputFailure(path=str(path), variable=variable, reason=_reason(exc))
     return path
 
 
@@ -181,21 +232,23 @@ def leg_outputs(leg: Leg) -> dict[str, str]:
     }
 
 
-def write_leg_github(leg: Leg, env: Mapping[str, str]) -> None:
+def write_leg_github(leg: Leg, env: Mapping[str, str]) -> list[OutputFailure]:
+    """Append the leg's step outputs and summary; a file that cannot be written is reported."""
+    failures = []
     output = env.get("GITHUB_OUTPUT")
     if output:
-        with Path(output).open("a", encoding="utf-8") as handle:
-            for name, value in leg_outputs(leg).items():
-                handle.write(github_output(name, value))
+        text = "".join(github_output(name, value) for name, value in leg_outputs(leg).items())
+        failures.append(_append(output, "GITHUB_OUTPUT", text))
     summary = env.get("GITHUB_STEP_SUMMARY")
     if summary:
         where = ", ".join(_escape(t.registry) for t in leg.registries if t.digest) or "nowhere"
-        with Path(summary).open("a", encoding="utf-8") as handle:
-            handle.write(
-                f"### shipit leg: `{_escape(leg.image)}` {_escape(leg.platform)}, {leg.status}\n\n"
-                f"Version `{_escape(leg.version)}`, manifest `{leg.digest or '-'}` stored by"
-                f" digest in {where}; no tag and no signature until `shipit merge`.\n\n"
-            )
+        text = (
+            f"### shipit leg: `{_escape(leg.image)}` {_escape(leg.platform)}, {leg.status}\n\n"
+            f"Version `{_escape(leg.version)}`, manifest `{leg.digest or '-'}` stored by"
+            f" digest in {where}; no tag and no signature until `shipit merge`.\n\n"
+        )
+        failures.append(_append(summary, "GITHUB_STEP_SUMMARY", text))
+    return [f for f in failures if f is not None]
 
 
 def leg_file_name(leg: Leg) -> str:
@@ -203,10 +256,16 @@ def leg_file_name(leg: Leg) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{leg.image}-{leg.platform}") + ".json"
 
 
-def write_leg_gitlab(leg: Leg, directory: Path) -> Path:
-    """The leg's file in `directory`/shipit-legs, and its variable in `directory`/shipit.env."""
+def write_leg_gitlab(
+    leg: Leg, directory: Path, *, variable: str = "CI_PROJECT_DIR"
+) -> Path | OutputFailure:
+    """The leg's file in `directory`/shipit-legs, and its variable in `directory`/shipit.env;
+    or why they could not be written."""
     path = directory / LEGS_FOLDER / leg_file_name(leg)
-    write_json(path, leg.to_json())
     name = "SHIPIT_LEG_" + re.sub(r"[^A-Z0-9]+", "_", f"{leg.image}_{leg.platform}".upper())
-    (directory / DOTENV).write_text(f"{name}={leg.digest or ''}\n", encoding="utf-8")
+    try:
+        write_json(path, leg.to_json())
+        (directory / DOTENV).write_text(f"{name}={leg.digest or ''}\n", encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        return OutputFailure(path=str(path), variable=variable, reason=_reason(exc))
     return path

@@ -166,13 +166,20 @@ def run(
         result = app.run(result_plan, env, console)
     if leg:
         written = app.write_leg(report_path, result_plan, result)
-        if written is not None:
+        failures = (
             app.write_leg_ci_outputs(written, env, directory=options.directory)
-        document = written.to_json() if written is not None else app.result_document(result)
-        return _finish(ctx, env, console, result, document if as_json else None)
-    app.write_report(report_path, result)
-    app.write_ci_outputs(result, env, directory=options.directory)
-    return _finish(ctx, env, console, result, app.result_document(result) if as_json else None)
+            if written is not None
+            else ()
+        )
+        leg_document = written.to_json() if written is not None else app.result_document(result)
+        shown = leg_document if as_json else None
+        return _finish(ctx, env, console, result, shown, failures=failures)
+    run_error = result.error
+    result, failures = app.leave_behind(
+        result, env, report=report_path, directory=options.directory
+    )
+    document = app.result_document(result) if as_json else None
+    return _finish(ctx, env, console, result, document, error=run_error, failures=failures)
 
 
 @cli.command()

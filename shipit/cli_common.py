@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ import click
 
 from shipit import app
 from shipit.context import EVENTS, Overrides
+from shipit.errors import EXIT_FAILED
 from shipit.log import COLOR_CHOICES, Console, Style, use_color
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -155,7 +156,7 @@ def report_path(options: app.Options, env: Mapping[str, str], report: str | None
     """--report, SHIPIT_REPORT or the default; an older run's report is removed at once, so
     it cannot pass for this one's."""
     path = Path(report or env.get("SHIPIT_REPORT") or options.directory / app.DEFAULT_REPORT)
-    path.unlink(missing_ok=True)
+    app.clear_report(path)
     return path
 
 
@@ -165,13 +166,19 @@ def finish(
     console: Console,
     result: Any,
     document: Any | None,
+    *,
+    error: str | None = None,
+    failures: Sequence[str] = (),
 ) -> int:
-    """The end of `run` and `merge`: JSON or the summary on stdout, the error, the exit code."""
+    """The end of `run` and `merge`: JSON or the summary on stdout, then what the run said
+    (`error`, else the result's) and each output that could not be written; the exit code
+    (1 when only an output failed: the images are published, the CI step must still fail)."""
     if document is not None:
         emit_json(document)
     else:
         style = stdout_style(ctx, env)
         echo(app.summary(result, style), style)
-    if result.error:
-        console.error(result.error)
-    return int(result.exit_code)
+    for message in (error if error is not None else result.error, *failures):
+        if message:
+            console.error(message)
+    return int(result.exit_code) or (EXIT_FAILED if failures else 0)

@@ -130,6 +130,7 @@ def merge(
     path = report_path(options, env, report)
     with sigterm_as_interrupt():
         result = app.merge(result_plan, legs, env, console)
-    app.write_report(path, result)
-    app.write_ci_outputs(result, env, directory=options.directory)
-    return finish(ctx, env, console, result, app.result_document(result) if as_json else None)
+    merge_error = result.error
+    result, failures = app.leave_behind(result, env, report=path, directory=options.directory)
+    document = app.result_document(result) if as_json else None
+    return finish(ctx, env, console, result, document, error=merge_error, failures=failures)

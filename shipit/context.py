@@ -148,11 +148,15 @@ def read_git(directory: Path) -> GitFacts:
         repo = git.Repo(directory, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         return GitFacts(is_repo=False)
+    except (git.GitError, OSError, ValueError) as exc:  # unreadable .git, bad config, ...
+        raise UsageError(f"cannot read the git repository at {directory}: {exc}") from None
     try:
         with repo:
             return _facts(repo)
     except git.GitCommandError as exc:
         raise UsageError(f"git failed in {directory}: {exc.stderr.strip() or exc}") from None
+    except (git.GitError, git.ODBError, OSError, ValueError) as exc:  # a broken ref or object
+        raise UsageError(f"cannot read the git repository at {directory}: {exc}") from None
 
 
 def _facts(repo: Any) -> GitFacts:
@@ -220,7 +224,7 @@ def read_event_payload(env: Mapping[str, str]) -> Mapping[str, Any]:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise UsageError(f"cannot read the GitHub event payload {path}: {exc}") from None
     return payload if isinstance(payload, dict) else {}
 

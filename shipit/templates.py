@@ -4,11 +4,13 @@ Undefined names are errors (a typo must not silently produce an empty tag), Pyth
 internals are out of reach (`{{ ''.__class__ }}` fails), and a template cannot run away:
 there are no loops, macros or includes (a tag needs expressions, not programs), `range()`
 and repetition (`'x' * n`) are bounded, powers are small, and the output is capped.
+Expressions nested so deeply that Jinja would recurse out of the stack are an error too.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 import operator
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +22,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 MAX_OUTPUT = 4096
 MAX_RANGE = 1000
 MAX_EXPONENT = 64
+_TOO_DEEP = "the template nests expressions too deeply"
 # Statements a template may not use: each could loop, recurse or read other files.
 _FORBIDDEN = (
     nodes.For,
@@ -90,12 +93,16 @@ def _compile(source: str) -> jinja2.Template:
     environment = _environment()
     try:
         ast = environment.parse(source)
+        for node in ast.find_all(_FORBIDDEN):
+            word = type(node).__name__.lower()
+            raise TemplateError(f"'{word}' is not allowed in a template (expressions and if only)")
+        with warnings.catch_warnings():  # Python's compiler warns of things like `1[0]` on stderr
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return environment.from_string(ast)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message}") from None
-    for node in ast.find_all(_FORBIDDEN):
-        word = type(node).__name__.lower()
-        raise TemplateError(f"'{word}' is not allowed in a template (expressions and if only)")
-    return environment.from_string(ast)
+    except RecursionError:  # Jinja's parser and compiler recurse once per nested expression
+        raise TemplateError(_TOO_DEEP) from None
 
 
 def check(source: str) -> str | None:
@@ -111,9 +118,11 @@ def names(source: str) -> frozenset[str]:
     """The names a template reads from its context (for floating-tag scopes)."""
     try:
         ast = _environment().parse(source)
+        return frozenset(meta.find_undeclared_variables(ast))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message}") from None
-    return frozenset(meta.find_undeclared_variables(ast))
+    except RecursionError:
+        raise TemplateError(_TOO_DEEP) from None
 
 
 def render(source: str, values: Mapping[str, Any]) -> str:
@@ -123,6 +132,8 @@ def render(source: str, values: Mapping[str, Any]) -> str:
     template = _compile(source)
     try:
         text = template.render(**values)
+    except RecursionError:
+        raise TemplateError(_TOO_DEEP) from None
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"{exc.message} (known names: {_known(values)})") from None
     except jinja2.exceptions.SecurityError as exc:

@@ -10,7 +10,9 @@ Every problem is reported with FILE:LINE:COL, all at once. One module per part o
 - `build`: the engine (`sdk` or `buildx`), platforms and the BuildKit keys;
 - `registries`, `tags` (with `flavor` and the template checks), `scan`, `sign`, `push`,
   `retention`: one reader per section;
-- `nodes`: the located-node `Reader` they all share.
+- `nodes`: the located-node `Reader` they all share;
+- `composing`: text to nodes, nesting bounded, merge keys applied; `paths`: every path
+  checked (NUL, control characters, PATH_MAX, NAME_MAX) and every stat guarded.
 
 Sections that may stand at the top as defaults for every image (`registries`, `tags`,
 `flavor`, `scan`, `sign`, `push`, `retention`) are merged per image: a list in an image

@@ -20,6 +20,7 @@ from typing import Final
 from yaml.nodes import MappingNode, Node
 
 from shipit.spec.nodes import Reader, key_node
+from shipit.spec.paths import shown
 from shipit.spec.records import BuildOptions, BuildSecret
 from shipit.spec.sections import inherited
 
@@ -106,7 +107,7 @@ def _platforms(r: Reader, top: Mapping[str, Node], entries: Mapping[str, Node]) 
 def _platform(r: Reader, node: Node) -> str | None:
     text = r.string(node, "platform")
     if text is not None and not _PLATFORM.fullmatch(text):
-        r.error(node, f"platform '{text}' must look like linux/amd64 or linux/arm64/v8")
+        r.error(node, f"platform {shown(text)} must look like linux/amd64 or linux/arm64/v8")
         return None
     return text
 
@@ -147,17 +148,21 @@ def _secret(r: Reader, secret_id: str, node: Node) -> BuildSecret | None:
     text = r.string(source["file"], f"{what} file")
     if text is None:
         return None
-    path = _secret_path(r, text)
+    path = _secret_path(r, source["file"], f"{what} file", text)
     return BuildSecret(id=secret_id, file=path) if path else None
 
 
-def _secret_path(r: Reader, text: str) -> Path | None:
-    if "\x00" in text:
+def _secret_path(r: Reader, node: Node, what: str, text: str) -> Path | None:
+    """The secret file, from the spec's folder or from HOME (`~/`); it need not exist yet."""
+    if not text.startswith("~/"):
+        return r.resolve(node, what, text)
+    home = r.env.get("HOME")
+    try:
+        base = Path(home) if home else Path("~").expanduser()
+    except RuntimeError:  # no HOME and no entry in the password database
+        r.error(node, f"{what} starts with ~/ but HOME is not set")
         return None
-    if text.startswith("~/"):
-        home = r.env.get("HOME")
-        return Path(home, text[2:]) if home else Path(text).expanduser()
-    return r.root / text
+    return r.resolve(node, what, text[2:], base=base)
 
 
 def _caches(r: Reader, node: Node, what: str) -> tuple[str, ...] | None:
@@ -187,7 +192,7 @@ def _ssh(r: Reader, node: Node) -> tuple[str, ...] | None:
         return None
     for value in values:
         if not _SSH.fullmatch(value):
-            r.error(node, f"ssh entry '{value}' must be `default`, an id, or id=PATH")
+            r.error(node, f"ssh entry {shown(value)} must be `default`, an id, or id=PATH")
             return None
     return values
 
@@ -206,7 +211,9 @@ def _check_sdk(
             r.error(entries[key], f"`{key}` {hint}")
     for source in options.cache_from:
         if source.startswith("type=") or ",type=" in source:
-            r.error(entries["cache_from"], f"cache_from '{source}' is a BuildKit cache and {hint}")
+            r.error(
+                entries["cache_from"], f"cache_from {shown(source)} is a BuildKit cache and {hint}"
+            )
     if dockerfile is not None:
         found = buildkit_syntax(dockerfile)
         if found is not None:

@@ -14,6 +14,7 @@ from typing import Final
 
 from yaml.nodes import Node
 
+from shipit.spec import paths
 from shipit.spec.build import INHERITED as BUILD_INHERITED
 from shipit.spec.build import KEYS as BUILD_KEYS
 from shipit.spec.build import read_build
@@ -98,7 +99,7 @@ def _name(r: Reader, node: Node, entries: Mapping[str, Node]) -> str | None:
     if not REPOSITORY.fullmatch(lowered):
         r.error(
             name_node,
-            f"'{name}' is not a valid image name: use lowercase letters, digits and"
+            f"{paths.shown(name)} is not a valid image name: use lowercase letters, digits and"
             " separators (. _ -), with / between path components",
         )
         return None
@@ -110,9 +111,9 @@ def _context(r: Reader, node: Node, entries: Mapping[str, Node]) -> Path | None:
     text = r.string(context_node, "context") if context_node is not None else "."
     if text is None:
         return None
-    context = (r.root / text).resolve()
-    if not context.is_dir():
-        r.error(context_node or node, f"build context '{text}' is not a folder")
+    where = context_node or node
+    context = r.resolve(where, "build context", text)
+    if context is None or not r.is_there(where, "build context", text, context, "folder"):
         return None
     return context
 
@@ -123,12 +124,17 @@ def _dockerfile(
     """The Dockerfile's path when it exists; a located problem when it does not."""
     if context is None:
         return None
-    path = context / dockerfile
-    if not path.is_file():
-        r.error(
-            entries.get("dockerfile") or node,
-            f"no Dockerfile at '{dockerfile}' in context {context}",
-        )
+    where = entries.get("dockerfile") or node
+    path = r.resolve(where, "dockerfile", dockerfile, base=context)
+    if path is None:
+        return None
+    try:
+        found = paths.kind(path)
+    except paths.PathProblem as exc:
+        r.error(where, f"dockerfile {paths.shown(dockerfile)} {exc}")
+        return None
+    if found != "file":
+        r.error(where, f"no Dockerfile at {paths.shown(dockerfile)} in context {context}")
         return None
     return path
 
@@ -148,8 +154,9 @@ def _release(r: Reader, node: Node | None) -> str:
         return DEFAULT_RELEASE_PATTERN
     try:
         compiled = re.compile(pattern)
-    except re.error as exc:
-        r.error(pattern_node, f"tag_pattern is not a valid regular expression: {exc}")
+    except (re.error, OverflowError, RecursionError) as exc:  # `a{99999999999}`, `((((...`
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        r.error(pattern_node, f"tag_pattern is not a valid regular expression: {reason}")
         return DEFAULT_RELEASE_PATTERN
     if compiled.groups and "version" not in compiled.groupindex and compiled.groups != 1:
         r.error(

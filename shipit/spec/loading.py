@@ -1,6 +1,7 @@
 """Reading a spec file: the top level (`version`, `image:`/`images:`, `x-` keys), then each image.
 
-`load` reads the file, `parse` the text; both raise one `SpecError` listing every problem,
+`load` reads the file (at most `MAX_SPEC` bytes of UTF-8; a byte that is not UTF-8 is a
+located problem), `parse` the text; both raise one `SpecError` listing every problem,
 sorted by line and column.
 """
 
@@ -13,61 +14,93 @@ from typing import Final
 from yaml.nodes import Node
 
 from shipit.errors import Location, Problem, SpecError, UsageError
+from shipit.spec.composing import YamlSyntaxError, compose
 from shipit.spec.images import INHERITED, read_image
-from shipit.spec.nodes import (
-    Reader,
-    YamlSyntaxError,
-    compose,
-    is_null,
-    key_node,
-    unknown_key_message,
-)
+from shipit.spec.nodes import Reader, is_null, key_node, unknown_key_message
+from shipit.spec.paths import PathProblem, shown
+from shipit.spec.paths import check as check_path
 from shipit.spec.records import SPEC_VERSION, Spec
 
 _TOP_KEYS: Final = ("version", "image", "images", *INHERITED)
+MAX_SPEC: Final = 1024 * 1024  # bytes; a spec is a few kilobytes
 
 
 def load(path: Path, env: Mapping[str, str]) -> Spec:
     """Read and parse the spec at `path`; raises SpecError listing every problem."""
+    return parse(_read(path), path, env)
+
+
+def _read(path: Path) -> str:
+    """The spec's text: at most MAX_SPEC bytes of UTF-8, or a clear error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        check_path(str(path))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SPEC + 1)
     except FileNotFoundError:
         raise UsageError(
             f"no spec at {path}", hint="write one with `shipit init`, or point -f at it"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    return parse(text, path, env)
+    except IsADirectoryError:
+        raise UsageError(f"the spec {path} is a folder, not a file") from None
+    except PathProblem as exc:
+        raise UsageError(f"the spec's path {shown(str(path))} {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    shown_path = _shown_path(path)
+    if len(data) > MAX_SPEC:
+        too_large = f"the spec is too large: more than {MAX_SPEC // 1024 // 1024} MiB"
+        raise SpecError([_at_start(shown_path, too_large)])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([_not_utf8(shown_path, data, exc)]) from None
+
+
+def _not_utf8(file: str, data: bytes, exc: UnicodeDecodeError) -> Problem:
+    """Where the first byte that is not UTF-8 is, as line and column of the text before it."""
+    before = data[: exc.start]
+    line_start = before.rfind(b"\n") + 1
+    column = len(before[line_start:].decode("utf-8", errors="replace")) + 1
+    byte = data[exc.start]
+    return Problem(
+        location=Location(file=file, line=before.count(b"\n") + 1, column=column),
+        message=f"the spec is not UTF-8 text (byte 0x{byte:02x} here)",
+    )
 
 
 def parse(text: str, path: Path, env: Mapping[str, str]) -> Spec:
     """Parse spec `text` as if read from `path` (relative paths start at its folder)."""
-    shown = _shown_path(path)
+    shown_path = _shown_path(path)
     try:
-        root_node = compose(text, shown)
+        root_node = compose(text, shown_path)
     except YamlSyntaxError as exc:
         raise SpecError([exc.problem]) from None
-    reader = Reader(shown, env, path.parent)
-    spec = _spec(reader, root_node, path)
+    reader = Reader(shown_path, env, path.parent)
+    try:
+        spec = _spec(reader, root_node, path)
+    except RecursionError:  # composing bounds the depth; this is the last line of defence
+        reader.problems.append(_at_start(shown_path, "the spec is nested too deeply"))
+        spec = None
     if reader.problems or spec is None:
         raise SpecError(sorted(reader.problems, key=lambda p: (p.location.line, p.location.column)))
     return spec
 
 
+def _at_start(file: str, message: str) -> Problem:
+    return Problem(location=Location(file=file, line=1, column=1), message=message)
+
+
 def _shown_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
+    except (OSError, ValueError, RuntimeError):
         return str(path)
 
 
 def _spec(r: Reader, node: Node | None, path: Path) -> Spec | None:
     if node is None or is_null(node):
         r.problems.append(
-            Problem(
-                location=Location(file=r.file, line=1, column=1),
-                message="the spec is empty: it needs at least `version: 1` and an image",
-            )
+            _at_start(r.file, "the spec is empty: it needs at least `version: 1` and an image")
         )
         return None
     top = r.mapping(node, "the spec", allowed=None)

@@ -4,7 +4,10 @@ The spec's section readers walk PyYAML's node tree (not the constructed Python o
 every value keeps the line and column it came from; problems are collected, not raised one
 at a time, so `shipit validate` can list them all. The `Reader` is the one tool they share:
 it turns a node into a plain value (string, number, choice, list, map, a path relative to
-the spec's folder) or records a located problem and answers None.
+the spec's folder) or records a located problem and answers None. Every path goes through
+`paths` (checked before any system call, every stat guarded), merge keys through
+`composing`; a number of more than 30 digits, a lone surrogate and an explicit tag PyYAML
+cannot read (`!!int x`) are problems like any other wrong value.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from shipit.errors import Location, Problem
+from shipit.spec import paths
+from shipit.spec.composing import MERGE, flatten_merges
 
 T = TypeVar("T")
 
@@ -26,38 +31,18 @@ _STR = "tag:yaml.org,2002:str"
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
 _NULL = "tag:yaml.org,2002:null"
-_MERGE = "tag:yaml.org,2002:merge"
 
 _VAR = re.compile(r"\$(?:\$|\{(?P<name>[^}:]*)(?::-(?P<default>[^}]*))?\})")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION = re.compile(r"(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,9})s)?")
+_SECONDS = re.compile(r"()()([0-9]{1,9})")  # plain seconds, as the same three groups
+MAX_DURATION = 7 * 24 * 3600  # seconds: a week (a scan or a signature takes minutes)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_DIGITS = 30  # a longer number is a mistake, and Python limits int <-> str at 4300 digits
+_WHOLE = re.compile(rf"-?[0-9]{{1,{_MAX_DIGITS}}}")
 
-# Only its scalar constructors and merge-key flattening are used, never its reader.
+# Only its scalar constructors are used, never its reader.
 _CONSTRUCTOR = yaml.SafeLoader("")
-
-
-class YamlSyntaxError(Exception):
-    """The text is not YAML at all; carries the located problem."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
-
-
-def compose(text: str, file: str) -> Node | None:
-    """Parse `text` into a node tree; a syntax error carries FILE:LINE:COL."""
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = exc.problem or exc.context or "invalid YAML"
-        raise YamlSyntaxError(
-            Problem(location=Location(file=file, line=line, column=column), message=what)
-        ) from None
-    except yaml.YAMLError as exc:
-        loc = Location(file=file, line=1, column=1)
-        raise YamlSyntaxError(Problem(location=loc, message=str(exc))) from None
 
 
 def kind(node: Node) -> str:
@@ -107,8 +92,8 @@ class Reader:
         if not isinstance(node, MappingNode):
             self.error(node, f"{what} must be a mapping, not {kind(node)}")
             return None
-        explicit = {id(k) for k, _ in node.value if k.tag != _MERGE}
-        _flatten_merge_keys(node)
+        explicit = {id(k) for k, _ in node.value if k.tag != MERGE}
+        flatten_merges(node, self.error)
         allowed_keys = list(allowed) if allowed is not None else None
         result: dict[str, Node] = {}
         key_nodes: dict[str, Node] = {}
@@ -181,11 +166,15 @@ class Reader:
             return ""
 
         text = _VAR.sub(substitute, str(node.value))
+        bad = _SURROGATE.search(text)
+        if ok and bad:  # a lone "\ud800" escape: no file, terminal or API can take it
+            self.error(node, f"U+{ord(bad.group()):04X} is not a character (it has no UTF-8)")
+            ok = False
         return text if ok else None
 
     def boolean(self, node: Node, what: str) -> bool | None:
-        if isinstance(node, ScalarNode) and node.tag == _BOOL:
-            return bool(_CONSTRUCTOR.construct_yaml_bool(node))
+        if isinstance(node, ScalarNode) and node.tag == _BOOL and _yaml_bool(node) is not None:
+            return _yaml_bool(node)
         if isinstance(node, ScalarNode) and node.tag == _STR:
             text = self.expand(node)
             if text is not None and text.lower() in ("true", "false"):
@@ -198,10 +187,13 @@ class Reader:
     ) -> int | None:
         value: int | None = None
         if isinstance(node, ScalarNode) and node.tag == _INT:
-            value = int(_CONSTRUCTOR.construct_yaml_int(node))
+            if len(str(node.value)) > _MAX_DIGITS:
+                self.error(node, f"{what} must be a whole number of at most {_MAX_DIGITS} digits")
+                return None
+            value = _yaml_int(node)
         elif isinstance(node, ScalarNode) and node.tag == _STR:
             text = self.expand(node)
-            if text is not None and re.fullmatch(r"-?\d+", text.strip()):
+            if text is not None and _WHOLE.fullmatch(text.strip()):
                 value = int(text)
         if value is None:
             self.error(node, f"{what} must be a whole number, not {_shown(node)}")
@@ -218,7 +210,8 @@ class Reader:
         """One of `choices`, case-insensitively; YAML booleans read as 'true'/'false'."""
         options = list(choices)
         if isinstance(node, ScalarNode) and node.tag == _BOOL:
-            text: str | None = "true" if _CONSTRUCTOR.construct_yaml_bool(node) else "false"
+            flag = _yaml_bool(node)
+            text: str | None = str(node.value) if flag is None else str(flag).lower()
         elif isinstance(node, ScalarNode) and node.tag in (_STR, _INT):
             text = self.expand(node)
         else:
@@ -262,21 +255,24 @@ class Reader:
         return result
 
     def duration(self, node: Node, what: str, *, minimum: int = 0) -> int | None:
-        """Seconds, or a duration like 10m or 1h30m, as seconds (at least `minimum`)."""
+        """Seconds, or a duration like 10m or 1h30m, as seconds (at least `minimum`, at
+        most a week)."""
         text = self.string(node, what)
         if text is None:
             return None
-        match = _DURATION.fullmatch(text)
-        if text.isdigit():
-            seconds = int(text)
-        elif match and any(match.groups()):
-            hours, minutes, secs = (int(g or 0) for g in match.groups())
-            seconds = hours * 3600 + minutes * 60 + secs
-        else:
-            self.error(node, f"{what} '{text}' must be seconds or a duration like 10m or 1h30m")
+        match = _SECONDS.fullmatch(text) or _DURATION.fullmatch(text)
+        if not match or not any(match.groups()):
+            self.error(
+                node, f"{what} {paths.shown(text)} must be seconds or a duration like 10m or 1h30m"
+            )
             return None
+        hours, minutes, secs = (int(g or 0) for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
         if seconds < minimum:
-            self.error(node, f"{what} must be at least {minimum}s, not '{text}'")
+            self.error(node, f"{what} must be at least {minimum}s, not {paths.shown(text)}")
+            return None
+        if seconds > MAX_DURATION:
+            self.error(node, f"{what} {paths.shown(text)} is longer than {MAX_DURATION // 3600}h")
             return None
         return seconds
 
@@ -285,18 +281,38 @@ class Reader:
     def path(self, node: Node, what: str) -> Path | None:
         """A path relative to the spec's folder, made absolute; it need not exist yet."""
         text = self.string(node, what)
-        return None if text is None else (self.root / text).resolve()
+        return None if text is None else self.resolve(node, what, text)
+
+    def resolve(self, node: Node, what: str, text: str, *, base: Path | None = None) -> Path | None:
+        """`text` as a path (see `paths`): a located problem when no system call may take it."""
+        try:
+            return paths.resolve(self.root if base is None else base, text)
+        except paths.PathProblem as exc:
+            self.error(node, f"{what} {paths.shown(text)} {exc}")
+            return None
 
     def existing_file(self, node: Node, what: str) -> Path | None:
         """Like `path`, and the file must be there."""
         text = self.string(node, what)
-        if text is None:
-            return None
-        path = (self.root / text).resolve()
-        if not path.is_file():
-            self.error(node, f"{what} '{text}' does not exist")
+        path = None if text is None else self.resolve(node, what, text)
+        if text is None or path is None or not self.is_there(node, what, text, path, "file"):
             return None
         return path
+
+    def is_there(self, node: Node, what: str, text: str, path: Path, want: paths.Kind) -> bool:
+        """Whether `path` is a `want` (file or folder); a located problem when it is not."""
+        try:
+            found = paths.kind(path)
+        except paths.PathProblem as exc:
+            self.error(node, f"{what} {paths.shown(text)} {exc}")
+            return False
+        if found == want:
+            return True
+        if found == "missing":
+            self.error(node, f"{what} {paths.shown(text)} does not exist")
+        else:
+            self.error(node, f"{what} {paths.shown(text)} is not a {want}")
+        return False
 
     # -- optional keys -----------------------------------------------------------
 
@@ -346,13 +362,23 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _yaml_bool(node: ScalarNode) -> bool | None:
+    """A YAML boolean's value; None for an explicit `!!bool` PyYAML cannot read (`!!bool x`)."""
+    try:
+        return bool(_CONSTRUCTOR.construct_yaml_bool(node))
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def _yaml_int(node: ScalarNode) -> int | None:
+    """A YAML integer's value; None for an explicit `!!int` PyYAML cannot read (`!!int x`)."""
+    try:
+        return int(_CONSTRUCTOR.construct_yaml_int(node))
+    except (KeyError, IndexError, ValueError):  # `!!int ""` indexes an empty string
+        return None
+
+
 def _shown(node: Node) -> str:
     if isinstance(node, ScalarNode) and node.tag != _NULL:
-        return f"'{node.value}'"
+        return paths.shown(str(node.value))
     return kind(node)
-
-
-def _flatten_merge_keys(node: MappingNode) -> None:
-    """Apply YAML merge keys (`<<: *defaults`) in place, as PyYAML's constructor would."""
-    if any(k.tag == _MERGE for k, _ in node.value):
-        _CONSTRUCTOR.flatten_mapping(node)

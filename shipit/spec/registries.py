@@ -12,6 +12,7 @@ import re
 from yaml.nodes import MappingNode, Node
 
 from shipit.spec.nodes import Reader, is_null
+from shipit.spec.paths import shown
 from shipit.spec.records import Registry
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -89,8 +90,8 @@ def _url(r: Reader, node: Node) -> str | None:
     if "://" in text:
         r.error(
             node,
-            f"registry url '{text}' has a scheme: write the host and namespace only"
-            f" (e.g. '{text.split('://', 1)[1]}'); use `insecure: true` for plain HTTP",
+            f"registry url {shown(text)} has a scheme: write the host and namespace only"
+            f" (e.g. {shown(text.split('://', 1)[1])}); use `insecure: true` for plain HTTP",
         )
         return None
     text = text.strip("/")
@@ -98,10 +99,10 @@ def _url(r: Reader, node: Node) -> str | None:
     if not ("." in first or ":" in first or first == "localhost"):
         first, rest = "docker.io", text  # a bare namespace is on Docker Hub, as in docker
     if not _HOST.fullmatch(first):
-        r.error(node, f"'{first}' is not a valid registry host")
+        r.error(node, f"{shown(first)} is not a valid registry host")
         return None
     if rest and not REPOSITORY.fullmatch(rest.lower()):
-        r.error(node, f"'{rest}' is not a valid namespace for registry {first}")
+        r.error(node, f"{shown(rest)} is not a valid namespace for registry {first}")
         return None
     return f"{first.lower()}/{rest.lower()}" if rest else first.lower()
 

@@ -5,11 +5,13 @@ A mergeable section that `scan: false` turns off; a spec without `scan:` does no
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 from yaml.nodes import Node
 
 from shipit.spec.nodes import Reader
+from shipit.spec.paths import PathProblem, kind, shown
 from shipit.spec.records import SCANNERS, SEVERITIES, Reports, ScanPolicy
 from shipit.spec.sections import Mergeable, Section
 
@@ -28,8 +30,7 @@ def read_scan(r: Reader, section: Section) -> ScanPolicy | None:
     if ignore_node is not None:
         ignorefile = r.existing_file(ignore_node, "ignorefile")
     else:
-        default = r.root / ".trivyignore"
-        ignorefile = default if default.is_file() else None
+        ignorefile = _default_ignorefile(r.root)
     return ScanPolicy(
         fail_on=r.field(
             e, "fail_on", lambda n: r.choice(n, "fail_on", (*SEVERITIES, "never")), "HIGH"
@@ -60,7 +61,7 @@ def _scanners(r: Reader, node: Node) -> tuple[str, ...] | None:
         return None
     for value in values:
         if value not in SCANNERS:
-            r.error(node, f"unknown scanner '{value}' (scanners: {', '.join(SCANNERS)})")
+            r.error(node, f"unknown scanner {shown(value)} (scanners: {', '.join(SCANNERS)})")
             return None
     if not values:
         r.error(node, "scanners is empty: write `scan: false` to turn scanning off")
@@ -74,3 +75,12 @@ def _reports(r: Reader, node: Node) -> Reports | None:
         return None
     paths = {key: r.path(value, f"reports.{key}") for key, value in entries.items()}
     return Reports(json=paths.get("json"), sarif=paths.get("sarif"), gitlab=paths.get("gitlab"))
+
+
+def _default_ignorefile(root: Path) -> Path | None:
+    """`.trivyignore` beside the spec, when there is one (and it can be looked at)."""
+    default = root / ".trivyignore"
+    try:
+        return default if kind(default) == "file" else None
+    except PathProblem:
+        return None

@@ -18,6 +18,7 @@ from yaml.nodes import Node
 from shipit import templates
 from shipit.errors import Location
 from shipit.spec.nodes import Reader, did_you_mean, key_node, scalar_text, unknown_key_message
+from shipit.spec.paths import shown
 from shipit.spec.records import (
     DEFAULT_PRIORITY,
     REF_EVENTS,
@@ -29,6 +30,7 @@ from shipit.spec.records import (
 )
 from shipit.spec.sections import Mergeable, Section
 
+_GROUP_NUMBER = re.compile(r"[0-9]{1,3}")  # more groups than that is not a tag pattern
 _COMMON_RULE_KEYS = ("type", "enable", "priority", "prefix", "suffix")
 _RULE_KEYS: Final = {
     "semver": ("pattern", "value"),
@@ -152,14 +154,15 @@ def _check_match(r: Reader, node: Node, rule: TagRule) -> bool:
         return False
     try:
         compiled = re.compile(rule.pattern)
-    except re.error as exc:
-        r.error(node, f"pattern is not a valid regular expression: {exc}")
+    except (re.error, OverflowError, RecursionError) as exc:  # `a{99999999999}`, `((((...`
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        r.error(node, f"pattern is not a valid regular expression: {reason}")
         return False
-    group = int(rule.group) if rule.group.isdigit() else rule.group
+    group = int(rule.group) if _GROUP_NUMBER.fullmatch(rule.group) else rule.group
     if (isinstance(group, int) and group > compiled.groups) or (
         isinstance(group, str) and group not in compiled.groupindex
     ):
-        r.error(node, f"pattern has no group {rule.group}")
+        r.error(node, f"pattern has no group {shown(rule.group)}")
         return False
     return True
 

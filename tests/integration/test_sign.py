@@ -145,13 +145,19 @@ def real_verify(keys: Keys, ref: str) -> subprocess.CompletedProcess[str]:
 
 class CosignWatch:
     """A `cosign` wrapper first on PATH that records its argv and its DOCKER_CONFIG, then
-    execs the real one; and a thread reading /proc/<pid>/cmdline of every cosign running."""
+    execs the real one; and a thread reading /proc/<pid>/cmdline of every cosign running.
+
+    The wrapper waits until the thread has read its command line (the thread marks each pid
+    it read in `seen/`), so every cosign is seen however fast it runs or the machine is.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.bin = folder / "bin"
         self.records = folder / "records"
+        self.seen = folder / "seen"
         self.bin.mkdir(parents=True)
         self.records.mkdir()
+        self.seen.mkdir()
         wrapper = self.bin / "cosign"
         wrapper.write_text(
             "#!/bin/sh\n"
@@ -161,6 +167,7 @@ class CosignWatch:
             'if [ -n "${DOCKER_CONFIG:-}" ]; then\n'
             '  stat -c \'mode=%a\' "$DOCKER_CONFIG/config.json" >> "$out"\n'
             "fi\n"
+            f'while [ ! -e "{self.seen}/$$" ] && [ ! -e "{self.seen}/stopped" ]; do sleep 0.01; done\n'
             f'exec "{tool_path("cosign")}" "$@"\n'
         )
         wrapper.chmod(0o755)
@@ -179,6 +186,7 @@ class CosignWatch:
                     continue
                 if any(arg.endswith(b"cosign") for arg in cmdline.split(b"\0")[:2]):
                     self.cmdlines[int(entry.name)] = cmdline
+                    (self.seen / entry.name).touch()
             time.sleep(0.002)
 
     def __enter__(self) -> CosignWatch:
@@ -186,6 +194,7 @@ class CosignWatch:
         return self
 
     def __exit__(self, *_: object) -> None:
+        (self.seen / "stopped").touch()  # a wrapper started from now on waits for nothing
         self._stop.set()
         self._thread.join(timeout=10)
 

@@ -239,7 +239,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class FaultProxy:
     """Start with `FaultProxy(upstream_url, ...)`; `.host` is what the spec names; `.stop()`.
 
-    `down_for` seconds of downtime start at construction. Also a context manager.
+    `down_for` seconds of downtime start at construction (refused connections, until
+    `come_up()` if that comes first). Also a context manager.
     """
 
     def __init__(
@@ -275,6 +276,7 @@ class FaultProxy:
         self.server.host = self.host
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._up = threading.Event()  # set by `come_up`, or when `down_for` has run out
         self._serving = False
         refuse_for = down_for if down_how == "refuse" else 0.0
         if down_for > 0 and down_how == "reset":
@@ -287,13 +289,29 @@ class FaultProxy:
 
     def _serve(self, refuse_for: float) -> None:
         if not self._serving:
-            self._stopping.wait(refuse_for)
+            self._up.wait(refuse_for)
             with self._lock:
                 if self._stopping.is_set():
                     return  # stopped while still down
-                self.server.server_activate()  # listen(): from now on connections are accepted
-                self._serving = True
+                self._activate()
         self.server.serve_forever(poll_interval=0.1)
+
+    def _activate(self) -> None:
+        """listen() (lock held): from now on connections are accepted, queued until served."""
+        if not self._serving:
+            self.server.server_activate()
+            self._serving = True
+
+    def come_up(self) -> None:
+        """End a refusing downtime now, whatever `down_for` said: the next connect succeeds.
+
+        Tests that need a registry down for "a while" bring it up on an event (the client's
+        second retry, say), so how long the downtime lasts never depends on machine speed.
+        """
+        with self._lock:
+            if not self._stopping.is_set():
+                self._activate()
+        self._up.set()
 
     @property
     def state(self) -> FaultState:
@@ -311,6 +329,7 @@ class FaultProxy:
         with self._lock:
             self._stopping.set()
             serving = self._serving
+        self._up.set()  # a thread still waiting for the downtime to end ends now
         if serving:
             self.server.shutdown()
         self.server.server_close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import time
@@ -149,6 +150,22 @@ def _signal(pid: int, sig: int, group: bool) -> None:
             os.killpg(pid, sig)
         else:
             os.kill(pid, sig)
+
+
+def wait_ended(pid: int) -> None:
+    """Return once `pid` has ended (a zombie waiting for its parent counts), with no clock.
+
+    A pidfd becomes readable when its process exits (pidfd_open(2)); the wait is bounded by
+    the test's own timeout, never by a guess at how fast the machine is.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone, reaped and all
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +23,10 @@ def make_project(
     """A committed repository at `root` holding the spec, a Dockerfile and hello.txt."""
     make_repo(root, [{}])
     (root / "Dockerfile").write_text(dockerfile, encoding="utf-8")
-    (root / "hello.txt").write_text(f"hello from {root.name}\n", encoding="utf-8")
+    # a nonce: no two projects (of this run, or of another run on the same daemon) build the
+    # same layer, so the classic builder's cache never hands one an image another is removing
+    nonce = secrets.token_hex(8)
+    (root / "hello.txt").write_text(f"hello from {root.name} {nonce}\n", encoding="utf-8")
     (root / "shipit.yml").write_text(spec, encoding="utf-8")
     for name, content in (files or {}).items():
         path = root / name

@@ -265,9 +265,19 @@ class Registry:
     password: str | None
     log: Path
     config: Path | None = None  # the config file it was started with
+    token: str = ""  # what it sends as IDENTITY_HEADER: tells it from another on a reused port
 
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
+
+
+IDENTITY_HEADER = "X-Shipit-Test-Registry"
+
+
+def answers_as(reg: Registry) -> bool:
+    """Whether what answers on the registry's port is that registry (not a newcomer there)."""
+    verify: str | bool = str(reg.ca_file) if reg.ca_file else True
+    return _registry_answers(reg.url(), verify, reg.token)
 
 
 # what the registry_factory fixture returns: start_registry's keywords, a fresh workdir each call
@@ -339,12 +349,14 @@ def _htpasswd(path: Path, username: str, password: str) -> None:
     path.chmod(0o600)
 
 
-def _registry_answers(url: str, verify: str | bool) -> bool:
+def _registry_answers(url: str, verify: str | bool, token: str) -> bool:
+    """GET /v2/ answers 200 or 401, from the registry that sends `token` (others may have
+    taken a port between free_port() and our registry's bind: they do not count)."""
     try:
         r = requests.get(f"{url}/v2/", timeout=2, verify=verify)
     except requests.RequestException:
         return False
-    return r.status_code in (200, 401)
+    return r.status_code in (200, 401) and r.headers.get(IDENTITY_HEADER) == token
 
 
 def start_registry(
@@ -383,10 +395,11 @@ def _start_registry(
     folder = workdir / f"registry-{port}-{secrets.token_hex(3)}"
     root = folder / "storage"
     root.mkdir(parents=True)
+    token = secrets.token_hex(8)
     http: dict[str, object] = {
         "addr": f"127.0.0.1:{port}",
         "secret": secrets.token_hex(16),
-        "headers": {"X-Content-Type-Options": ["nosniff"]},
+        "headers": {"X-Content-Type-Options": ["nosniff"], IDENTITY_HEADER: [token]},
     }
     ca_file: Path | None = None
     if tls:
@@ -422,6 +435,7 @@ def _start_registry(
         password=password,
         log=folder / "registry.log",
         config=config_file,
+        token=token,
     )
     _serve(reg)
     return reg
@@ -435,7 +449,6 @@ def _serve(reg: Registry) -> None:
     log, port = reg.log, reg.port
     pid = spawn([tool_path("docker-registry"), "serve", str(reg.config)], log, env=env)
     reg.pid = pid
-    verify: str | bool = str(reg.ca_file) if reg.ca_file else True
 
     def up() -> bool:
         if exited(pid):
@@ -443,7 +456,7 @@ def _serve(reg: Registry) -> None:
             if "address already in use" in tail:
                 raise _PortTakenError(f"port {port} is taken:\n{tail}")
             raise ServiceError(f"docker-registry exited at start; {log}:\n{tail}")
-        return _registry_answers(reg.url(), verify)
+        return answers_as(reg)
 
     try:
         ok = wait_until(up, REGISTRY_START_TIMEOUT, interval=0.1)

@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from shipit import ci_outputs
+import pytest
+
+from shipit import app, ci_outputs
 from shipit.execute import ImageResult, RunResult
 from shipit.stages.push import TargetResult
 
@@ -174,3 +176,110 @@ def test_the_summary_lists_the_platforms_of_a_multi_platform_image() -> None:
         f"Platforms of `app` (index `{index[:19]}`): linux/amd64 `{DIGEST[:19]}`,"
         f" linux/arm64 `{arm[:19]}`." in text
     )
+
+
+def success() -> RunResult:
+    image = ImageResult(
+        name="app",
+        version="1.0.0",
+        tags=("1.0.0",),
+        status="ok",
+        targets=(
+            TargetResult(
+                registry="ghcr.io/acme",
+                host="ghcr.io",
+                repository="acme/app",
+                refs=("ghcr.io/acme/app:1.0.0",),
+                pushed=("ghcr.io/acme/app:1.0.0",),
+                digest=DIGEST,
+            ),
+        ),
+    )
+    return RunResult(version="1.0.0", images=(image,), status="success")
+
+
+# Each way a CI output's file can be unwritable, even for root: its folder is missing, a
+# folder stands where the file goes, or the filesystem takes no new file (sysfs).
+BROKEN = {
+    "missing folder": (lambda tmp: tmp / "nowhere" / "file", "No such file or directory"),
+    "a folder in its place": (lambda tmp: tmp / "taken", "Is a directory"),
+    "no new files there": (lambda tmp: Path("/sys/shipit-test-output"), "Permission denied"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN, ids=list(BROKEN))
+@pytest.mark.parametrize("variable", ["GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"])
+def test_a_github_output_that_cannot_be_written_is_named(
+    tmp_path: Path, variable: str, broken: str
+) -> None:
+    make, reason = BROKEN[broken]
+    (tmp_path / "taken").mkdir()
+    bad = make(tmp_path)
+    other = "GITHUB_STEP_SUMMARY" if variable == "GITHUB_OUTPUT" else "GITHUB_OUTPUT"
+    good = tmp_path / "good"
+    env = {"GITHUB_ACTIONS": "true", variable: str(bad), other: str(good)}
+    [failure] = ci_outputs.write(success(), env, tmp_path)
+    assert (failure.path, failure.variable, failure.reason) == (str(bad), variable, reason)
+    assert str(failure) == f"cannot write the CI output {bad} (from {variable}): {reason}"
+    assert good.read_text(encoding="utf-8")  # the other output is still written
+    assert not bad.is_file()
+
+
+@pytest.mark.parametrize("broken", BROKEN, ids=list(BROKEN))
+def test_a_gitlab_dotenv_that_cannot_be_written_is_named(tmp_path: Path, broken: str) -> None:
+    make, reason = BROKEN[broken]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "shipit.env").mkdir()
+    project_dir = make(tmp_path).parent if broken != "a folder in its place" else tmp_path / "taken"
+    env = {"GITLAB_CI": "true", "CI_PROJECT_DIR": str(project_dir)}
+    [failure] = ci_outputs.write(success(), env, tmp_path)
+    assert failure.path == str(project_dir / "shipit.env")
+    assert (failure.variable, failure.reason) == ("CI_PROJECT_DIR", reason)
+
+
+def test_without_ci_project_dir_the_dotenv_goes_to_the_directory_named_by_c(
+    tmp_path: Path,
+) -> None:
+    assert ci_outputs.write(success(), {"GITLAB_CI": "true"}, tmp_path) == []
+    assert (tmp_path / "shipit.env").read_text(encoding="utf-8").startswith("SHIPIT_VERSION=1.0.0")
+    [failure] = ci_outputs.write(success(), {"GITLAB_CI": "true"}, tmp_path / "gone")
+    assert failure.variable == "-C" and failure.reason == "No such file or directory"
+
+
+def test_outside_ci_nothing_is_written(tmp_path: Path) -> None:
+    env = {"GITHUB_OUTPUT": str(tmp_path / "o"), "CI_PROJECT_DIR": str(tmp_path)}
+    assert ci_outputs.write(success(), env, tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_is_written_with_a_note_and_the_status_of_the_run(tmp_path: Path) -> None:
+    env = {"GITLAB_CI": "true", "CI_PROJECT_DIR": str(tmp_path / "missing")}
+    report = tmp_path / "shipit-report.json"
+    result, failures = app.leave_behind(success(), env, report=report, directory=tmp_path)
+    expected = (
+        f"cannot write the CI output {tmp_path / 'missing' / 'shipit.env'} (from CI_PROJECT_DIR):"
+        " No such file or directory"
+    )
+    assert failures == (expected,)
+    document = json.loads(report.read_text(encoding="utf-8"))
+    assert document["status"] == "success" and result.status == "success"
+    assert document["error"] == expected
+    assert document["images"][0]["refs"][0]["pushed"] is True
+
+
+def test_a_run_error_keeps_its_place_before_the_note(tmp_path: Path) -> None:
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(tmp_path / "no" / "out")}
+    report = tmp_path / "r.json"
+    _, failures = app.leave_behind(
+        result(error="push: quay.io refused"), env, report=report, directory=tmp_path
+    )
+    document = json.loads(report.read_text(encoding="utf-8"))
+    assert document["status"] == "failed"
+    assert document["error"] == f"push: quay.io refused; {failures[0]}"
+    assert failures[0].startswith(f"cannot write the CI output {tmp_path / 'no' / 'out'}")
+
+
+def test_a_report_that_cannot_be_written_is_a_failure_too(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    _, failures = app.leave_behind(success(), {}, report=tmp_path / "taken", directory=tmp_path)
+    assert failures == (f"cannot write the report {tmp_path / 'taken'}: Is a directory",)

@@ -519,10 +519,12 @@ class TestRetries:
 
     def test_connection_refused_is_a_connect_error(self, sleeps: list[float]) -> None:
         with socket.socket() as s:
+            # bound but not listening: refused, and no one else can listen there meanwhile
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]  # nothing listens once closed
-        with pytest.raises(RegistryError) as caught:
-            Registry(Endpoint(host=f"127.0.0.1:{port}"), retries=1).check_push_access("app")
+            port = s.getsockname()[1]
+            registry = Registry(Endpoint(host=f"127.0.0.1:{port}"), retries=1)
+            with pytest.raises(RegistryError) as caught:
+                registry.check_push_access("app")
         assert caught.value.kind == "connect"
         assert f"127.0.0.1:{port}" in str(caught.value)
         assert len(sleeps) == 1

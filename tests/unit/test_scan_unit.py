@@ -978,8 +978,8 @@ def test_scans_sharing_a_cache_take_turns(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=first)
     thread.start()
-    entered.wait(5)
-    with cache_lock(tmp_path / "cache", timeout=10):
+    entered.wait()  # the first holds the lock before the second asks, however slow the start
+    with cache_lock(tmp_path / "cache", timeout=600):  # ends when the first lets go
         order.append("second in")
     thread.join()
     assert order == ["first in", "first out", "second in"]

@@ -321,7 +321,7 @@ def test_yaml_syntax_errors_are_located(project: Path) -> None:
         ),
         (
             "version: 1\nregistries: [a.io/b]\nimage: {name: a, context: nowhere}\n",
-            "3:27: build context 'nowhere' is not a folder",
+            "3:27: build context 'nowhere' does not exist",
         ),
         (
             "version: 1\nregistries: [a.io/b]\nimage: {name: a, dockerfile: Nope}\n",
@@ -349,7 +349,7 @@ def test_yaml_syntax_errors_are_located(project: Path) -> None:
         ),
         (
             "version: 1\nregistries: [a.io/b]\nimage: {name: a, tags: [{type: match, pattern: 'v(\\d)', group: 2}]}\n",
-            "3:25: pattern has no group 2",
+            "3:25: pattern has no group '2'",
         ),
         (
             "version: 1\nregistries: [a.io/b]\nimage: {name: a, tags: [{type: raw, value: '{{ verison }}'}]}\n",

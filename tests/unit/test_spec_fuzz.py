@@ -1,16 +1,20 @@
 """Bad and hostile specs: whatever the input, `shipit validate` and `shipit plan` exit 0, or
 exit 2 with located messages; never a traceback, never an internal error.
 
-Two generators: hypothesis builds documents from the spec's own vocabulary (and junk), and
-a mutation fuzzer damages valid specs as text (deleted spans, duplicated lines, stray YAML
-and template syntax, unicode).
+Generators: hypothesis builds documents from the spec's own vocabulary, junk and hostile
+values (very long strings, NUL and control characters, lone surrogates, huge numbers), and
+damages a spec file's bytes; a mutation fuzzer damages valid specs as text; and
+`tests.support.hostile` damages valid specs that use every path field and section in their
+structure, text and bytes. The slow test runs 100,000 of those, a fixed seed and a fixed
+count, spread over processes.
 """
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +23,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shipit.cli import main
-from tests.support.gitrepo import make_repo
+from tests.support import hostile
+from tests.support.cli import run_shipit
 
-ROOT = Path(__file__).resolve().parents[2]
-LOCATED = re.compile(r"^.+:\d+:\d+: .+$")
 KEYS = [
     "version", "registries", "image", "images", "scan", "sign", "push", "tags", "flavor",
     "name", "context", "dockerfile", "target", "platform", "build_args", "labels", "pull",
@@ -42,6 +44,9 @@ WORDS = [
 
 scalars = st.one_of(
     st.sampled_from(WORDS),
+    st.sampled_from(hostile.HOSTILE_STRINGS),
+    st.text(alphabet=st.characters(categories=("Cc", "Cs", "Cf", "Zl", "Zs", "Lo")), max_size=12),
+    st.integers(min_value=-(10**40), max_value=10**40),
     st.integers(min_value=-(10**12), max_value=10**12),
     st.booleans(),
     st.none(),
@@ -62,27 +67,16 @@ documents = st.recursive(
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz") / "repo"
-    make_repo(root, [{"tag": "v1.0.0"}, {}])
-    (root / "Dockerfile").write_text("FROM scratch\n", encoding="utf-8")
-    return root
+    return hostile.fuzz_repo(tmp_path_factory.mktemp("fuzz") / "repo")
 
 
-def check(repo: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
-    (repo / "shipit.yml").write_text(text, encoding="utf-8")
-    env = {"PATH": os.environ["PATH"], "HOME": str(repo.parent)}
+def check(repo: Path, spec: str | bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    data = spec.encode("utf-8", errors="surrogatepass") if isinstance(spec, str) else spec
+    (repo / "shipit.yml").write_bytes(data)
     for command in (["validate"], ["plan", "--json"]):
-        code = main([*command, "-C", str(repo)], env=env)
-        _, err = capsys.readouterr()
-        assert code in (0, 2), f"exit {code} for:\n{text}\n{err}"
-        assert "Traceback" not in err and "internal error" not in err, f"{text}\n{err}"
-        if code == 2:
-            problems = [
-                line for line in err.splitlines() if not line.startswith(("shipit:", "hint:"))
-            ]
-            assert problems or "shipit: error:" in err, err
-            for line in problems:
-                assert LOCATED.match(line), f"not located: {line!r}\nspec:\n{text}"
+        code, _, err = run_shipit([*command, "-C", str(repo)], capsys, hostile.fuzz_env(repo))
+        problem = hostile.outcome_problem(code, err)
+        assert problem is None, f"{problem} for:\n{data!r}\n{err}"
 
 
 @settings(
@@ -118,9 +112,6 @@ def test_near_valid_documents(
     check(repo, yaml.safe_dump(document, allow_unicode=True), capsys)
 
 
-SEEDS = sorted(ROOT.glob("examples/**/shipit.yml")) + sorted(
-    (ROOT / "tests" / "data").glob("*.yml")
-)
 JUNK = [
     ":",
     "- ",
@@ -169,9 +160,57 @@ def mutate(text: str, rng: random.Random) -> str:
 
 
 def test_mutated_valid_specs(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert SEEDS, "no seed specs"
+    examples = list((hostile.ROOT / "examples").glob("*/shipit.yml"))
+    assert len(examples) >= 3 and len(hostile.SEED_SPECS) == 1 + len(examples), "the full spec and every example"
     rng = random.Random(20261122)
-    for seed in SEEDS:
-        original = seed.read_text(encoding="utf-8")
+    for original in hostile.SEED_SPECS:
+        check(repo, original, capsys)  # each seed is valid in the fuzz repository
+        _, out, _ = run_shipit(["plan", "--json", "-C", str(repo)], capsys, hostile.fuzz_env(repo))
+        assert json.loads(out)["images"], original
         for _ in range(60):
             check(repo, mutate(original, rng), capsys)
+
+
+def test_hostile_specs(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A few hundred of what the slow test runs 100,000 of, planned in a git repository."""
+    for case in range(300):
+        check(repo, hostile.hostile_spec(random.Random(SEED + case)), capsys)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.sampled_from(hostile.SEED_SPECS),
+    at=st.floats(min_value=0, max_value=1),
+    junk=st.binary(max_size=16) | st.sampled_from(hostile.BAD_BYTES),
+    cut=st.booleans(),
+)
+def test_damaged_file_bytes(
+    repo: Path, seed: str, at: float, junk: bytes, cut: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = seed.encode("utf-8")
+    where = int(len(data) * at)
+    check(repo, data[:where] if cut else data[:where] + junk + data[where:], capsys)
+
+
+SEED = 20261201
+SLOW_COUNT = 100_000
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # a guard against a hang, not a bound on speed
+def test_100000_hostile_specs(tmp_path: Path) -> None:
+    """100,000 hostile specs (case i from Random(SEED + i)) across one process per core."""
+    chunk = 2_000
+    bounds = [(start, min(start + chunk, SLOW_COUNT)) for start in range(0, SLOW_COUNT, chunk)]
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = pool.starmap(
+            hostile.fuzz_chunk, [(str(tmp_path), SEED, start, stop) for start, stop in bounds]
+        )
+    cases = sum(stop - start for start, stop in bounds)
+    ran = sum(count for count, _ in results)
+    bad = [line for _, lines in results for line in lines]
+    assert cases == SLOW_COUNT and ran == SLOW_COUNT + SLOW_COUNT // 10
+    assert not bad, f"{len(bad)} bad outcomes, the first:\n" + "\n".join(bad[:20])
