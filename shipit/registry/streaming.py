@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Final
@@ -134,3 +135,81 @@ class VerifiedBody:
             host=self._host,
             kind="protocol",
         )
+
+
+class SourceFailed(Exception):
+    """The writer of a `GrowingFile` gave up (the export failed); the blob will not exist."""
+
+
+class GrowingFile:
+    """A blob file still being written, which readers can follow as it grows.
+
+    The file is created (empty) here, so readers can open it at once. The writer then writes
+    it (unbuffered, in place) and calls `grew(size)` once `size` bytes are in it, then
+    `finish(descriptor)` with the blob's digest and size, or `fail(reason)`. Any thread may
+    `follow()` the bytes as they come or wait for the `result()`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.touch()
+        self._changed = threading.Condition()
+        self._size = 0
+        self._descriptor: Descriptor | None = None
+        self._failure: str | None = None
+
+    def grew(self, size: int) -> None:
+        with self._changed:
+            self._size = size
+            self._changed.notify_all()
+
+    def finish(self, descriptor: Descriptor) -> None:
+        with self._changed:
+            self._size = descriptor.size
+            self._descriptor = descriptor
+            self._changed.notify_all()
+
+    def fail(self, reason: str) -> None:
+        """Give up the blob (no-op once it is finished): every reader stops with `SourceFailed`."""
+        with self._changed:
+            if self._descriptor is None and self._failure is None:
+                self._failure = reason
+                self._changed.notify_all()
+
+    @property
+    def finished(self) -> bool:
+        with self._changed:
+            return self._descriptor is not None
+
+    def result(self) -> Descriptor:
+        """The finished blob's descriptor, once the writer is done (raises `SourceFailed`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._descriptor is not None or self._failure)
+            if self._descriptor is None:
+                raise SourceFailed(self._failure)
+            return self._descriptor
+
+    def _available(self, offset: int) -> tuple[int, bool]:
+        """Wait until there is more than `offset` bytes or the blob is done: (size, done)."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._size > offset or self._descriptor is not None or self._failure
+            )
+            if self._failure is not None:
+                raise SourceFailed(self._failure)
+            return self._size, self._descriptor is not None
+
+    def follow(self) -> Iterator[bytes]:
+        """The blob's bytes in chunks, as they reach the file, to the end of the finished blob."""
+        with self.path.open("rb", buffering=0) as file:
+            offset = 0
+            while True:
+                size, done = self._available(offset)
+                while offset < size:
+                    data = file.read(min(STREAM_CHUNK, size - offset))
+                    if not data:
+                        raise SourceFailed(f"{self.path} is shorter than its writer said")
+                    offset += len(data)
+                    yield data
+                if done:
+                    return
