@@ -8,12 +8,13 @@
   daemon it loads into.
 
 `prepare` runs in preflight, before anything is built: it finds buildx (with the install
-hint when it is missing) and asks each builder where its images will come back.
+hint when it is missing) and asks each builder where its images will come back, all at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shipit.docker_api import Daemon
@@ -25,6 +26,7 @@ from shipit.stages.build.buildx import (
     BuilderInfo,
     BuildxBuilder,
     check_buildx,
+    find_docker,
     inspect_builder,
 )
 from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
@@ -84,18 +86,15 @@ class Engines:
     def prepare(self, images: Sequence[ImagePlan], console: Console) -> None:
         """Check every buildx builder the images name answers and can build their platforms;
         say where images come back."""
-        for image in images:
-            settings = image.build
-            if settings.engine != "buildx" or settings.builder in self._builders:
-                continue
-            if self._docker is None:
-                self._docker = check_buildx(self.env)
-            info = inspect_builder(self._docker, settings.builder, self.env)
-            self._builders[settings.builder] = info
-            how = "loaded into its daemon" if info.loads else "as an OCI layout"
-            console.write(
-                f"buildx builder {info.name} ({info.driver} driver): images come back {how}"
+        wanted = list(
+            dict.fromkeys(
+                image.build.builder
+                for image in images
+                if image.build.engine == "buildx" and image.build.builder not in self._builders
             )
+        )
+        if wanted:
+            self._inspect(wanted, console)
         for image in images:
             found = self._builders.get(image.build.builder)
             if found is None or image.build.engine != "buildx":
@@ -108,6 +107,24 @@ class Engines:
                     f" {', '.join(missing)} (it builds {', '.join(found.platforms)});"
                     " nothing was built",
                     hint=EMULATION_HINT,
+                )
+
+    def _inspect(self, wanted: list[str | None], console: Console) -> None:
+        """`docker buildx version` and every builder's `inspect` at once: each is a start of
+        the CLI and its plugin, tenths of a second that need not add up. A missing or too old
+        buildx is the error shown, whatever the inspects said."""
+        docker = self._docker or find_docker(self.env)
+        with ThreadPoolExecutor(max_workers=1 + len(wanted)) as pool:
+            version = pool.submit(check_buildx, self.env) if self._docker is None else None
+            inspected = {b: pool.submit(inspect_builder, docker, b, self.env) for b in wanted}
+            if version is not None:
+                self._docker = version.result()
+            for builder, future in inspected.items():
+                info = future.result()
+                self._builders[builder] = info
+                how = "loaded into its daemon" if info.loads else "as an OCI layout"
+                console.write(
+                    f"buildx builder {info.name} ({info.driver} driver): images come back {how}"
                 )
 
     def builder(self, image: ImagePlan, workdir: Path) -> Builder:

@@ -88,9 +88,14 @@ class BuilderInfo:
         return self.driver == "docker" and not self.containerd_store
 
 
+def find_docker(env: Mapping[str, str]) -> str:
+    """The docker CLI on the environment's PATH."""
+    return proc.find_tool("docker", env, hint="install the docker CLI (Debian: docker.io)")
+
+
 def check_buildx(env: Mapping[str, str]) -> str:
     """The docker CLI, once `docker buildx version` proves the plugin is there and recent."""
-    docker = proc.find_tool("docker", env, hint="install the docker CLI (Debian: docker.io)")
+    docker = find_docker(env)
     result = proc.run([docker, "buildx", "version"], env=env, timeout=PROBE_TIMEOUT, check=False)
     text = (result.stdout + result.stderr).strip()
     if result.returncode != 0:
