@@ -29,6 +29,7 @@ from shipit.stages.build.buildx import (
     find_docker,
     inspect_builder,
 )
+from shipit.stages.build.contexts import uses_containerd_store
 from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
 from shipit.stages.build.sdk import SdkBuilder
 
@@ -110,13 +111,24 @@ class Engines:
                 )
 
     def _inspect(self, wanted: list[str | None], console: Console) -> None:
-        """`docker buildx version` and every builder's `inspect` at once: each is a start of
-        the CLI and its plugin, tenths of a second that need not add up. A missing or too old
-        buildx is the error shown, whatever the inspects said."""
+        """`docker buildx version`, every builder's `inspect` and, on a guess, `docker info` of
+        the default context (what the default builder of the docker driver needs next) at
+        once: each is a start of the CLI, tenths of a second that need not add up. A missing
+        or too old buildx is the error shown, whatever the inspects said."""
         docker = self._docker or find_docker(self.env)
-        with ThreadPoolExecutor(max_workers=1 + len(wanted)) as pool:
+        with ThreadPoolExecutor(max_workers=2 + len(wanted)) as pool:
             version = pool.submit(check_buildx, self.env) if self._docker is None else None
-            inspected = {b: pool.submit(inspect_builder, docker, b, self.env) for b in wanted}
+            default = pool.submit(uses_containerd_store, docker, "default", self.env)
+
+            def store_of(context: str | None) -> bool:
+                if context == "default":
+                    return default.result()
+                return uses_containerd_store(docker, context, self.env)
+
+            inspected = {
+                b: pool.submit(inspect_builder, docker, b, self.env, store_of=store_of)
+                for b in wanted
+            }
             if version is not None:
                 self._docker = version.result()
             for builder, future in inspected.items():

@@ -27,6 +27,7 @@ no value is ever on a command line.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -38,7 +39,7 @@ from shipit import proc
 from shipit.errors import StageError, UsageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
-from shipit.stages.build.contexts import builder_argv, loading_daemon
+from shipit.stages.build.contexts import builder_argv, loading_daemon, uses_containerd_store
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_slug
 from shipit.stages.export import ExportError
 from shipit.stages.layout import platform_manifests
@@ -113,8 +114,17 @@ def check_buildx(env: Mapping[str, str]) -> str:
     return docker
 
 
-def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) -> BuilderInfo:
-    """Ask buildx which driver `builder` (or the current builder) uses, and where it builds."""
+def inspect_builder(
+    docker: str,
+    builder: str | None,
+    env: Mapping[str, str],
+    *,
+    store_of: Callable[[str | None], bool] | None = None,
+) -> BuilderInfo:
+    """Ask buildx which driver `builder` (or the current builder) uses, and where it builds.
+
+    `store_of(context)` says whether a docker context's daemon keeps images in containerd
+    (by default `uses_containerd_store`, one `docker info`)."""
     argv = [docker, "buildx", "inspect", *(["--builder", builder] if builder else [])]
     try:
         result = proc.run(argv, env=env, timeout=PROBE_TIMEOUT)
@@ -131,7 +141,7 @@ def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) ->
     store = False
     host = None
     if driver == "docker":
-        store = _containerd_store(docker, endpoint, env)
+        store = (store_of or functools.partial(uses_containerd_store, docker, env=env))(endpoint)
         if not store:  # images are `--load`ed into that daemon and read back from it
             host = loading_daemon(docker, endpoint, env)
     platforms = tuple(
@@ -167,22 +177,6 @@ def _inspect_fields(text: str) -> dict[str, str]:
         if sep and key.strip() and not key.startswith(" "):
             fields.setdefault(key.strip(), value.strip())
     return fields
-
-
-def _containerd_store(docker: str, context: str | None, env: Mapping[str, str]) -> bool:
-    argv = [docker, *(["--context", context] if context and "://" not in context else [])]
-    argv += ["info", "--format", "{{json .DriverStatus}}"]
-    child = dict(env)
-    if context and "://" in context:
-        child["DOCKER_HOST"] = context
-    try:
-        result = proc.run(argv, env=child, timeout=PROBE_TIMEOUT)
-    except proc.CommandError as exc:
-        raise StageError(
-            "preflight",
-            f"the daemon of builder context {context} does not answer: {_last_line(exc.result)}",
-        ) from None
-    return "io.containerd.snapshotter" in result.stdout
 
 
 class BuildxBuilder:
