@@ -7,7 +7,10 @@ the builder (facts checked with buildx 0.29 against Docker 20.10 and 28.5):
 - the `docker` driver on a daemon with the classic image store cannot export OCI layouts or
   build several platforms at once ("OCI exporter is not supported for the docker driver",
   "Multi-platform build is not supported for the docker driver"), so each platform is one
-  `--load`ed build into that daemon;
+  `--load`ed build into that daemon, and the export stage takes it out with `docker save`
+  (no way around that daemon round trip there: `--output type=docker,dest=FILE` is refused
+  the same way, "Docker exporter is not supported for the docker driver", and
+  `type=tar` writes the final file system, flattened, without config or layers);
 - any other case (the containerd image store, a docker-container, remote or kubernetes
   builder) writes one OCI layout for every platform at once (`--output
   type=oci,tar=false,dest=DIR`), whose compressed layers are pushed as they are.
