@@ -192,3 +192,30 @@ def test_a_run_streams_its_layers_and_a_second_run_sends_none_again(
     assert any(r.startswith("HEAD /v2/twice/app/blobs/") for r in seen_second)
     digests = {json.loads(out)["images"][0]["digest"] for out in (first, second)}
     assert len(digests) == 1
+
+
+def test_layers_stream_through_basic_auth_and_tls_without_falling_back(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    auth_registry: RunningRegistry,
+    tls_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = (
+        "version: 1\nregistries:\n"
+        f"  - url: {auth_registry.host}/streamed\n"
+        f"    username: {auth_registry.username}\n"
+        "    password_env: REGISTRY_PASSWORD\n"
+        f"  - url: {tls_registry.host}/streamed\n"
+        f"    ca_file: {tls_registry.ca_file}\n"
+        "image: {name: app}\n"
+    )
+    files: dict[str, str | bytes] = {"big.bin": os.urandom(2 * 1024 * 1024)}
+    project = make_project(tmp_path / "project", spec, dockerfile=BIG, files=files)
+    env = run_env(dockerd.host, tmp_path, REGISTRY_PASSWORD=auth_registry.password or "")
+    code, out, err = run_shipit(["run", "-C", str(project), "--json", "-v"], capsys, env)
+    assert code == 0, err
+    assert err.count("PATCH ") >= 4, err  # two layers streamed to each registry
+    assert "streamed upload" not in err  # and none of them had to fall back to the file
+    [digest] = {ref["digest"] for ref in json.loads(out)["images"][0]["refs"]}
+    assert digest is not None
