@@ -23,7 +23,7 @@ from shipit.registry.blobs import BlobApi
 from shipit.registry.door import join_location, with_query
 from shipit.registry.errors import RegistryError
 from shipit.registry.oci import Descriptor, short_digest
-from shipit.registry.streaming import GrowingFile, SourceFailed
+from shipit.registry.streaming import STREAM_CHUNK, GrowingFile, SourceFailed
 
 
 class GrowingUploads(BlobApi):
@@ -121,9 +121,11 @@ class GrowingUploads(BlobApi):
 
 
 def _counted(chunks: Iterator[bytes], on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
-    done = 0
+    """`chunks`, telling `on_bytes` how far they got about once a MiB (pieces are small)."""
+    done = told = 0
     for chunk in chunks:
         yield chunk
         done += len(chunk)
-        if on_bytes is not None:
+        if on_bytes is not None and done - told >= STREAM_CHUNK:
             on_bytes(done)
+            told = done
