@@ -1,20 +1,25 @@
-"""Fan-out benchmark: one image to three registries, shipit against the plain tools.
+"""Fan-out benchmark: build and push one image, shipit against the plain tools, in one run.
 
-In one run, on the same image (about 150 MB: a static busybox and three 48 MB layers of
-random bytes, which compress to nothing), it measures:
+The image: a static busybox and three layers of random bytes (`--mb` each, 48 by default:
+about 153 MB; random bytes do not compress, the worst case). Every tool builds from a warm
+cache (each builds once before the first round), and every measurement pushes to registries
+of its own, started fresh for the round (new processes, new storage), so no registry holds a
+layer already. Measured from outside, per round, in an order that turns from round to round:
 
-  docker push x1     one `docker push` to one registry (the unit)
-  docker push x3     a shell-style loop of `docker push` to three registries
-  shipit run x3      `shipit run --skip scan --skip sign` to three registries, end to end
-                     (preflight, a cached build, push, copies); and its push stage alone
+  docker build + push x1   `docker build` (BuildKit, cached) then `docker push` to 1 registry
+  docker loop x3           the same build, then `docker push` to 3 registries, one after another
+  buildx --push x1         `docker buildx build --push` to 1 registry (build-push-action's way)
+  shipit buildx x3         `shipit run --skip scan --skip sign`, `engine: buildx`, 3 registries
+  shipit sdk x3            the same with `engine: sdk` (the classic builder, context re-sent)
 
-Every measurement pushes to fresh registries (new processes, new storage folders) so no
-registry already holds a layer. Rounds alternate the order of the three measurements.
-Prints each round and the medians, and the ratios against one `docker push`.
+Prints every round (and the 1-minute load average when it started), the medians, each
+median's ratio to the first row, shipit's stages (from its log groups) and shipit's peak
+memory (VmHWM of the shipit process, read from /proc while it runs). Every shipit run must
+end with one digest in all three registries.
 
-    .venv/bin/python -m benchmarks.push_fanout [--rounds 5] [--mb 48]
+    .venv/bin/python -m benchmarks.push_fanout [--rounds 5] [--mb 48] [--only ROW ...]
 
-It starts its own dockerd if none answers, and stops exactly what it started.
+It starts its own dockerd if none answers, and stops exactly what it started, by PID.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,12 +44,26 @@ sys.path.insert(0, str(REPO))
 from tests.support import services  # noqa: E402
 from tests.support.gitrepo import git, make_repo  # noqa: E402
 
+SHIPIT = str(Path(sys.executable).parent / "shipit")
+LOCAL = "fanout-bench:local"
+ROWS = ("docker build + push x1", "docker loop x3", "buildx --push x1", "shipit buildx x3",
+        "shipit sdk x3")  # fmt: skip
+REGISTRIES = {ROWS[0]: 1, ROWS[1]: 3, ROWS[2]: 1, ROWS[3]: 3, ROWS[4]: 3}
+STAGES = ("preflight", "build", "export", "push", "tag")
 
-def _docker(*args: str, env: dict[str, str]) -> float:
+
+@dataclass
+class ShipitRun:
+    seconds: float
+    peak_rss: int  # bytes, the shipit process's own high-water mark
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
     started = time.monotonic()
-    result = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"docker {' '.join(args)} failed: {result.stderr}")
+        raise SystemExit(f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}")
     return time.monotonic() - started
 
 
@@ -51,7 +72,9 @@ def _project(root: Path, megabytes: int) -> Path:
     make_repo(project, [{}])
     shutil.copy("/bin/busybox", project / "busybox")
     for name in ("a", "b", "c"):
-        (project / name).write_bytes(os.urandom(megabytes * 1024 * 1024))
+        with (project / name).open("wb") as out:
+            for _ in range(megabytes):
+                out.write(os.urandom(1024 * 1024))
     (project / "Dockerfile").write_text(
         "FROM scratch\nCOPY busybox /bin/busybox\nCOPY a /a\nCOPY b /b\nCOPY c /c\n",
         encoding="utf-8",
@@ -61,82 +84,128 @@ def _project(root: Path, megabytes: int) -> Path:
     return project
 
 
-def _spec(project: Path, hosts: list[str]) -> None:
+def _spec(project: Path, hosts: list[str], engine: str) -> None:
     registries = ", ".join(f'"{h}/bench"' for h in hosts)
     (project / "shipit.yml").write_text(
         f"version: 1\nregistries: [{registries}]\n"
-        "image: {name: fanout, tags: [{type: raw, value: bench}]}\n",
+        f"image: {{name: fanout, engine: {engine}, tags: [{{type: raw, value: bench}}]}}\n",
         encoding="utf-8",
     )
 
 
-def _shipit(project: Path, env: dict[str, str]) -> dict[str, float]:
-    """Seconds for the whole run and for its stages, from when each log group starts."""
-    shipit = str(Path(sys.executable).parent / "shipit")
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [shipit, "run", "-C", str(project), "--skip", "scan", "--skip", "sign", "--json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    marks: dict[str, float] = {}
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if line.startswith("==> "):
-            marks.setdefault(line.split()[1], time.monotonic())
-    out = proc.stdout.read() if proc.stdout else ""
-    proc.wait()
-    ended = time.monotonic()
-    if proc.returncode != 0:
-        raise SystemExit(f"shipit failed ({proc.returncode}): {out}")
-    document = json.loads(out)
-    digests = {ref["digest"] for ref in document["images"][0]["refs"]}
-    if len(digests) != 1 or None in digests:
-        raise SystemExit(f"registries hold different digests: {digests}")
-    return {
-        "shipit run x3 (all)": ended - started,
-        "shipit build (cached)": marks["export"] - marks["build"],
-        "shipit push x3": ended - marks["export"],
-    }
-
-
-def _round(work: Path, project: Path, env: dict[str, str], order: list[str]) -> dict[str, float]:
-    regs = [services.start_registry(work / f"reg{i}") for i in range(7)]
+def _vmhwm(pid: int) -> int:
     try:
-        one, loop, ours = regs[0], regs[1:4], regs[4:7]
-        _spec(project, [r.host for r in ours])
-        image = "fanout-bench:local"
-        timings: dict[str, float] = {}
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
-        def docker_one() -> None:
-            ref = f"{one.host}/bench/fanout:bench"
-            _docker("tag", image, ref, env=env)
-            timings["docker push x1"] = _docker("push", "-q", ref, env=env)
 
-        def docker_loop() -> None:
-            total = 0.0
-            for reg in loop:
-                ref = f"{reg.host}/bench/fanout:bench"
-                _docker("tag", image, ref, env=env)
-                total += _docker("push", "-q", ref, env=env)
-            timings["docker push x3"] = total
+def _shipit(project: Path, env: dict[str, str]) -> ShipitRun:
+    """One `shipit run`, timed from outside; its peak memory and when each stage began."""
+    argv = [SHIPIT, "run", "-C", str(project), "--skip", "scan", "--skip", "sign", "--json"]
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marks: dict[str, float] = {}
+    tail: list[bytes] = []
 
-        def shipit() -> None:
-            timings.update(_shipit(project, env))
+    def read_log() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            tail[:] = [*tail[-40:], line]
+            if line.startswith(b"==> "):
+                marks.setdefault(line.split()[1].decode(), time.monotonic())
 
-        steps: dict[str, Callable[[], None]] = {
-            "one": docker_one,
-            "loop": docker_loop,
-            "shipit": shipit,
-        }
-        for name in order:
-            steps[name]()
-        return timings
-    finally:
-        for reg in regs:
-            services.stop_registry(reg)
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _vmhwm(proc.pid))
+        time.sleep(0.01)
+    ended = time.monotonic()
+    reader.join(10)
+    out = proc.stdout.read() if proc.stdout else b""
+    if proc.returncode != 0:
+        raise SystemExit(f"shipit failed ({proc.returncode}):\n{b''.join(tail).decode()}")
+    digests = {ref["digest"] for ref in json.loads(out)["images"][0]["refs"]}
+    if len(digests) != 1 or None in digests:
+        raise SystemExit(f"the registries hold different digests: {digests}")
+    points = [started] + [marks[s] for s in STAGES if s in marks] + [ended]
+    names = ["startup"] + [s for s in STAGES if s in marks]
+    stages = {name: b - a for name, a, b in zip(names, points, points[1:], strict=False)}
+    return ShipitRun(seconds=ended - started, peak_rss=peak, stages=stages)
+
+
+def _docker_rows(project: Path, env: dict[str, str]) -> dict[str, Callable[[list[str]], float]]:
+    build_env = {**env, "DOCKER_BUILDKIT": "1"}
+
+    def build_and_push(hosts: list[str]) -> float:
+        total = _run(["docker", "build", "-q", "-t", LOCAL, str(project)], build_env)
+        for host in hosts:  # one after another, as a shell loop does
+            ref = f"{host}/bench/fanout:bench"
+            total += _run(["docker", "tag", LOCAL, ref], env)
+            total += _run(["docker", "push", "-q", ref], env)
+        return total
+
+    def buildx_push(hosts: list[str]) -> float:
+        [host] = hosts
+        argv = ["docker", "buildx", "build", "--push", "--provenance=false", "--sbom=false"]
+        argv += ["--progress", "quiet", "-t", f"{host}/bench/fanout:bench", str(project)]
+        return _run(argv, env)
+
+    return {ROWS[0]: build_and_push, ROWS[1]: build_and_push, ROWS[2]: buildx_push}
+
+
+def _round(
+    work: Path, project: Path, env: dict[str, str], order: list[str]
+) -> tuple[dict[str, float], dict[str, ShipitRun]]:
+    times: dict[str, float] = {}
+    runs: dict[str, ShipitRun] = {}
+    docker_rows = _docker_rows(project, env)
+    for row in order:
+        regs = [
+            services.start_registry(work / row.replace(" ", "-")) for _ in range(REGISTRIES[row])
+        ]
+        try:
+            hosts = [r.host for r in regs]
+            if row in docker_rows:
+                times[row] = docker_rows[row](hosts)
+            else:
+                _spec(project, hosts, row.split()[1])
+                runs[row] = _shipit(project, env)
+                times[row] = runs[row].seconds
+        finally:
+            for reg in regs:
+                services.stop_registry(reg)
+    return times, runs
+
+
+def _warm_up(project: Path, env: dict[str, str], rows: list[str]) -> None:
+    """Build once with every tool, so every round builds from a warm cache."""
+    _run(["docker", "build", "-q", "-t", LOCAL, str(project)], {**env, "DOCKER_BUILDKIT": "1"})
+    for row in rows:
+        if row.startswith("shipit"):
+            _spec(project, ["127.0.0.1:9"], row.split()[1])
+            _run([SHIPIT, "run", "-C", str(project), "--no-push", "--skip", "scan"], env)
+
+
+def _report(
+    rows: list[str], rounds: list[dict[str, float]], runs: list[dict[str, ShipitRun]]
+) -> None:
+    medians = {row: statistics.median(r[row] for r in rounds) for row in rows}
+    unit = medians.get(ROWS[0])
+    print(f"\nmedians of {len(rounds)} rounds" + (", ratio to the first row:" if unit else ":"))
+    for row in rows:
+        ratio = f"  {medians[row] / unit:5.2f}x" if unit else ""
+        print(f"  {row:<24} {medians[row]:6.2f}s{ratio}")
+    for row in (r for r in rows if r.startswith("shipit")):
+        peak = max(r[row].peak_rss for r in runs)
+        stages = {s: statistics.median(r[row].stages.get(s, 0.0) for r in runs) for s in
+                  ("startup", *STAGES)}  # fmt: skip
+        text = ", ".join(f"{s} {v:.2f}s" for s, v in stages.items())
+        print(f"  {row}: peak RSS {peak / 1e6:.0f} MB; median stages: {text}")
 
 
 def main() -> None:
@@ -144,55 +213,29 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--mb", type=int, default=48, help="size of each of the three random layers"
-    )
+    parser.add_argument("--mb", type=int, default=48, help="size of each random layer, in MiB")
+    parser.add_argument("--only", nargs="+", choices=ROWS, help="measure only these rows")
     args = parser.parse_args()
+    rows = [r for r in ROWS if not args.only or r in args.only]
     work = Path(tempfile.mkdtemp(prefix="shipit-bench-"))
     daemon = services.ensure_dockerd(work)
-    env = {**os.environ, "DOCKER_HOST": daemon.host, "DOCKER_BUILDKIT": "0", "HOME": str(work)}
+    env = {**os.environ, "DOCKER_HOST": daemon.host, "HOME": str(work)}
+    env.pop("DOCKER_CONFIG", None)
     try:
         project = _project(work, args.mb)
-        # Build once with shipit's own builder so every round pushes the same image.
-        _spec(project, ["127.0.0.1:9"])
-        shipit = str(Path(sys.executable).parent / "shipit")
-        subprocess.run(
-            [shipit, "run", "-C", str(project), "--no-push", "--skip", "scan"],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        image_id = subprocess.run(
-            ["docker", "image", "inspect", "-f", "{{.Id}}", "127.0.0.1:9/bench/fanout:bench"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        _docker("tag", image_id, "fanout-bench:local", env=env)
-        size = int(
-            subprocess.run(
-                ["docker", "image", "inspect", "-f", "{{.Size}}", image_id],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
-        print(
-            f"image {image_id[:19]}, {size / 1e6:.0f} MB; {args.rounds} rounds, fresh registries each round"
-        )
-        orders = [["one", "loop", "shipit"], ["shipit", "one", "loop"], ["loop", "shipit", "one"]]
-        rounds = []
+        _warm_up(project, env, rows)
+        print(f"{len(rows)} rows, {args.rounds} rounds, 3 layers of {args.mb} MiB + busybox;"
+              f" {os.cpu_count()} cores")  # fmt: skip
+        rounds, runs = [], []
         for index in range(args.rounds):
-            timings = _round(work / f"round{index}", project, env, orders[index % len(orders)])
-            rounds.append(timings)
-            print(f"round {index + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
-        medians = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
-        unit = medians["docker push x1"]
-        print("\nmedians, and the ratio to one docker push:")
-        for key, value in medians.items():
-            print(f"  {key:<22} {value:6.2f}s  {value / unit:5.2f}x")
+            order = rows[index % len(rows) :] + rows[: index % len(rows)]
+            load = os.getloadavg()[0]
+            times, shipit_runs = _round(work / f"round{index}", project, env, order)
+            rounds.append(times)
+            runs.append(shipit_runs)
+            shown = ", ".join(f"{row} {times[row]:.2f}s" for row in rows)
+            print(f"round {index + 1} (load {load:.2f}): {shown}", flush=True)
+        _report(rows, rounds, runs)
     finally:
         services.stop_dockerd(daemon)
         shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,10 @@ errors that way). shipit never pushes through the daemon: it exports the image o
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +22,17 @@ from typing import Any
 import docker
 import docker.auth
 import docker.errors
+import docker.utils
 import requests.exceptions
 import urllib3.exceptions
+from docker.api.build import process_dockerfile
 
 from shipit import log
 
 _log = log.get(__name__)
 _STEP = re.compile(r"^Step (\d+/\d+) : (.*)$")
+_PIPE_CHUNK = 1024 * 1024
+_PIPE_DEPTH = 8
 
 
 class DaemonError(Exception):
@@ -106,10 +113,20 @@ class Daemon:
         return str(version.get("Version", "unknown"))
 
     def build(self, request: BuildRequest, on_line: Callable[[str], None]) -> str:
-        """Build an image; stream its log to `on_line`; return the image id."""
+        """Build an image; stream its log to `on_line`; return the image id.
+
+        The context is docker-py's own archive (its `.dockerignore` rules, its tar), sent to
+        the daemon while it is written (`_ContextPipe`) rather than written whole to a
+        temporary file first, as docker-py's `build(path=...)` does.
+        """
+        try:
+            pipe = _ContextPipe(request.context, request.dockerfile)
+        except OSError as exc:
+            raise StreamError(f"cannot read the build context: {exc}") from None
         kwargs: dict[str, Any] = {
-            "path": str(request.context),
-            "dockerfile": request.dockerfile,
+            "fileobj": pipe.chunks(),
+            "custom_context": True,
+            "dockerfile": pipe.dockerfile,
             "tag": request.tag,
             "rm": True,
             "forcerm": True,
@@ -129,8 +146,11 @@ class Daemon:
         if request.network:
             kwargs["network_mode"] = request.network
         try:
+            pipe.start()
             stream = self._client.api.build(**kwargs)
             return _read_build(stream, on_line)
+        except ContextError as exc:
+            raise StreamError(f"cannot send the build context: {exc}") from None
         except docker.errors.APIError as exc:
             raise StreamError(_api_message(exc)) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -140,6 +160,8 @@ class Daemon:
                 f"the connection to the Docker daemon at {self.host} broke off during the"
                 f" build ({exc}): did dockerd stop or restart?"
             ) from None
+        finally:
+            pipe.abandon()
 
     def containerd_store(self) -> bool:
         """Whether the daemon keeps images in containerd (Docker 24+ with the
@@ -183,6 +205,88 @@ class Daemon:
             self._client.api.remove_image(ref, noprune=True)
         except docker.errors.DockerException as exc:
             _log.debug("could not remove the local tag %s: %s", ref, exc)
+
+
+class ContextError(Exception):
+    """The build context could not be read (a file that vanished or cannot be read)."""
+
+
+class _ContextPipe:
+    """A build context written by docker-py's `utils.tar` in one thread while the request
+    body reads it in another: at most `_PIPE_DEPTH` chunks of `_PIPE_CHUNK` bytes in between,
+    so the daemon unpacks the context while the rest is still being read from disk."""
+
+    def __init__(self, context: Path, dockerfile: str) -> None:
+        self._context = str(context)
+        ignore = context / ".dockerignore"
+        self._exclude: list[str] | None = None
+        if ignore.is_file():  # read as docker-py's build(path=...) reads it
+            lines = [line.strip() for line in ignore.read_text().splitlines()]
+            self._exclude = [line for line in lines if line and not line.startswith("#")]
+        # (name, None) inside the context; (a random name, its text) for one outside it
+        self._dockerfile = process_dockerfile(dockerfile, self._context)
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_PIPE_DEPTH)
+        self._buffer = bytearray()
+        self._offset = 0
+        self._abandoned = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="shipit-context", daemon=True)
+
+    @property
+    def dockerfile(self) -> str | None:
+        name = self._dockerfile[0]
+        return str(name) if name else None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            docker.utils.tar(
+                self._context, exclude=self._exclude, dockerfile=self._dockerfile, fileobj=self
+            )
+            if self._buffer:
+                self._put(bytes(self._buffer))
+            self._put(None)
+        except ContextError:
+            return  # abandoned: nobody reads any more
+        except Exception as exc:  # handed to the reader, which reports it
+            with contextlib.suppress(ContextError):
+                self._put(exc)
+
+    def write(self, data: bytes) -> int:
+        """What tarfile writes; sent on in chunks of `_PIPE_CHUNK`."""
+        self._buffer += data
+        self._offset += len(data)
+        if len(self._buffer) >= _PIPE_CHUNK:
+            self._put(bytes(self._buffer))
+            self._buffer.clear()
+        return len(data)
+
+    def tell(self) -> int:
+        return self._offset
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._offset  # docker-py rewinds the archive it wrote: here, nothing to do
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._abandoned.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(item, timeout=0.2)
+                return
+        raise ContextError("the daemon stopped reading the build context")
+
+    def chunks(self) -> Iterator[bytes]:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise ContextError(str(item)) from item
+            yield item
+
+    def abandon(self) -> None:
+        """Stop the writer if the request ended early (no-op once the context is sent)."""
+        self._abandoned.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
 
 
 def config_auth(host: str, env: Mapping[str, str]) -> RegistryAuth | None:

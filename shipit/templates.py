@@ -10,8 +10,8 @@ Expressions nested so deeply that Jinja would recurse out of the stack are an er
 from __future__ import annotations
 
 import functools
-import warnings
 import operator
+import warnings
 from collections.abc import Mapping
 from typing import Any
 

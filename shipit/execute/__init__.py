@@ -3,7 +3,8 @@
 Order, and the guarantee it gives:
 
 1. signing set up and proven (the key opens, the Sigstore services answer), build secrets there;
-2. preflight: the scanner, the daemon, the buildx builders, every registry's credentials;
+2. preflight: the scanner, then the buildx builders, the daemon and every registry's
+   credentials at once;
 3. `prepare`: build every image (one image per platform), scan every platform, export;
 4. `publish`: store every manifest by digest everywhere, sign every digest, then tag.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +84,15 @@ def _execute(run: RunState) -> RunResult:
                     scan.find_trivy(env)  # a missing scanner is found before the build
                 engines = Engines(env)
                 stack.callback(engines.close)
-                engines.prepare(images, console)
-                if engines.needs_daemon(images):  # not when every builder is elsewhere
-                    preflight.check_daemon(engines.daemon, console)
                 access = preflight.open_registries(images, env, console)
                 for item in access.values():
                     stack.callback(item.client.close)
-                preflight.check_registries(images, access, console)
+                with ThreadPoolExecutor(max_workers=1) as pool:  # registries answer meanwhile
+                    registries = pool.submit(preflight.check_registries, images, access, console)
+                    engines.prepare(images, console)
+                    if engines.needs_daemon(images):  # not when every builder is elsewhere
+                        preflight.check_daemon(engines.daemon, console)
+                    registries.result()
             ready = prepare_all(
                 run, images, engines=engines, access=access, workdir=workdir, stack=stack
             )

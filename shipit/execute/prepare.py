@@ -27,7 +27,8 @@ from shipit.stages.assemble import PlatformPart, image_index
 from shipit.stages.build import BuiltImage, Engines, PlatformImage, platform_slug
 from shipit.stages.export import ExportedImage, export_image
 from shipit.stages.layout import load_image, platform_manifests
-from shipit.stages.push import Artifact, BlobUploads, PlatformExport
+from shipit.stages.push import Artifact, PlatformExport
+from shipit.stages.uploads import BlobUploads
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,10 +218,12 @@ def _export(
         return exported
     assert item.image_id is not None  # noqa: S101 - a loaded image has an id
     daemon = engines.daemon_for(item.docker_host)
+    uploads.probe(item.image_id)  # answered while the daemon prepares its export
     exported = export_image(
         daemon.save(item.image_id),
         item.image_id,
         folder / f"export-{platform_slug(item.platform)}",
+        on_layer_start=uploads.start_layer,
         on_layer=uploads.add_layer,
         oci=oci,
     )

@@ -18,8 +18,9 @@ The modules, from the bottom up (each imports only those above it):
     auth        `WWW-Authenticate` challenges, bearer tokens (cached per scope), basic auth
     door        the scheme, and `_request`, which every API call goes through
     manifests   manifest and tag calls: get, HEAD, put, list
-    streaming   where a blob's bytes come from, and the check of them on the way
+    streaming   where a blob's bytes come from (a `GrowingFile` too), and the check on the way
     blobs       blob calls: HEAD, upload (one request, chunks, a new session), mount, read
+    growing     a blob uploaded while its file is still being written (a streamed PATCH)
     deletes     where a reference points now (HEAD); deleting manifests by digest, and tags
     referrers   the OCI referrers API (`GET /v2/<name>/referrers/<digest>`), and its index
     client      `Registry`, assembled from transport, auth, door and the calls above
@@ -65,6 +66,7 @@ from shipit.registry.oci import (
 )
 from shipit.registry.referrers import Referrer, parse_referrers
 from shipit.registry.retry import is_retryable_status, parse_retry_after, retry_delay
+from shipit.registry.streaming import GrowingFile, SourceFailed
 
 __all__ = [
     "DIGEST_RE",
@@ -83,10 +85,12 @@ __all__ = [
     "Descriptor",
     "Endpoint",
     "ErrorKind",
+    "GrowingFile",
     "Manifest",
     "Referrer",
     "Registry",
     "RegistryError",
+    "SourceFailed",
     "candidate_schemes",
     "compute_digest",
     "copy_image",

@@ -3,7 +3,8 @@
 The class is assembled from layers, each in its own module, each building on the one before:
 `transport.Transport` (the session, sending, retries, errors), `auth.Authenticating` (bearer
 tokens and basic auth), `door.Door` (the scheme, and `_request`, the door of every call), then
-the calls themselves in `manifests.ManifestApi`, `blobs.BlobApi`, `deletes.DeleteApi` and
+the calls themselves in `manifests.ManifestApi`, `blobs.BlobApi` (with `growing.GrowingUploads`,
+a blob uploaded while it is still being written), `deletes.DeleteApi` and
 `referrers.ReferrersApi`. Here are the constructor,
 the preflight check and the lifetime of the session.
 """
@@ -12,16 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shipit.registry.blobs import BlobApi
 from shipit.registry.deletes import DeleteApi
 from shipit.registry.endpoint import Endpoint
 from shipit.registry.errors import RegistryError
+from shipit.registry.growing import GrowingUploads
 from shipit.registry.manifests import ManifestApi
 from shipit.registry.referrers import ReferrersApi
 from shipit.registry.transport import Options
 
 
-class Registry(ManifestApi, BlobApi, DeleteApi, ReferrersApi):
+class Registry(ManifestApi, GrowingUploads, DeleteApi, ReferrersApi):
     """One registry host, spoken to over the OCI distribution API.
 
     Safe to share between threads: the push stage uploads several blobs to one registry through

@@ -13,25 +13,32 @@ content store keeps them, often gzipped already: those are pushed unchanged, not
 again, and the image id is its manifest's digest rather than its config's.
 Every layer is checked against the image config's `rootfs.diff_ids`, and the config
 against the image id, so what is pushed is exactly what was built (and scanned).
+
+The stream is read by `tar_stream` (a layer's bytes reach the hashing and the compressor as
+views of what the daemon sent, not copies), and each layer file is a `GrowingFile`, begun
+empty and announced (`on_layer_start`) before its first byte, so the uploads can follow it to
+every registry while it is still compressed. Memory stays flat: a few chunks are in flight,
+the layers are on disk. (Docker 20.10 writes the whole export to a folder of its own before
+it sends the first byte; what this stage can overlap is everything after that.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import itertools
 import json
 import posixpath
-import tarfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from shipit.log import counted
-from shipit.registry import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, Manifest
+from shipit.registry import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, GrowingFile, Manifest
+from shipit.stages.tar_stream import Entry, TarStreamError, read_tar
 
 try:  # ISA-L's deflate: the same gzip format, several times faster than zlib
     from isal import isal_zlib as _deflate
@@ -46,7 +53,6 @@ LAYER_MEDIA_TYPE: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 CONFIG_MEDIA_TYPE: Final = "application/vnd.docker.container.image.v1+json"
 OCI_LAYER_MEDIA_TYPE: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_CONFIG_MEDIA_TYPE: Final = "application/vnd.oci.image.config.v1+json"
-_CHUNK: Final = 1024 * 1024
 _SMALL: Final = 4 * 1024 * 1024  # members kept in memory unless they are layers
 _IN_FLIGHT: Final = 8  # chunks read ahead of the compressor
 _GZIP_MAGIC: Final = b"\x1f\x8b\x08"  # RFC 1952: ID1, ID2, CM=deflate
@@ -82,58 +88,90 @@ def export_image(
     workdir: Path,
     *,
     on_layer: Callable[[Layer], None] | None = None,
+    on_layer_start: Callable[[GrowingFile], None] | None = None,
     oci: bool = False,
 ) -> ExportedImage:
     """Read a `docker save` stream of one image; gzip its layers into `workdir`.
 
-    `on_layer` hears of each layer as soon as its file is complete (before the export ends),
-    so uploads can start while the rest still streams; every layer it hears of is checked
-    against the config by the time this returns. The manifest is Docker's schema 2, as
-    `docker push` writes it, or with `oci` an OCI image manifest (for an OCI image index).
+    `on_layer_start` hears of each layer file as soon as it is begun, so uploads can follow
+    it while it is compressed; `on_layer` hears of each layer once its file is complete
+    (before the export ends). Every layer is checked against the config by the time this
+    returns. The manifest is Docker's schema 2, as `docker push` writes it, or with `oci` an
+    OCI image manifest (for an OCI image index).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    small: dict[str, bytes] = {}
-    compressed: dict[str, tuple[str, Path, Descriptor]] = {}  # member name -> layer
-    links: dict[str, str] = {}
-    stream = io.BufferedReader(_ChunkReader(chunks), buffer_size=_CHUNK)
-    with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
-        for member in tar:
-            name = posixpath.normpath(member.name)
-            if member.issym():
-                links[name] = posixpath.normpath(
-                    posixpath.join(posixpath.dirname(name), member.linkname)
-                )
-                continue
-            if member.islnk():
-                links[name] = posixpath.normpath(member.linkname)
-                continue
-            if not member.isfile():
-                continue
-            handle = tar.extractfile(member)
-            if handle is None:
-                continue
-            head = handle.read(512)
+    reading = _Reading(workdir, on_layer, on_layer_start)
+    try:
+        for entry, data in read_tar(chunks):
+            reading.add(entry, data)
+        return _assemble(image_id, reading, oci=oci)
+    except TarStreamError as exc:
+        raise ExportError(f"the export is not a tar archive shipit can read: {exc}") from None
+    finally:
+        for blob in reading.growing:
+            blob.fail("the export stopped before this layer was complete")  # no-op when done
+
+
+class _Reading:
+    """What the export holds so far: small files, compressed layers, links."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        on_layer: Callable[[Layer], None] | None,
+        on_layer_start: Callable[[GrowingFile], None] | None,
+    ) -> None:
+        self.workdir = workdir
+        self.on_layer = on_layer
+        self.on_layer_start = on_layer_start
+        self.small: dict[str, bytes] = {}
+        self.compressed: dict[str, Layer] = {}  # member name -> layer
+        self.links: dict[str, str] = {}
+        self.growing: list[GrowingFile] = []
+
+    def add(self, entry: Entry, data: Iterator[memoryview]) -> None:
+        name = entry.name
+        if entry.kind == "symlink":
+            self.links[name] = posixpath.normpath(
+                posixpath.join(posixpath.dirname(name), entry.link)
+            )
+        elif entry.kind == "hardlink":
+            self.links[name] = posixpath.normpath(entry.link)
+        elif entry.kind == "file":
+            head, rest = _split_head(data)
             if _is_tar(head) or name.endswith("layer.tar") or head[:3] == _GZIP_MAGIC:
-                out = workdir / f"layer-{len(compressed)}.tar.gz"
-                keep = head[:3] == _GZIP_MAGIC  # compressed already: pushed as it is
-                diff_id, descriptor = (_keep_gzip if keep else _gzip)(head, handle, out)
-                compressed[name] = (diff_id, out, descriptor)
-                if on_layer is not None:
-                    on_layer(Layer(diff_id=diff_id, path=out, descriptor=descriptor))
-            elif member.size <= _SMALL:
-                small[name] = head + handle.read()
-    return _assemble(image_id, small, compressed, links, workdir, oci=oci)
+                self.add_layer(name, head, rest, keep=head[:3] == _GZIP_MAGIC)
+            elif entry.size <= _SMALL:
+                self.small[name] = head + b"".join(rest)
+
+    def add_layer(self, name: str, head: bytes, rest: Iterator[memoryview], *, keep: bool) -> None:
+        """Compress a layer (or, `keep`, copy one that is gzipped already) into its file."""
+        blob = GrowingFile(self.workdir / f"layer-{len(self.compressed)}.tar.gz")
+        self.growing.append(blob)
+        if self.on_layer_start is not None:
+            self.on_layer_start(blob)
+        diff_id, descriptor = (_keep_gzip if keep else _gzip)(head, rest, blob)
+        layer = Layer(diff_id=diff_id, path=blob.path, descriptor=descriptor)
+        self.compressed[name] = layer
+        if self.on_layer is not None:
+            self.on_layer(layer)
 
 
-def _assemble(
-    image_id: str,
-    small: dict[str, bytes],
-    compressed: dict[str, tuple[str, Path, Descriptor]],
-    links: dict[str, str],
-    workdir: Path,
-    *,
-    oci: bool,
-) -> ExportedImage:
+def _split_head(data: Iterator[memoryview]) -> tuple[bytes, Iterator[memoryview]]:
+    """The first 512 bytes of a member (to tell a layer from a file), and the rest."""
+    head = bytearray()
+    for piece in data:
+        need = 512 - len(head)
+        head += piece[:need]
+        if len(piece) > need:
+            return bytes(head), itertools.chain((piece[need:],), data)
+        if len(head) == 512:
+            break
+    return bytes(head), data
+
+
+def _assemble(image_id: str, reading: _Reading, *, oci: bool) -> ExportedImage:
+    small, links = reading.small, reading.links
     if "manifest.json" not in small:
         raise ExportError("the export has no manifest.json: not an image saved by Docker")
     entries = json.loads(small["manifest.json"])
@@ -152,16 +190,14 @@ def _assemble(
         )
     layers = []
     for name, want in zip(names, diff_ids, strict=True):
-        if name not in compressed and name in small:  # an empty layer has no tar header
-            out = workdir / f"layer-{len(compressed)}.tar.gz"
-            diff_id, descriptor = _gzip(small[name], io.BytesIO(), out)
-            compressed[name] = (diff_id, out, descriptor)
-        if name not in compressed:
+        if name not in reading.compressed and name in small:  # an empty layer: no tar header
+            reading.add_layer(name, small[name], iter(()), keep=False)
+        if name not in reading.compressed:
             raise ExportError(f"the export lacks the layer {name}")
-        diff_id, path, descriptor = compressed[name]
-        if diff_id != want:
-            raise ExportError(f"layer {name} is {diff_id}, the config expects {want}")
-        layers.append(Layer(diff_id=diff_id, path=path, descriptor=descriptor))
+        layer = reading.compressed[name]
+        if layer.diff_id != want:
+            raise ExportError(f"layer {name} is {layer.diff_id}, the config expects {want}")
+        layers.append(layer)
     return ExportedImage(
         image_id=image_id,
         config=config,
@@ -232,34 +268,38 @@ def _is_tar(head: bytes) -> bool:
     return len(head) >= 263 and head[257:262] == b"ustar"
 
 
-def _keep_gzip(head: bytes, rest: IO[bytes], out: Path) -> tuple[str, Descriptor]:
+def _keep_gzip(
+    head: bytes, rest: Iterator[memoryview], blob: GrowingFile
+) -> tuple[str, Descriptor]:
     """A layer the export holds gzipped already (the containerd image store exports its blobs
     as they are): copy it unchanged, hashing it, and hash what it unpacks to for the diff id."""
     plain = hashlib.sha256()
     packed = hashlib.sha256()
     size = 0
     unpacker = zlib.decompressobj(31)  # 31: the gzip wrapper
-    with out.open("wb") as sink:
+    with blob.path.open("wb", buffering=0) as sink:
         for chunk in _chunks(head, rest):
             packed.update(chunk)
             sink.write(chunk)
             size += len(chunk)
+            blob.grew(size)
             plain.update(unpacker.decompress(chunk))
         plain.update(unpacker.flush())
     descriptor = Descriptor(
         media_type=LAYER_MEDIA_TYPE, digest=f"sha256:{packed.hexdigest()}", size=size
     )
+    blob.finish(descriptor)
     return f"sha256:{plain.hexdigest()}", descriptor
 
 
-def _gzip(head: bytes, rest: IO[bytes], out: Path) -> tuple[str, Descriptor]:
-    """Gzip a layer to `out`; return its diff id and the compressed blob's descriptor.
+def _gzip(head: bytes, rest: Iterator[memoryview], blob: GrowingFile) -> tuple[str, Descriptor]:
+    """Gzip a layer into `blob`'s file; return its diff id and the compressed blob's descriptor.
 
     Two cores' worth: this thread reads and hashes the plain bytes while a worker thread
     compresses, hashes and writes them (hashlib and ISA-L release the GIL).
     """
     plain = hashlib.sha256()
-    packer = _Packer(out)
+    packer = _Packer(blob)
     pending: deque[Future[None]] = deque()
     with ThreadPoolExecutor(max_workers=1) as worker, packer:
         for chunk in _chunks(head, rest):
@@ -269,19 +309,23 @@ def _gzip(head: bytes, rest: IO[bytes], out: Path) -> tuple[str, Descriptor]:
                 pending.popleft().result()
         while pending:
             pending.popleft().result()
-    return f"sha256:{plain.hexdigest()}", packer.descriptor()
+    descriptor = packer.descriptor()
+    blob.finish(descriptor)
+    return f"sha256:{plain.hexdigest()}", descriptor
 
 
 class _Packer:
-    """Compresses chunks in order into a file, hashing and counting the compressed bytes."""
+    """Compresses chunks in order into a blob's file, hashing and counting the compressed
+    bytes; each write goes to the file unbuffered, so uploads following it see it at once."""
 
-    def __init__(self, out: Path) -> None:
-        self._sink = out.open("wb")
+    def __init__(self, blob: GrowingFile) -> None:
+        self._blob = blob
+        self._sink = blob.path.open("wb", buffering=0)
         self._hash = hashlib.sha256()
         self._size = 0
         self._compressor = _deflate.compressobj(_LEVEL, _deflate.DEFLATED, 31)  # 31: gzip
 
-    def add(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes | memoryview) -> None:
         self._emit(self._compressor.compress(chunk))
 
     def _emit(self, data: bytes) -> None:
@@ -289,6 +333,7 @@ class _Packer:
             self._hash.update(data)
             self._sink.write(data)
             self._size += len(data)
+            self._blob.grew(self._size)
 
     def __enter__(self) -> _Packer:
         return self
@@ -306,30 +351,7 @@ class _Packer:
         )
 
 
-def _chunks(head: bytes, rest: IO[bytes]) -> Iterator[bytes]:
+def _chunks(head: bytes, rest: Iterator[memoryview]) -> Iterator[bytes | memoryview]:
     if head:
         yield head
-    while chunk := rest.read(_CHUNK):
-        yield chunk
-
-
-class _ChunkReader(io.RawIOBase):
-    """A file object over an iterable of byte chunks (the daemon's export stream)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        count = min(len(target), len(self._buffer))
-        target[:count] = self._buffer[:count]
-        self._buffer = self._buffer[count:]  # a view: no copy of the rest
-        return count
+    yield from rest

@@ -10,23 +10,27 @@ layout as it is (`stages.layout`); for several platforms shipit also made one OC
 2. `tag`: once every registry holds everything (and signing, when on, has signed every
    digest everywhere), each tag becomes a manifest PUT of the top manifest, in every registry.
 
-Blob uploads start while the image is still being exported (`BlobUploads`), since a blob is
-invisible until a manifest names it. Registries run in parallel (bounded by `push.parallel`);
+Blob uploads start while the image is still being exported (`stages.uploads.BlobUploads`),
+since a blob is invisible until a manifest names it: each layer is streamed to every registry
+while it is compressed. Registries run in parallel (bounded by `push.parallel`);
 one that fails does not stop the others, and the results say exactly what each one holds.
 Registries on one host share blobs by cross-repository mount instead of a second upload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from shipit.log import Console, counted
 from shipit.plan import ImagePlan, Target
-from shipit.registry import Descriptor, Manifest, Registry, RegistryError, copy_image
-from shipit.stages.export import ExportedImage, Layer
+from shipit.registry import Manifest, Registry, RegistryError, copy_image
+from shipit.stages.export import ExportedImage
 from shipit.stages.preflight import Access
+from shipit.stages.uploads import BlobUploads
+
+__all__ = ["Artifact", "BlobUploads", "PlatformExport", "TargetResult", "store", "tag"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,102 +99,6 @@ class TargetResult:
 
     def stored_refs(self) -> tuple[str, ...]:
         return tuple(f"{self.host}/{self.repository}@{d}" for d in self.stored)
-
-
-class BlobUploads:
-    """Blob uploads that start while the image is still being exported, layer by layer.
-
-    A blob is invisible until a manifest names it, so uploading early publishes nothing.
-    One upload per registry host (the others on that host mount the blobs later).
-    `on_expect(registry, size)` hears of each blob as it is queued and `on_bytes(registry,
-    change)` how the bytes done for it change, for a progress line.
-    """
-
-    def __init__(
-        self,
-        image: ImagePlan,
-        access: Mapping[str, Access],
-        *,
-        on_bytes: Callable[[str, int], None] | None = None,
-        on_expect: Callable[[str, int], None] | None = None,
-    ) -> None:
-        self._targets = _first_per_host(image.targets)
-        self._access = access
-        self._on_bytes = on_bytes
-        self._on_expect = on_expect
-        self._pool = ThreadPoolExecutor(max_workers=max(1, image.image.push.parallel))
-        self._started: set[str] = set()
-        self._futures: dict[str, list[Future[Descriptor]]] = {t.registry: [] for t in self._targets}
-
-    def add_layer(self, layer: Layer) -> None:
-        if layer.descriptor.digest in self._started:
-            return
-        self._started.add(layer.descriptor.digest)
-        for target in self._targets:
-            self._expect(target.registry, layer.descriptor.size)
-            client = self._access[target.registry].client
-            future = self._pool.submit(
-                client.upload_blob,
-                target.repository,
-                layer.path,
-                known=layer.descriptor,
-                on_bytes=self._counter(target.registry),
-            )
-            self._futures[target.registry].append(future)
-
-    def add_config(self, config: bytes) -> None:
-        for target in self._targets:
-            self._expect(target.registry, len(config))
-            client = self._access[target.registry].client
-            future = self._pool.submit(
-                client.upload_blob,
-                target.repository,
-                config,
-                on_bytes=self._counter(target.registry),
-            )
-            self._futures[target.registry].append(future)
-
-    def add_image(self, image: ExportedImage) -> None:
-        """Every blob of an image that is complete already (an OCI layout's)."""
-        for layer in image.layers:
-            self.add_layer(layer)
-        self.add_config(image.config)
-
-    def _expect(self, registry: str, size: int) -> None:
-        if self._on_expect is not None:
-            self._on_expect(registry, size)
-
-    def _counter(self, registry: str) -> Callable[[int], None] | None:
-        """`upload_blob` tells how far one blob is; the progress line wants what changed."""
-        report = self._on_bytes
-        if report is None:
-            return None
-        last = [0]
-
-        def count(done: int) -> None:
-            report(registry, done - last[0])  # negative when an upload starts over
-            last[0] = done
-
-        return count
-
-    def error_for(self, target: Target) -> str | None:
-        """Wait for `target`'s uploads; the first failure's message, or None."""
-        for future in self._futures.get(target.registry, []):
-            try:
-                future.result()
-            except RegistryError as exc:
-                return str(exc)
-        return None
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _first_per_host(targets: Sequence[Target]) -> list[Target]:
-    firsts: dict[str, Target] = {}
-    for target in targets:
-        firsts.setdefault(target.host, target)
-    return list(firsts.values())
 
 
 def store(

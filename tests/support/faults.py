@@ -148,8 +148,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self) -> None:
         state = self.server.state
         action = state.decide(self.command, self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._body()
         if action == "dead":
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -176,6 +175,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self._forward(body)
 
+    def _body(self) -> bytes:
+        """The request's body: `Content-Length` bytes, or a chunked body (RFC 9112, 7.1: a hex
+        size line, the data and CRLF, until a chunk of size 0 and the trailer section)."""
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+        parts = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # the trailer section, up to a blank line
+                    pass
+                return b"".join(parts)
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()  # the CRLF after the chunk's data
+
     def _reset(self) -> None:
         """Hang up without a reply: SO_LINGER 0 makes the close a TCP reset, not a FIN."""
         self.close_connection = True
@@ -196,7 +211,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _forward(self, body: bytes) -> None:
         upstream = self.server.upstream
         headers = {
-            k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding")
         }
         response = requests.request(
             self.command,

@@ -6,13 +6,14 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from shipit.registry import DOCKER_MANIFEST
-from shipit.stages.export import LAYER_MEDIA_TYPE, ExportError, export_image
+from shipit.registry import DOCKER_MANIFEST, GrowingFile, SourceFailed
+from shipit.stages.export import LAYER_MEDIA_TYPE, ExportError, Layer, export_image
 
 
 def layer_tar(files: dict[str, bytes]) -> bytes:
@@ -169,3 +170,44 @@ def test_an_export_that_is_not_the_built_image_is_refused(
         )
     with pytest.raises(ExportError, match=message):
         export_image(save_stream(members), image_id, tmp_path)
+
+
+def test_each_layer_file_is_announced_before_its_bytes_and_finished_with_its_descriptor(
+    tmp_path: Path,
+) -> None:
+    one = layer_tar({"a": os.urandom(3 * 1024 * 1024)})  # several chunks of the stream
+    two = layer_tar({"b": b"b" * 10})
+    config = config_for([one, two])
+    members: list[tuple[str, bytes | str]] = [
+        ("l1/layer.tar", one),
+        ("l2/layer.tar", two),
+        ("c.json", config),
+        (
+            "manifest.json",
+            json.dumps([{"Config": "c.json", "Layers": ["l1/layer.tar", "l2/layer.tar"]}]).encode(),
+        ),
+    ]
+    begun: list[tuple[GrowingFile, int]] = []
+    finished: list[Layer] = []
+    exported = export_image(
+        save_stream(members),
+        sha(config),
+        tmp_path,
+        on_layer_start=lambda blob: begun.append((blob, blob.path.stat().st_size)),
+        on_layer=finished.append,
+    )
+    assert [size for _, size in begun] == [0, 0]  # announced empty, before any byte
+    assert [blob.path for blob, _ in begun] == [layer.path for layer in exported.layers]
+    assert [blob.result() for blob, _ in begun] == [x.descriptor for x in exported.layers]
+    assert finished == list(exported.layers)
+
+
+def test_a_broken_export_fails_the_layer_it_was_writing(tmp_path: Path) -> None:
+    layer = layer_tar({"a": os.urandom(2 * 1024 * 1024)})
+    raw = b"".join(save_stream([("l1/layer.tar", layer)]))
+    begun: list[GrowingFile] = []
+    with pytest.raises(ExportError, match="not a tar archive shipit can read"):
+        export_image([raw[: len(raw) // 2]], sha(b"x"), tmp_path, on_layer_start=begun.append)
+    [blob] = begun
+    with pytest.raises(SourceFailed, match="the export stopped"):
+        blob.result()

@@ -10,12 +10,13 @@
   `COPY --from`) and the digests each engine resolved them to, for the provenance.
 
 `prepare` runs in preflight, before anything is built: it finds buildx (with the install
-hint when it is missing) and asks each builder where its images will come back.
+hint when it is missing) and asks each builder where its images will come back, all at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shipit.docker_api import Daemon
@@ -27,8 +28,10 @@ from shipit.stages.build.buildx import (
     BuilderInfo,
     BuildxBuilder,
     check_buildx,
+    find_docker,
     inspect_builder,
 )
+from shipit.stages.build.contexts import uses_containerd_store
 from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
 from shipit.stages.build.sdk import SdkBuilder
 
@@ -86,18 +89,15 @@ class Engines:
     def prepare(self, images: Sequence[ImagePlan], console: Console) -> None:
         """Check every buildx builder the images name answers and can build their platforms;
         say where images come back."""
-        for image in images:
-            settings = image.build
-            if settings.engine != "buildx" or settings.builder in self._builders:
-                continue
-            if self._docker is None:
-                self._docker = check_buildx(self.env)
-            info = inspect_builder(self._docker, settings.builder, self.env)
-            self._builders[settings.builder] = info
-            how = "loaded into its daemon" if info.loads else "as an OCI layout"
-            console.write(
-                f"buildx builder {info.name} ({info.driver} driver): images come back {how}"
+        wanted = list(
+            dict.fromkeys(
+                image.build.builder
+                for image in images
+                if image.build.engine == "buildx" and image.build.builder not in self._builders
             )
+        )
+        if wanted:
+            self._inspect(wanted, console)
         for image in images:
             found = self._builders.get(image.build.builder)
             if found is None or image.build.engine != "buildx":
@@ -110,6 +110,35 @@ class Engines:
                     f" {', '.join(missing)} (it builds {', '.join(found.platforms)});"
                     " nothing was built",
                     hint=EMULATION_HINT,
+                )
+
+    def _inspect(self, wanted: list[str | None], console: Console) -> None:
+        """`docker buildx version`, every builder's `inspect` and, on a guess, `docker info` of
+        the default context (what the default builder of the docker driver needs next) at
+        once: each is a start of the CLI, tenths of a second that need not add up. A missing
+        or too old buildx is the error shown, whatever the inspects said."""
+        docker = self._docker or find_docker(self.env)
+        with ThreadPoolExecutor(max_workers=2 + len(wanted)) as pool:
+            version = pool.submit(check_buildx, self.env) if self._docker is None else None
+            default = pool.submit(uses_containerd_store, docker, "default", self.env)
+
+            def store_of(context: str | None) -> bool:
+                if context == "default":
+                    return default.result()
+                return uses_containerd_store(docker, context, self.env)
+
+            inspected = {
+                b: pool.submit(inspect_builder, docker, b, self.env, store_of=store_of)
+                for b in wanted
+            }
+            if version is not None:
+                self._docker = version.result()
+            for builder, future in inspected.items():
+                info = future.result()
+                self._builders[builder] = info
+                how = "loaded into its daemon" if info.loads else "as an OCI layout"
+                console.write(
+                    f"buildx builder {info.name} ({info.driver} driver): images come back {how}"
                 )
 
     def builder(self, image: ImagePlan, workdir: Path) -> Builder:

@@ -7,7 +7,10 @@ the builder (facts checked with buildx 0.29 against Docker 20.10 and 28.5):
 - the `docker` driver on a daemon with the classic image store cannot export OCI layouts or
   build several platforms at once ("OCI exporter is not supported for the docker driver",
   "Multi-platform build is not supported for the docker driver"), so each platform is one
-  `--load`ed build into that daemon;
+  `--load`ed build into that daemon, and the export stage takes it out with `docker save`
+  (no way around that daemon round trip there: `--output type=docker,dest=FILE` is refused
+  the same way, "Docker exporter is not supported for the docker driver", and
+  `type=tar` writes the final file system, flattened, without config or layers);
 - any other case (the containerd image store, a docker-container, remote or kubernetes
   builder) writes one OCI layout for every platform at once (`--output
   type=oci,tar=false,dest=DIR`), whose compressed layers are pushed as they are.
@@ -32,6 +35,7 @@ looked up with `docker image inspect` in the builder's daemon (RepoDigests).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -44,7 +48,12 @@ from shipit.errors import StageError, UsageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, dockerfile_bases, normalize_ref, resolve_bases
-from shipit.stages.build.contexts import builder_argv, loading_daemon
+from shipit.stages.build.contexts import (
+    builder_argv,
+    daemon_cli,
+    loading_daemon,
+    uses_containerd_store,
+)
 from shipit.stages.build.images import (
     BuiltImage,
     PlatformImage,
@@ -100,9 +109,14 @@ class BuilderInfo:
         return self.driver == "docker" and not self.containerd_store
 
 
+def find_docker(env: Mapping[str, str]) -> str:
+    """The docker CLI on the environment's PATH."""
+    return proc.find_tool("docker", env, hint="install the docker CLI (Debian: docker.io)")
+
+
 def check_buildx(env: Mapping[str, str]) -> str:
     """The docker CLI, once `docker buildx version` proves the plugin is there and recent."""
-    docker = proc.find_tool("docker", env, hint="install the docker CLI (Debian: docker.io)")
+    docker = find_docker(env)
     result = proc.run([docker, "buildx", "version"], env=env, timeout=PROBE_TIMEOUT, check=False)
     text = (result.stdout + result.stderr).strip()
     if result.returncode != 0:
@@ -120,8 +134,17 @@ def check_buildx(env: Mapping[str, str]) -> str:
     return docker
 
 
-def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) -> BuilderInfo:
-    """Ask buildx which driver `builder` (or the current builder) uses, and where it builds."""
+def inspect_builder(
+    docker: str,
+    builder: str | None,
+    env: Mapping[str, str],
+    *,
+    store_of: Callable[[str | None], bool] | None = None,
+) -> BuilderInfo:
+    """Ask buildx which driver `builder` (or the current builder) uses, and where it builds.
+
+    `store_of(context)` says whether a docker context's daemon keeps images in containerd
+    (by default `uses_containerd_store`, one `docker info`)."""
     argv = [docker, "buildx", "inspect", *(["--builder", builder] if builder else [])]
     try:
         result = proc.run(argv, env=env, timeout=PROBE_TIMEOUT)
@@ -138,7 +161,7 @@ def inspect_builder(docker: str, builder: str | None, env: Mapping[str, str]) ->
     store = False
     host = None
     if driver == "docker":
-        store = _containerd_store(docker, endpoint, env)
+        store = (store_of or functools.partial(uses_containerd_store, docker, env=env))(endpoint)
         if not store:  # images are `--load`ed into that daemon and read back from it
             host = loading_daemon(docker, endpoint, env)
     platforms = tuple(
@@ -174,30 +197,6 @@ def _inspect_fields(text: str) -> dict[str, str]:
         if sep and key.strip() and not key.startswith(" "):
             fields.setdefault(key.strip(), value.strip())
     return fields
-
-
-def _daemon_cli(
-    docker: str, context: str | None, env: Mapping[str, str]
-) -> tuple[list[str], dict[str, str]]:
-    """The docker CLI pointed at a builder's daemon (a context name, or a daemon URL)."""
-    argv = [docker, *(["--context", context] if context and "://" not in context else [])]
-    child = dict(env)
-    if context and "://" in context:
-        child["DOCKER_HOST"] = context
-    return argv, child
-
-
-def _containerd_store(docker: str, context: str | None, env: Mapping[str, str]) -> bool:
-    argv, child = _daemon_cli(docker, context, env)
-    argv += ["info", "--format", "{{json .DriverStatus}}"]
-    try:
-        result = proc.run(argv, env=child, timeout=PROBE_TIMEOUT)
-    except proc.CommandError as exc:
-        raise StageError(
-            "preflight",
-            f"the daemon of builder context {context} does not answer: {_last_line(exc.result)}",
-        ) from None
-    return "io.containerd.snapshotter" in result.stdout
 
 
 class BuildxBuilder:
@@ -312,7 +311,7 @@ class BuildxBuilder:
         return resolve_bases(names, platform, steps.resolved, self._inspect)
 
     def _inspect(self, name: str) -> dict[str, object] | None:
-        argv, child = _daemon_cli(self.docker, self.info.endpoint, self.env)
+        argv, child = daemon_cli(self.docker, self.info.endpoint, self.env)
         argv += ["image", "inspect", "--format", "{{json .}}", name]
         result = proc.run(argv, env=child, timeout=PROBE_TIMEOUT, check=False)
         if result.returncode != 0:

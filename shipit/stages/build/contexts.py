@@ -7,7 +7,8 @@ A docker-driver builder is a docker context (`docker buildx inspect` says `Drive
 as `docker --context NAME buildx build`; any other builder with `--builder NAME`. On a daemon
 with the classic image store the image is `--load`ed into that context's daemon, and shipit
 reads it back from there (`docker context inspect NAME`: Endpoints.docker.Host), never from the
-run's own DOCKER_HOST.
+run's own DOCKER_HOST. Whether a context's daemon keeps images in containerd instead (then
+buildx writes OCI layouts) is one `docker --context NAME info` (`uses_containerd_store`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,31 @@ def loading_daemon(docker: str, endpoint: str | None, env: Mapping[str, str]) ->
             " or turn on the containerd image store of that daemon",
         )
     return None if host == own else host
+
+
+def daemon_cli(
+    docker: str, context: str | None, env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The docker CLI pointed at a builder's daemon (a context name, or a daemon URL)."""
+    argv = [docker, *(["--context", context] if context and "://" not in context else [])]
+    child = dict(env)
+    if context and "://" in context:
+        child["DOCKER_HOST"] = context
+    return argv, child
+
+
+def uses_containerd_store(docker: str, context: str | None, env: Mapping[str, str]) -> bool:
+    """Whether the daemon of docker context `context` keeps images in containerd."""
+    argv, child = daemon_cli(docker, context, env)
+    argv += ["info", "--format", "{{json .DriverStatus}}"]
+    try:
+        result = proc.run(argv, env=child, timeout=INSPECT_TIMEOUT)
+    except proc.CommandError as exc:
+        raise StageError(
+            "preflight",
+            f"the daemon of builder context {context} does not answer: {_last_line(exc.result)}",
+        ) from None
+    return "io.containerd.snapshotter" in result.stdout
 
 
 def builder_argv(docker: str, *, driver: str, endpoint: str | None, name: str) -> list[str]:

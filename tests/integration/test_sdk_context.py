@@ -1,0 +1,110 @@
+"""The SDK engine's build context, streamed to the daemon while it is written.
+
+What lands in the image is what docker-py's own archive holds: `.dockerignore` is honoured,
+a large file arrives whole, and a Dockerfile outside the context is sent along under a name of
+its own (docker-py's way). Checked in the image the real daemon built (`docker save`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_shipit
+from tests.support.gitrepo import git, make_repo
+from tests.support.services import Dockerd
+from tests.support.services import Registry as RunningRegistry
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def image_files(docker_host: str, ref: str) -> dict[str, bytes]:
+    """Every regular file in the image's layers, by path, read from `docker save`."""
+    saved = subprocess.run(
+        ["docker", "save", ref],
+        env={**os.environ, "DOCKER_HOST": docker_host},
+        capture_output=True,
+        check=True,
+    ).stdout
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(saved)) as outer:
+        for member in outer:
+            if not member.name.endswith("layer.tar") or not member.isfile():
+                continue
+            layer = outer.extractfile(member)
+            assert layer is not None
+            with tarfile.open(fileobj=io.BytesIO(layer.read())) as inner:
+                for item in inner:
+                    handle = inner.extractfile(item) if item.isfile() else None
+                    if handle is not None:
+                        files[item.name] = handle.read()
+    return files
+
+
+def build(root: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> dict[str, bytes]:
+    """Build the project with shipit (no push) and read back the image the daemon holds."""
+    argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
+    code, out, err = run_shipit(argv, capsys, env)
+    assert code == 0, err
+    return image_files(env["DOCKER_HOST"], json.loads(out)["images"][0]["image_id"])
+
+
+def project(root: Path, registry: str, image: str) -> Path:
+    make_repo(root, [{}])
+    (root / "shipit.yml").write_text(
+        f"version: 1\nregistries: [{registry}/ctx]\n{image}\n", encoding="utf-8"
+    )
+    return root
+
+
+def test_dockerignore_is_honoured_and_a_large_file_arrives_whole(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = project(tmp_path / "p", plain_registry.host, "image: {name: ctx}")
+    big = os.urandom(5 * 1024 * 1024 + 3)  # several chunks of the pipe
+    (root / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx/\n", encoding="utf-8")
+    (root / "big.bin").write_bytes(big)
+    (root / "keep").mkdir()
+    (root / "keep" / "a.txt").write_text("kept\n", encoding="utf-8")
+    (root / "secret.env").write_text("TOKEN=not-for-the-image\n", encoding="utf-8")
+    (root / ".dockerignore").write_text("# not this\nsecret.env\n", encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "context")
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
+    files = build(root, env, capsys)
+    assert hashlib.sha256(files["ctx/big.bin"]).digest() == hashlib.sha256(big).digest()
+    assert files["ctx/keep/a.txt"] == b"kept\n"
+    assert "ctx/secret.env" not in files
+    assert "ctx/shipit.yml" in files  # the rest of the context is there
+
+
+def test_a_dockerfile_outside_the_context(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = "image: {name: outside, context: app, dockerfile: ../build/Dockerfile}"
+    root = project(tmp_path / "p", plain_registry.host, image)
+    (root / "app").mkdir()
+    (root / "app" / "hello.txt").write_text("hello\n", encoding="utf-8")
+    (root / "build").mkdir()
+    (root / "build" / "Dockerfile").write_text("FROM scratch\nCOPY . /app/\n", encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "context")
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
+    files = build(root, env, capsys)
+    assert files["app/hello.txt"] == b"hello\n"
+    # docker-py sends the outside Dockerfile under a random name and hides it with an added
+    # .dockerignore entry, so COPY . copies neither
+    assert not [name for name in files if ".dockerfile." in name]
