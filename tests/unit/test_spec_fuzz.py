@@ -161,7 +161,9 @@ def mutate(text: str, rng: random.Random) -> str:
 
 def test_mutated_valid_specs(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     examples = list((hostile.ROOT / "examples").glob("*/shipit.yml"))
-    assert len(examples) >= 3 and len(hostile.SEED_SPECS) == 1 + len(examples), "the full spec and every example"
+    assert len(examples) >= 3 and len(hostile.SEED_SPECS) == 1 + len(examples), (
+        "the full spec and every example"
+    )
     rng = random.Random(20261122)
     for original in hostile.SEED_SPECS:
         check(repo, original, capsys)  # each seed is valid in the fuzz repository
