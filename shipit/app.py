@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shipit import context as context_mod
+from shipit import gather
 from shipit import spec as spec_mod
 from shipit.context import Context, Overrides
 from shipit.errors import UsageError
@@ -60,7 +60,7 @@ def load_spec(options: Options, env: Mapping[str, str]) -> Spec:
 
 
 def load_context(options: Options, env: Mapping[str, str], spec: Spec) -> Context:
-    return context_mod.gather(spec.root, env, options.overrides)
+    return gather.gather(spec.root, env, options.overrides)
 
 
 def plan(

@@ -14,12 +14,10 @@ from shipit.context import (
     History,
     Overrides,
     _https_url,
-    gather,
-    read_event_payload,
-    read_git,
     resolve,
 )
 from shipit.errors import UsageError
+from shipit.gather import gather, read_event_payload, read_git
 from tests.support.gitrepo import git, make_repo
 
 HEAD = "a" * 40
