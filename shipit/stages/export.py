@@ -55,6 +55,7 @@ OCI_LAYER_MEDIA_TYPE: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
 OCI_CONFIG_MEDIA_TYPE: Final = "application/vnd.oci.image.config.v1+json"
 _SMALL: Final = 4 * 1024 * 1024  # members kept in memory unless they are layers
 _IN_FLIGHT: Final = 8  # chunks read ahead of the compressor
+_BLOCK: Final = 256 * 1024  # what the compressor is fed at a time, always (see _chunks)
 _GZIP_MAGIC: Final = b"\x1f\x8b\x08"  # RFC 1952: ID1, ID2, CM=deflate
 
 
@@ -352,6 +353,23 @@ class _Packer:
 
 
 def _chunks(head: bytes, rest: Iterator[memoryview]) -> Iterator[bytes | memoryview]:
-    if head:
-        yield head
-    yield from rest
+    """The layer's bytes in blocks of exactly `_BLOCK` (the last one shorter), however the
+    stream cut them: ISA-L's output depends on where its input is cut (zlib's does not), and
+    the same layer must compress to the same blob, run after run."""
+    pending = bytearray(head)
+    for piece in rest:
+        if not pending and len(piece) >= _BLOCK:  # whole blocks straight from the stream
+            whole = len(piece) - len(piece) % _BLOCK
+            for start in range(0, whole, _BLOCK):
+                yield piece[start : start + _BLOCK]
+            pending += piece[whole:]
+            continue
+        pending += piece
+        if len(pending) >= _BLOCK:
+            whole = len(pending) - len(pending) % _BLOCK
+            view = bytes(pending[:whole])
+            del pending[:whole]
+            for start in range(0, whole, _BLOCK):
+                yield memoryview(view)[start : start + _BLOCK]
+    if pending:
+        yield bytes(pending)
