@@ -194,7 +194,8 @@ def _finish_leg(
         app.write_leg_ci_outputs(written, env, directory=directory) if written is not None else ()
     )
     leg_document = written.to_json() if written is not None else app.result_document(result)
-    return _finish(ctx, env, console, result, leg_document if as_json else None, failures=failures)
+    shown = leg_document if as_json else None
+    return _finish(ctx, env, console, result, shown, error=result.error, failures=failures)
 
 
 @cli.command()

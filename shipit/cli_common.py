@@ -167,18 +167,19 @@ def finish(
     result: Any,
     document: Any | None,
     *,
-    error: str | None = None,
+    error: str | None,
     failures: Sequence[str] = (),
 ) -> int:
     """The end of `run` and `merge`: JSON or the summary on stdout, then what the run said
-    (`error`, else the result's) and each output that could not be written; the exit code
-    (1 when only an output failed: the images are published, the CI step must still fail)."""
+    (`error`, before any output failure was noted in the result) and each output that could
+    not be written; the exit code (1 when only an output failed: the images are published,
+    the CI step must still fail)."""
     if document is not None:
         emit_json(document)
     else:
         style = stdout_style(ctx, env)
         echo(app.summary(result, style), style)
-    for message in (error if error is not None else result.error, *failures):
+    for message in (error, *failures):
         if message:
             console.error(message)
     return int(result.exit_code) or (EXIT_FAILED if failures else 0)

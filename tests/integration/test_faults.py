@@ -767,25 +767,24 @@ def test_two_runs_at_once_to_the_same_registries_both_succeed_with_intact_digest
         f"[{plain_registry.host}/{namespace}, {{url: {auth_registry.host}/{namespace},"
         " username: shipit, password_env: REGISTRY_PASSWORD}]"
     )
+    env = child_env(run_env(dockerd.host, tmp_path, REGISTRY_PASSWORD=auth_registry.password or ""))
+    # the same busybox layer under both: the same blob pushed twice at once. It is built once,
+    # as a base image: two builds racing on the daemon would each write their own /bin.
+    base = f"shipit-test-base-{namespace}:1"
+    (tmp_path / "base").mkdir()
+    shutil.copy("/bin/busybox", tmp_path / "base" / "busybox")
+    (tmp_path / "base" / "Dockerfile").write_text("FROM scratch\nCOPY busybox /bin/busybox\n")
+    built = subprocess.run(
+        ["docker", "build", "-q", "-t", base, str(tmp_path / "base")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
     projects = []
     for name in ("alpha", "beta"):
         spec = f"version: 1\nregistries: {registries}\nimage: {{name: {name}}}\n"
-        dockerfile = f"FROM scratch\nCOPY busybox /bin/busybox\nCOPY {name}.bin /{name}.bin\n"
-        projects.append(
-            make_project(
-                tmp_path / name,
-                spec,
-                dockerfile=dockerfile,
-                files={
-                    # the same busybox layer in both: the same blob pushed twice at once
-                    "busybox": Path("/bin/busybox").read_bytes(),
-                    f"{name}.bin": os.urandom(3 * 1024 * 1024),
-                },
-            )
-        )
-    for project in projects:  # the same bytes and times: the same first layer
-        os.utime(project / "busybox", (1_600_000_000, 1_600_000_000))
-    env = child_env(run_env(dockerd.host, tmp_path, REGISTRY_PASSWORD=auth_registry.password or ""))
+        dockerfile = f"FROM {base}\nCOPY {name}.bin /{name}.bin\n"
+        files = {f"{name}.bin": os.urandom(3 * 1024 * 1024)}
+        projects.append(make_project(tmp_path / name, spec, dockerfile=dockerfile, files=files))
     children = [
         subprocess.Popen(
             [SHIPIT, "run", "-C", str(p), "--json"],
@@ -818,6 +817,7 @@ def test_two_runs_at_once_to_the_same_registries_both_succeed_with_intact_digest
             )
             first_layers.add(layers[0])
     assert len(first_layers) == 1  # both pushed the busybox blob, at the same time
+    subprocess.run(["docker", "rmi", base], env=env, capture_output=True, timeout=60, check=False)
 
 
 def assert_intact(
