@@ -99,13 +99,11 @@ def _execute(run: RunState) -> RunResult:
         except GateBlocked as exc:
             return run.finish("blocked", str(exc))
         except (docker_api.DaemonError, ExportError) as exc:
-            run.mark_unfinished(str(exc))
-            return run.finish("failed", str(exc))
+            return run.failed(exc)
         except ShipitError as exc:
             if isinstance(exc, UsageError):
                 raise
-            run.mark_unfinished(str(exc))
-            return run.finish("failed", f"{exc}\nhint: {exc.hint}" if exc.hint else str(exc))
+            return run.failed(exc)
         if any(image.leg is not None for image in images):
             from shipit.execute.leg import publish_leg  # noqa: PLC0415
 

@@ -81,13 +81,11 @@ def _merge(run: RunState, legs: Sequence[Leg] | None) -> RunResult:
             chosen = match(images, found, commit)
             parts = _check_all(run, images, chosen, access)
         except ValueError as exc:  # a leg record in a registry that is not one
-            run.mark_unfinished(str(exc))
-            return run.finish("failed", str(exc))
+            return run.failed(exc)
         except ShipitError as exc:
             if isinstance(exc, UsageError):
                 raise
-            run.mark_unfinished(str(exc))
-            return run.finish("failed", f"{exc}\nhint: {exc.hint}" if exc.hint else str(exc))
+            return run.failed(exc)
         ready = {}
         for image in images:
             uploads = BlobUploads(image, access)  # nothing to upload: the legs pushed the blobs

@@ -125,6 +125,13 @@ class RunState:
             elif result.status == "not run":
                 self.update(name, error=error)
 
+    def failed(self, exc: Exception) -> RunResult:
+        """The run ends on `exc` (with its hint, when it has one); work not done is marked."""
+        hint = getattr(exc, "hint", None)
+        message = f"{exc}\nhint: {hint}" if hint else str(exc)
+        self.mark_unfinished(str(exc))
+        return self.finish("failed", message)
+
     def finish(self, status: str, error: str | None = None) -> RunResult:
         from shipit.stages.provenance import builder_id  # noqa: PLC0415
 
