@@ -28,12 +28,12 @@ import pytest
 import requests
 
 from shipit.cli import main
-from shipit.registry import Credentials, Endpoint, Registry
+from shipit.registry import Registry
 from tests.support.faults import FaultProxy, UnixSocketProxy
 from tests.support.gitrepo import git
 from tests.support.keys import cosign_key_pair
 from tests.support.project import make_project, run_env
-from tests.support.services import Dockerd, RegistryFactory, tool_path
+from tests.support.services import Dockerd, RegistryFactory, registry_client, tool_path
 from tests.support.services import Registry as RunningRegistry
 
 pytestmark = pytest.mark.timeout(300)
@@ -60,12 +60,7 @@ def report_of(path: Path) -> dict[str, Any]:
 
 
 def client(reg: RunningRegistry) -> Registry:
-    credentials = (
-        Credentials(username=reg.username, password=reg.password)
-        if reg.username and reg.password
-        else None
-    )
-    return Registry(Endpoint(host=reg.host, ca_file=reg.ca_file, credentials=credentials))
+    return registry_client(reg)
 
 
 def tags(reg: RunningRegistry, repository: str) -> list[str]:

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from shipit.registry import Credentials, Endpoint, Manifest, Registry
+from shipit.registry import Manifest, Registry
 from tests.support.buildkit import busybox, busybox_context, docker_at
 from tests.support.cli import run_shipit
 from tests.support.gitrepo import git
 from tests.support.keys import KeyPair, cosign_key_pair
 from tests.support.project import make_project
-from tests.support.services import Dockerd, RegistryFactory, tool_path
+from tests.support.services import Dockerd, RegistryFactory, registry_client, tool_path
 from tests.support.services import Registry as RunningRegistry
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
@@ -80,12 +80,7 @@ def three(registry_factory: RegistryFactory) -> tuple[RunningRegistry, ...]:
 
 
 def client(reg: RunningRegistry) -> Registry:
-    credentials = (
-        Credentials(username=reg.username, password=reg.password)
-        if reg.username and reg.password
-        else None
-    )
-    return Registry(Endpoint(host=reg.host, ca_file=reg.ca_file, credentials=credentials))
+    return registry_client(reg)
 
 
 def registries_yaml(regs: tuple[RunningRegistry, ...], namespace: str) -> str:

@@ -10,24 +10,19 @@ from typing import Any
 
 import pytest
 
-from shipit.registry import Credentials, Endpoint, Registry
+from shipit.registry import Registry
 from tests.support.cli import run_shipit
 from tests.support.faults import FaultProxy
 from tests.support.gitrepo import git
 from tests.support.project import make_project, run_env
-from tests.support.services import Dockerd
+from tests.support.services import Dockerd, registry_client
 from tests.support.services import Registry as RunningRegistry
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def client(reg: RunningRegistry) -> Registry:
-    credentials = (
-        Credentials(username=reg.username, password=reg.password)
-        if reg.username and reg.password
-        else None
-    )
-    return Registry(Endpoint(host=reg.host, ca_file=reg.ca_file, credentials=credentials))
+    return registry_client(reg)
 
 
 def run(

@@ -37,6 +37,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from shipit.registry import Credentials, Endpoint
+from shipit.registry import Registry as RegistryClient
 from tests.support.processes import (
     ServiceError,
     exited,
@@ -491,6 +493,16 @@ def garbage_collect(reg: Registry) -> str:
             f"garbage-collect failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
         )
     return done.stdout + done.stderr
+
+
+def registry_client(reg: Registry) -> RegistryClient:
+    """shipit's own registry client for `reg`, with its CA and credentials."""
+    credentials = (
+        Credentials(username=reg.username, password=reg.password)
+        if reg.username and reg.password
+        else None
+    )
+    return RegistryClient(Endpoint(host=reg.host, ca_file=reg.ca_file, credentials=credentials))
 
 
 def stop_registry(r: Registry) -> None:
