@@ -23,16 +23,16 @@ from shipit.docker_api import Daemon
 from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import ImagePlan
-from shipit.stages.build.buildx import (
+from shipit.stages.build.buildx import BuildxBuilder
+from shipit.stages.build.contexts import uses_containerd_store
+from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
+from shipit.stages.build.probes import (
     EMULATION_HINT,
     BuilderInfo,
-    BuildxBuilder,
     check_buildx,
     find_docker,
     inspect_builder,
 )
-from shipit.stages.build.contexts import uses_containerd_store
-from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
 from shipit.stages.build.sdk import SdkBuilder
 
 __all__ = [

@@ -35,11 +35,9 @@ looked up with `docker image inspect` in the builder's daemon (RepoDigests).
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -48,12 +46,7 @@ from shipit.errors import StageError, UsageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, dockerfile_bases, normalize_ref, resolve_bases
-from shipit.stages.build.contexts import (
-    builder_argv,
-    daemon_cli,
-    loading_daemon,
-    uses_containerd_store,
-)
+from shipit.stages.build.contexts import builder_argv, daemon_cli, last_line
 from shipit.stages.build.images import (
     BuiltImage,
     PlatformImage,
@@ -61,142 +54,21 @@ from shipit.stages.build.images import (
     platform_args,
     platform_slug,
 )
+from shipit.stages.build.probes import EMULATION_HINT, PROBE_TIMEOUT, BuilderInfo
 from shipit.stages.export import ExportError
 from shipit.stages.layout import platform_manifests
 
-BUILDX_HINT: Final = (
-    "install the docker buildx plugin: Debian's docker-buildx package, or the release binary"
-    " from github.com/docker/buildx as ~/.docker/cli-plugins/docker-buildx or"
-    " /usr/local/lib/docker/cli-plugins/docker-buildx; or set `engine: sdk`"
-)
-PROBE_TIMEOUT: Final = 60.0
 BUILD_TIMEOUT: Final = 6 * 3600.0
-MIN_VERSION: Final = (0, 10)  # --metadata-file, --provenance and type=oci,tar=false
 # the environment buildx reads: no default attestations, no provenance in the metadata file
 # (docs/reference/buildx_build.md: BUILDX_NO_DEFAULT_ATTESTATIONS, BUILDX_METADATA_PROVENANCE)
 _QUIET_ENV: Final = {
     "BUILDX_NO_DEFAULT_ATTESTATIONS": "1",
     "BUILDX_METADATA_PROVENANCE": "disabled",
 }
-_VERSION = re.compile(r"\bv?(\d+)\.(\d+)(?:\.\d+)?")
 # Docker 28's embedded BuildKit writing a two-platform OCI layout (tar=false) prints lines like
 # "ERROR: (*service).Write failed: rpc error: ... locked for 2ms ...: unavailable" and still
 # exits 0 with every blob intact (checked blob by blob): noise, shown only with -v
 _NOISE = re.compile(r"^ERROR: \(\*service\)\.Write failed: .* locked for .*: unavailable$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class BuilderInfo:
-    """What `docker buildx inspect` says about the builder a build will use."""
-
-    name: str
-    driver: str  # docker | docker-container | remote | kubernetes | ...
-    endpoint: str | None  # for the docker driver: the docker context (daemon) it builds in
-    containerd_store: bool  # docker driver only: that daemon keeps images in containerd
-    platforms: tuple[str, ...] = ()  # what it can build (natively or through QEMU/binfmt)
-    daemon_host: str | None = None  # the daemon it loads into, when not the run's own
-
-    def missing(self, wanted: tuple[str, ...]) -> list[str]:
-        """The platforms of `wanted` this builder cannot build (none when it did not say)."""
-        if not self.platforms:
-            return []
-        have = {_normal(p) for p in self.platforms}
-        return [p for p in wanted if _normal(p) not in have]
-
-    @property
-    def loads(self) -> bool:
-        """Whether images come back `--load`ed into a daemon rather than as an OCI layout."""
-        return self.driver == "docker" and not self.containerd_store
-
-
-def find_docker(env: Mapping[str, str]) -> str:
-    """The docker CLI on the environment's PATH."""
-    return proc.find_tool("docker", env, hint="install the docker CLI (Debian: docker.io)")
-
-
-def check_buildx(env: Mapping[str, str]) -> str:
-    """The docker CLI, once `docker buildx version` proves the plugin is there and recent."""
-    docker = find_docker(env)
-    result = proc.run([docker, "buildx", "version"], env=env, timeout=PROBE_TIMEOUT, check=False)
-    text = (result.stdout + result.stderr).strip()
-    if result.returncode != 0:
-        raise proc.ToolMissing(
-            f"docker buildx is not installed (`docker buildx version` says: {text[-300:]})",
-            hint=BUILDX_HINT,
-        )
-    match = _VERSION.search(text.split(" ", 1)[-1]) if text else None
-    if match is None or (int(match[1]), int(match[2])) < MIN_VERSION:
-        raise proc.ToolMissing(
-            f"docker buildx {match[0] if match else '(no version)'} is too old; shipit needs"
-            f" {'.'.join(map(str, MIN_VERSION))} or newer",
-            hint=BUILDX_HINT,
-        )
-    return docker
-
-
-def inspect_builder(
-    docker: str,
-    builder: str | None,
-    env: Mapping[str, str],
-    *,
-    store_of: Callable[[str | None], bool] | None = None,
-) -> BuilderInfo:
-    """Ask buildx which driver `builder` (or the current builder) uses, and where it builds.
-
-    `store_of(context)` says whether a docker context's daemon keeps images in containerd
-    (by default `uses_containerd_store`, one `docker info`)."""
-    argv = [docker, "buildx", "inspect", *(["--builder", builder] if builder else [])]
-    try:
-        result = proc.run(argv, env=env, timeout=PROBE_TIMEOUT)
-    except proc.CommandError as exc:
-        where = f"the builder {builder}" if builder else "the current builder"
-        raise StageError(
-            "preflight",
-            f"buildx cannot reach {where}: {_last_line(exc.result)}",
-            hint="`docker buildx ls` lists the builders and docker contexts buildx can use",
-        ) from None
-    fields = _inspect_fields(result.stdout)
-    driver = fields.get("Driver", "")
-    endpoint = fields.get("Endpoint")
-    store = False
-    host = None
-    if driver == "docker":
-        store = (store_of or functools.partial(uses_containerd_store, docker, env=env))(endpoint)
-        if not store:  # images are `--load`ed into that daemon and read back from it
-            host = loading_daemon(docker, endpoint, env)
-    platforms = tuple(
-        p.strip().rstrip("*") for p in fields.get("Platforms", "").split(",") if p.strip()
-    )
-    return BuilderInfo(
-        name=fields.get("Name", builder or "default"),
-        driver=driver,
-        endpoint=endpoint,
-        containerd_store=store,
-        platforms=platforms,
-        daemon_host=host,
-    )
-
-
-def _normal(platform: str) -> str:
-    """`linux/arm64/v8` is `linux/arm64` (v8 is arm64's only variant, as containerd has it)."""
-    return platform.removesuffix("/v8") if "/arm64" in platform else platform
-
-
-EMULATION_HINT: Final = (
-    "install QEMU for it (Debian: qemu-user-static, then `update-binfmts --enable qemu-ARCH`"
-    " with binfmt_misc mounted; or `docker run --privileged tonistiigi/binfmt --install ARCH`),"
-    " or build that platform on a native runner of its own (`shipit matrix --by platform`)"
-)
-
-
-def _inspect_fields(text: str) -> dict[str, str]:
-    """The first `Key: value` of each key in `docker buildx inspect`'s text (its only form)."""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() and not key.startswith(" "):
-            fields.setdefault(key.strip(), value.strip())
-    return fields
 
 
 class BuildxBuilder:
@@ -439,12 +311,7 @@ class _StepTracker:
             step, reason = self.failed
             text = f"image {name}{which}: step {step} failed: {reason}"
         else:
-            text = f"image {name}{which}: buildx failed: {_last_line(exc.result)}"
+            text = f"image {name}{which}: buildx failed: {last_line(exc.result)}"
         if "exec format error" in exc.result.stdout:
             text += f"; a binary of another CPU could not run: {EMULATION_HINT}"
         return text
-
-
-def _last_line(result: proc.Result) -> str:
-    lines = [x.strip() for x in (result.stderr or result.stdout).splitlines() if x.strip()]
-    return lines[-1] if lines else f"exit {result.returncode}"

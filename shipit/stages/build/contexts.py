@@ -46,7 +46,7 @@ def loading_daemon(docker: str, endpoint: str | None, env: Mapping[str, str]) ->
     except proc.CommandError as exc:
         raise StageError(
             "preflight",
-            f"the docker context {endpoint} cannot be read: {_last_line(exc.result)}",
+            f"the docker context {endpoint} cannot be read: {last_line(exc.result)}",
         ) from None
     except (ValueError, LookupError, TypeError):
         raise StageError(
@@ -85,7 +85,7 @@ def uses_containerd_store(docker: str, context: str | None, env: Mapping[str, st
     except proc.CommandError as exc:
         raise StageError(
             "preflight",
-            f"the daemon of builder context {context} does not answer: {_last_line(exc.result)}",
+            f"the daemon of builder context {context} does not answer: {last_line(exc.result)}",
         ) from None
     return "io.containerd.snapshotter" in result.stdout
 
@@ -98,6 +98,7 @@ def builder_argv(docker: str, *, driver: str, endpoint: str | None, name: str) -
     return [docker, "buildx", "--builder", name]
 
 
-def _last_line(result: proc.Result) -> str:
+def last_line(result: proc.Result) -> str:
+    """The last line a failed command printed (stderr first), for an error message."""
     lines = [x.strip() for x in (result.stderr or result.stdout).splitlines() if x.strip()]
     return lines[-1] if lines else f"exit {result.returncode}"

@@ -25,8 +25,8 @@ from shipit.errors import StageError
 from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
-from shipit.stages.build.buildx import EMULATION_HINT
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
+from shipit.stages.build.probes import EMULATION_HINT
 
 
 class SdkBuilder:
