@@ -2,7 +2,8 @@
 
 1. **Store**: every image's blobs and manifests, by digest only, in every registry.
 2. **Sign**: every stored digest (each platform and the index) in every registry; then, with
-   `sign.provenance` (on by default), attest each digest's SLSA provenance (attest.py).
+   `sign.provenance` (on by default), attest each digest's SLSA provenance (attest.py). The
+   attachment indexes cosign replaces on the way are deleted, not left untagged (superseded.py).
 3. **Tag**: only when every image is stored everywhere and every digest is signed and
    attested (when signing is on) does any tag move, in every registry.
 
@@ -14,7 +15,7 @@ are written leaves the others tagged, and the result says exactly which tags eac
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from shipit.execute.prepare import Ready
@@ -46,20 +47,12 @@ def publish(
     if not all(run.results[i.name].status == "stored" for i in pushing):
         _fail_incomplete(run, pushing)
         return run.finish("failed", untagged_message(run.results.values(), "a registry failed"))
-    signing_failed = []
-    for image in pushing:
-        if "sign" in image.stages:
-            signatures = _sign(run, image, ready[image.name], access, signers[image.name])
-            run.update(image.name, signatures=signatures)
-            if not all(s.ok for s in signatures):
-                signing_failed.append(image.name)
-                run.update(image.name, status="failed", error="signing failed")
-                continue
-            attested = _provenance(run, image, ready[image.name], access, signers[image.name])
-            run.update(image.name, attestations=attested)
-            if not all(a.ok for a in attested):
-                signing_failed.append(image.name)
-                run.update(image.name, status="failed", error="the provenance attestation failed")
+    signing_failed = [
+        image.name
+        for image in pushing
+        if "sign" in image.stages
+        and not _sign_and_attest(run, image, ready[image.name], access, signers[image.name])
+    ]
     if signing_failed:
         reason = f"signing failed for {', '.join(signing_failed)}"
         return run.finish("failed", untagged_message(run.results.values(), reason))
@@ -99,11 +92,49 @@ def untagged_message(results: Sequence[ImageResult] | Any, reason: str) -> str:
     return text
 
 
-def _sign(
+def _sign_and_attest(
     run: RunState, image: ImagePlan, item: Ready, access: Mapping[str, Any], signer: Any
+) -> bool:
+    """Sign every digest of the image, then attest its provenance; False (and the image
+    failed) when a signature or an attestation failed. The attachment manifests cosign
+    replaced on the way are deleted, whatever happened (superseded.py)."""
+    from shipit.execute import superseded  # noqa: PLC0415 (only runs that sign need it)
+
+    policy = image.image.sign
+    watch = superseded.Watch(
+        [t for t in run.results[image.name].targets if t.complete],
+        access,
+        legacy=policy is not None and policy.format == "legacy",
+        parallel=image.image.push.parallel,
+    )
+    watch.look()  # a digest signed before (a second run) already has attachments
+    signatures = _sign(run, image, item, access, signer, between=watch.look)
+    run.update(image.name, signatures=signatures)
+    error = None if all(s.ok for s in signatures) else "signing failed"
+    if error is None:
+        watch.look()
+        attested = _provenance(run, image, item, access, signer)
+        run.update(image.name, attestations=attested)
+        if not all(a.ok for a in attested):
+            error = "the provenance attestation failed"
+    watch.clean()
+    if error is not None:
+        run.update(image.name, status="failed", error=error)
+    return error is None
+
+
+def _sign(
+    run: RunState,
+    image: ImagePlan,
+    item: Ready,
+    access: Mapping[str, Any],
+    signer: Any,
+    *,
+    between: Callable[[], None],
 ) -> tuple[Any, ...]:
     """Sign every digest the image stored (each platform and the index) in every registry;
-    with `attest_sbom`, attach each platform's SBOM to that platform's digest."""
+    with `attest_sbom`, attach each platform's SBOM to that platform's digest (`between`
+    runs after the signatures, before the SBOMs)."""
     from shipit.stages import sign  # noqa: PLC0415 (only runs that sign need it)
 
     policy = image.image.sign
@@ -123,6 +154,7 @@ def _sign(
         parallel=parallel,
     )  # fmt: skip
     if policy.attest_sbom:
+        between()
         results = _attest_sboms(
             run, image, item, targets=targets, access=access, signer=signer, results=results
         )

@@ -606,3 +606,56 @@ sign: {{key: {keys.private}, tlog: false, format: legacy}}
     code, out, err = run_shipit(["verify", "-C", str(project)], capsys, env)
     assert code == 0, err
     assert f"provenance: commit {head[:12]}" in out
+
+
+def stored_manifests(registry: RunningRegistry, repository: str) -> set[str]:
+    """Every manifest the registry's storage holds for `repository`, tagged or not
+    (distribution 2.8 keeps a revision link per manifest; a deleted one loses it)."""
+    revisions = registry.root / "docker/registry/v2/repositories" / repository / "_manifests"
+    return {f"sha256:{p.parent.name}" for p in revisions.glob("revisions/sha256/*/link")}
+
+
+def test_the_referrers_index_the_attestation_replaced_is_deleted_where_the_registry_deletes(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    registry_factory: RegistryFactory,
+    keys: KeyPair,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Signing writes the referrers index `sha256-<hex>` (signature), attesting replaces it
+    (signature + attestation); the first index must not stay behind untagged where the
+    registry deletes, and where it does not (405) the run is no less a success."""
+    deleting, keeping = registry_factory(), registry_factory(delete=False)
+    namespace = f"prov-replaced-{secrets.token_hex(3)}"
+    spec = f"""\
+version: 1
+registries: [{deleting.host}/{namespace}, {keeping.host}/{namespace}]
+image: {{name: hello}}
+sign: {{key: {keys.private}, tlog: false}}
+"""
+    project = make_project(tmp_path / "project", spec)
+    env = env_for(dockerd, tmp_path, COSIGN_PASSWORD=keys.password)
+
+    code, _, err = run_shipit(["run", "-C", str(project)], capsys, env)
+
+    assert code == 0, err
+    assert "warning" not in err and "error" not in err, err
+    [(_, digest, _), _] = stored_digests(report(project))
+    index_tag = digest.replace(":", "-")
+    held = {}
+    for registry in (deleting, keeping):
+        repository = f"{registry.host}/{namespace}/hello"
+        index = crane("digest", f"{repository}:{index_tag}")
+        listed = json.loads(crane("manifest", f"{repository}:{index_tag}"))["manifests"]
+        assert len(listed) == 2  # the signature and the provenance attestation
+        held[registry.host] = stored_manifests(registry, f"{namespace}/hello") - {
+            digest,
+            index,
+            *(m["digest"] for m in listed),
+        }
+        assert provenance_of(keys.public, f"{repository}@{digest}")
+    assert held[deleting.host] == set()
+    assert len(held[keeping.host]) == 1  # the index cosign sign wrote, left untagged
+    assert f"deleted 1 attachment manifest that cosign replaced in {deleting.host}/" in err
+    said = [line for line in err.splitlines() if "attachment manifest" in line]
+    assert not [line for line in said if keeping.host in line]  # 405: nothing to tell
