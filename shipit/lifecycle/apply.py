@@ -8,7 +8,12 @@ signatures, attestations and referrers), deleted top first, so the tags go befor
 right before a unit, the tags of every digest in it are read once more, and a moved tag skips
 the unit. A tag of a digest that stays is removed with the registry's tag DELETE where it has
 one, else by pushing a placeholder onto the tag and deleting the placeholder by digest.
-Units run in parallel, `parallel` at a time; the client retries what may pass.
+The reads run in parallel, `parallel` at a time; the deletions of one repository run one
+at a time, because distribution 2.8 cannot take two at once: deleting a manifest walks the
+repository's tags to remove those that point at it, and a tag deleted meanwhile by the other
+request makes the walk fail with 500 "invalid checksum digest format", the manifest gone but
+its tags left pointing at nothing (seen in the lifecycle tests). Repositories follow one
+another (`prune.apply`); the client retries what may pass.
 """
 
 from __future__ import annotations
@@ -78,8 +83,7 @@ def apply_plan(client: Registry, plan: RepositoryPlan, *, parallel: int) -> Repo
         return _nothing(plan, kept, work, f"{plan.registry}: {error}")
     units = _units(work)
     runner = _Runner(client, plan, caps, moved)
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="prune") as pool:
-        done = [o for batch in pool.map(runner.run, units) for o in batch]
+    done = [o for unit in units for o in runner.run(unit)]  # one at a time: see the docstring
     return RepositoryResult(plan=plan, outcomes=tuple(kept + done), capabilities=caps)
 
 
