@@ -342,7 +342,7 @@ def test_sarif_and_gitlab_reports_list_exactly_the_json_findings(
     assert sarif["version"] == "2.1.0"
     assert gitlab["scan"]["type"] == "container_scanning"
     assert {v["location"]["image"] for v in gitlab["vulnerabilities"]} == {report.image}
-    assert report.image.endswith(":1")  # a tag of the image, not its id
+    assert report.image.endswith(f":{RUN_TAG}")  # a tag of the image, not its id
     assert {v["location"]["operating_system"] for v in gitlab["vulnerabilities"]} == {"debian 12.5"}
     if ignore_unfixed:  # Trivy itself recorded what the gate ignored, and why
         [modified] = [m for r in doc["Results"] for m in r.get("ExperimentalModifiedFindings", [])]
