@@ -18,8 +18,13 @@ memory (VmHWM of the shipit process, read from /proc while it runs). Every shipi
 end with one digest in all three registries.
 
     .venv/bin/python -m benchmarks.push_fanout [--rounds 5] [--mb 48] [--only ROW ...]
+        [--store classic|containerd]
 
-It starts its own dockerd if none answers, and stops exactly what it started, by PID.
+It starts its own dockerd if none answers, and stops exactly what it started, by PID. With
+`--store containerd` every row runs against a dockerd 28 on the containerd image store that
+it starts beside the other on sockets and folders of its own (tests/support/dockerd28.py):
+there `docker push` sends the stored gzipped layers as they are, and buildx writes shipit an
+OCI layout instead of going through `docker save`.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support import services  # noqa: E402
+from tests.support import dockerd28, services  # noqa: E402
 from tests.support.gitrepo import git, make_repo  # noqa: E402
 
 SHIPIT = str(Path(sys.executable).parent / "shipit")
@@ -215,17 +220,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mb", type=int, default=48, help="size of each random layer, in MiB")
     parser.add_argument("--only", nargs="+", choices=ROWS, help="measure only these rows")
+    parser.add_argument(
+        "--store", choices=("classic", "containerd"), default="classic",
+        help="the image store of the daemon: bookworm's dockerd 20.10 (classic), or a dockerd"
+        " 28 on the containerd store started for the run",
+    )  # fmt: skip
     args = parser.parse_args()
     rows = [r for r in ROWS if not args.only or r in args.only]
     work = Path(tempfile.mkdtemp(prefix="shipit-bench-"))
-    daemon = services.ensure_dockerd(work)
-    env = {**os.environ, "DOCKER_HOST": daemon.host, "HOME": str(work)}
+    if args.store == "containerd":
+        d28 = dockerd28.start_dockerd28(work / "dockerd28")
+        host, stop = d28.host, lambda: dockerd28.stop_dockerd28(d28)
+    else:
+        daemon = services.ensure_dockerd(work)
+        host, stop = daemon.host, lambda: services.stop_dockerd(daemon)
+    env = {**os.environ, "DOCKER_HOST": host, "HOME": str(work)}
     env.pop("DOCKER_CONFIG", None)
+    env.pop("DOCKER_CONTEXT", None)
     try:
         project = _project(work, args.mb)
         _warm_up(project, env, rows)
         print(f"{len(rows)} rows, {args.rounds} rounds, 3 layers of {args.mb} MiB + busybox;"
-              f" {os.cpu_count()} cores")  # fmt: skip
+              f" {os.cpu_count()} cores; {args.store} image store")  # fmt: skip
         rounds, runs = [], []
         for index in range(args.rounds):
             order = rows[index % len(rows) :] + rows[: index % len(rows)]
@@ -237,7 +253,7 @@ def main() -> None:
             print(f"round {index + 1} (load {load:.2f}): {shown}", flush=True)
         _report(rows, rounds, runs)
     finally:
-        services.stop_dockerd(daemon)
+        stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
