@@ -167,11 +167,8 @@ def write_leg_ci_outputs(leg: Leg, env: Mapping[str, str], *, directory: Path) -
     if env.get("GITHUB_ACTIONS") == "true":
         failures += ci_outputs.write_leg_github(leg, env)
     if env.get("GITLAB_CI") == "true":
-        project_dir = env.get("CI_PROJECT_DIR")
-        where = Path(project_dir) if project_dir else directory
-        written = ci_outputs.write_leg_gitlab(
-            leg, where, variable="CI_PROJECT_DIR" if project_dir else "-C"
-        )
+        where, variable = ci_outputs.gitlab_folder(env, directory)
+        written = ci_outputs.write_leg_gitlab(leg, where, variable=variable)
         failures += [written] if isinstance(written, ci_outputs.OutputFailure) else []
     return tuple(str(f) for f in failures)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,23 +71,36 @@ def write(result: RunResult, env: Mapping[str, str], directory: Path) -> list[Ou
     if env.get("GITHUB_ACTIONS") == "true":
         failures += write_github(result, env)
     if env.get("GITLAB_CI") == "true":
-        project_dir = env.get("CI_PROJECT_DIR")
-        where = Path(project_dir) if project_dir else directory
-        failure = write_gitlab(result, where, variable="CI_PROJECT_DIR" if project_dir else "-C")
+        where, variable = gitlab_folder(env, directory)
+        failure = write_gitlab(result, where, variable=variable)
         failures += [failure] if isinstance(failure, OutputFailure) else []
     return failures
 
 
+def gitlab_folder(env: Mapping[str, str], directory: Path) -> tuple[Path, str]:
+    """Where GitLab's outputs go, and the variable that chose it: CI_PROJECT_DIR, else -C."""
+    project_dir = env.get("CI_PROJECT_DIR")
+    return (Path(project_dir), "CI_PROJECT_DIR") if project_dir else (directory, "-C")
+
+
 def write_github(result: RunResult, env: Mapping[str, str]) -> list[OutputFailure]:
     """Append the step outputs and the summary; a file that cannot be written is reported."""
+    return _append_github(env, outputs(result), lambda: markdown_summary(result))
+
+
+def _append_github(
+    env: Mapping[str, str], values: Mapping[str, str], summary: Callable[[], str]
+) -> list[OutputFailure]:
+    """`values` appended to GITHUB_OUTPUT and `summary()` to GITHUB_STEP_SUMMARY, each when
+    its variable is set; the files that could not be written."""
     failures = []
     output = env.get("GITHUB_OUTPUT")
     if output:
-        text = "".join(github_output(name, value) for name, value in outputs(result).items())
+        text = "".join(github_output(name, value) for name, value in values.items())
         failures.append(_append(output, "GITHUB_OUTPUT", text))
-    summary = env.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        failures.append(_append(summary, "GITHUB_STEP_SUMMARY", markdown_summary(result)))
+    step_summary = env.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        failures.append(_append(step_summary, "GITHUB_STEP_SUMMARY", summary()))
     return [f for f in failures if f is not None]
 
 
@@ -234,21 +247,16 @@ def leg_outputs(leg: Leg) -> dict[str, str]:
 
 def write_leg_github(leg: Leg, env: Mapping[str, str]) -> list[OutputFailure]:
     """Append the leg's step outputs and summary; a file that cannot be written is reported."""
-    failures = []
-    output = env.get("GITHUB_OUTPUT")
-    if output:
-        text = "".join(github_output(name, value) for name, value in leg_outputs(leg).items())
-        failures.append(_append(output, "GITHUB_OUTPUT", text))
-    summary = env.get("GITHUB_STEP_SUMMARY")
-    if summary:
+
+    def summary() -> str:
         where = ", ".join(_escape(t.registry) for t in leg.registries if t.digest) or "nowhere"
-        text = (
+        return (
             f"### shipit leg: `{_escape(leg.image)}` {_escape(leg.platform)}, {leg.status}\n\n"
             f"Version `{_escape(leg.version)}`, manifest `{leg.digest or '-'}` stored by"
             f" digest in {where}; no tag and no signature until `shipit merge`.\n\n"
         )
-        failures.append(_append(summary, "GITHUB_STEP_SUMMARY", text))
-    return [f for f in failures if f is not None]
+
+    return _append_github(env, leg_outputs(leg), summary)
 
 
 def leg_file_name(leg: Leg) -> str:

@@ -235,21 +235,28 @@ class BlobApi(Door):
                 list(body)  # checks that the empty blob has the digest of nothing
             else:
                 final, data = url, body
-            put = self._request(
-                "PUT",
-                with_query(final, {"digest": blob.digest}),
-                scope=(push_scope(repo),),
-                headers={"Content-Type": "application/octet-stream"},
-                data=data,
-                what=what,
-                attempts=1,
-            )
+            self._put_blob(final, repo, blob.digest, data, what)
+
+    def _put_blob(
+        self, url: str, repo: str, digest: str, data: VerifiedBody | bytes, what: str
+    ) -> None:
+        """The PUT that closes an upload session with the blob's digest (and the last bytes,
+        if any); the registry must store it under that digest."""
+        put = self._request(
+            "PUT",
+            with_query(url, {"digest": digest}),
+            scope=(push_scope(repo),),
+            headers={"Content-Type": "application/octet-stream"},
+            data=data,
+            what=what,
+            attempts=1,
+        )
         with put:
             if put.status_code not in (201, 204):
                 raise self._error_for(put, what)
             reported = put.headers.get("Docker-Content-Digest")
-            if reported is not None and reported != blob.digest:
-                raise self._protocol(f"{self.host} stored blob {blob.digest} as {reported}")
+            if reported is not None and reported != digest:
+                raise self._protocol(f"{self.host} stored blob {digest} as {reported}")
 
     def _blob_source(self, repository: str, blob: Descriptor) -> BlobSource:
         """Opens a streaming GET of `blob` each time it is called (once per upload attempt)."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 from shipit.registry.auth import push_scope
 from shipit.registry.blobs import BlobApi
-from shipit.registry.door import join_location, with_query
+from shipit.registry.door import join_location
 from shipit.registry.errors import RegistryError
 from shipit.registry.oci import Descriptor, short_digest
 from shipit.registry.streaming import STREAM_CHUNK, GrowingFile, SourceFailed
@@ -103,21 +103,7 @@ class GrowingUploads(BlobApi):
 
     def _close_session(self, url: str, repo: str, descriptor: Descriptor) -> None:
         what = f"the upload of blob {short_digest(descriptor.digest)} to {repo}"
-        put = self._request(
-            "PUT",
-            with_query(url, {"digest": descriptor.digest}),
-            scope=(push_scope(repo),),
-            headers={"Content-Type": "application/octet-stream"},
-            data=b"",
-            what=what,
-            attempts=1,
-        )
-        with put:
-            if put.status_code not in (201, 204):
-                raise self._error_for(put, what)
-            reported = put.headers.get("Docker-Content-Digest")
-            if reported is not None and reported != descriptor.digest:
-                raise self._protocol(f"{self.host} stored blob {descriptor.digest} as {reported}")
+        self._put_blob(url, repo, descriptor.digest, b"", what)
 
 
 def _counted(chunks: Iterator[bytes], on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
