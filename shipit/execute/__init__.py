@@ -38,6 +38,7 @@ from shipit.execute.results import ImageResult, PlatformResult, RunResult, RunSt
 from shipit.log import Console
 from shipit.plan import ImagePlan, Plan
 from shipit.stages.export import ExportError
+from shipit.stages.export_cache import ExportCache
 
 __all__ = ["ImageResult", "PlatformResult", "RunResult", "execute"]
 
@@ -75,7 +76,8 @@ def _execute(run: RunState) -> RunResult:
     _check_build_secrets(images, env, console)  # local and quick: before any probe
     signers = _check_signing(images, env, console)
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shipit-")))
+        cache, folder = _work_folder(env, console)
+        workdir = Path(stack.enter_context(folder))
         try:
             with console.group("preflight"):
                 if any("scan" in image.stages for image in images):
@@ -94,8 +96,9 @@ def _execute(run: RunState) -> RunResult:
                         preflight.check_daemon(engines.daemon, console)
                     registries.result()
             ready = prepare_all(
-                run, images, engines=engines, access=access, workdir=workdir, stack=stack
-            )
+                run, images, engines=engines, access=access, workdir=workdir, stack=stack,
+                cache=cache,
+            )  # fmt: skip
         except GateBlocked as exc:
             return run.finish("blocked", str(exc))
         except (docker_api.DaemonError, ExportError) as exc:
@@ -109,6 +112,21 @@ def _execute(run: RunState) -> RunResult:
 
             return publish_leg(run, images, ready, access)  # stored by digest, no sign, no tag
         return publish(run, images, ready, access, signers)
+
+
+def _work_folder(
+    env: Mapping[str, str], console: Console
+) -> tuple[ExportCache | None, tempfile.TemporaryDirectory[str]]:
+    """The run's work folder: inside the export cache (so a layer is kept by a hard link), or
+    a temporary one when the cache is off or cannot be written."""
+    cache = ExportCache.from_env(env)
+    if cache is not None:
+        try:
+            return cache, cache.run_folder()
+        except OSError as exc:
+            if console.verbosity > 0:
+                console.write(f"the export cache {cache.root} is skipped: {exc.strerror or exc}")
+    return None, tempfile.TemporaryDirectory(prefix="shipit-")
 
 
 def _check_signing(

@@ -26,6 +26,7 @@ from shipit.progress import Transfer, showing
 from shipit.stages.assemble import PlatformPart, image_index
 from shipit.stages.build import BuiltImage, Engines, PlatformImage, platform_slug
 from shipit.stages.export import ExportedImage, export_image
+from shipit.stages.export_cache import ExportCache
 from shipit.stages.layout import load_image, platform_manifests
 from shipit.stages.push import Artifact, PlatformExport
 from shipit.stages.uploads import BlobUploads
@@ -51,6 +52,7 @@ def prepare_all(
     access: Mapping[str, Any],
     workdir: Path,
     stack: contextlib.ExitStack,
+    cache: ExportCache | None = None,
 ) -> dict[str, Ready]:
     """Build and scan every image, then ready the ones to push; no manifest is written yet."""
     ready: dict[str, Ready] = {}
@@ -70,7 +72,7 @@ def prepare_all(
         if "push" in image.stages:
             ready[image.name] = _ready(
                 run, image, built, engines=engines, access=access, folder=folder, stack=stack,
-                started=started,
+                started=started, cache=cache,
             )  # fmt: skip
     return ready
 
@@ -169,6 +171,7 @@ def _ready(
     folder: Path,
     stack: contextlib.ExitStack,
     started: datetime,
+    cache: ExportCache | None,
 ) -> Ready:
     """Export (or read) every platform, start the uploads, and assemble the index."""
     transfer = Transfer(f"push {image.name}")
@@ -179,13 +182,16 @@ def _ready(
     parts = []
     with run.console.group(f"export {image.name}"), showing(transfer, run.console):
         for item in built.platforms:
-            exported = _export(item, engines, folder, uploads, oci=oci)
+            exported, kept = _export(item, engines, folder, uploads, oci=oci, cache=cache)
             parts.append(
                 PlatformExport(platform=item.platform, manifest=exported.manifest, image=exported)
             )
             layers = counted(len(exported.layers), "layer")
             where = f" ({item.platform})" if oci and item.platform else ""
-            run.console.write(f"{image.name}{where}: {layers}, manifest {exported.manifest.digest}")
+            again = " (kept from an earlier export and checked: not exported again)" if kept else ""
+            run.console.write(
+                f"{image.name}{where}: {layers}, manifest {exported.manifest.digest}{again}"
+            )
     index = None
     if many:
         index = image_index(
@@ -209,23 +215,38 @@ def _ready(
 
 
 def _export(
-    item: PlatformImage, engines: Engines, folder: Path, uploads: BlobUploads, *, oci: bool
-) -> ExportedImage:
+    item: PlatformImage,
+    engines: Engines,
+    folder: Path,
+    uploads: BlobUploads,
+    *,
+    oci: bool,
+    cache: ExportCache | None,
+) -> tuple[ExportedImage, bool]:
+    """One platform's image made ready to push, its uploads begun; and whether the export
+    cache had it (see `stages.export_cache`)."""
     if item.layout is not None and item.manifest is not None:
         found = platform_manifests(item.layout, item.manifest)
         exported = load_image(item.layout, found[0])
         uploads.add_image(exported)
-        return exported
+        return exported, False
     assert item.image_id is not None  # noqa: S101 - a loaded image has an id
+    target = folder / f"export-{platform_slug(item.platform)}"
+    if cache is not None and (kept := cache.recall(item.image_id, target, oci=oci)) is not None:
+        uploads.add_image(kept)
+        return kept, True
     daemon = engines.daemon_for(item.docker_host)
     uploads.probe(item.image_id)  # answered while the daemon prepares its export
     exported = export_image(
         daemon.save(item.image_id),
         item.image_id,
-        folder / f"export-{platform_slug(item.platform)}",
+        target,
         on_layer_start=uploads.start_layer,
         on_layer=uploads.add_layer,
         oci=oci,
     )
     uploads.add_config(exported.config)
-    return exported
+    if cache is not None:
+        with contextlib.suppress(OSError, ValueError):  # a cache never fails a run
+            cache.keep(exported)
+    return exported, False

@@ -76,6 +76,8 @@ class ExportedImage:
     config: bytes
     layers: tuple[Layer, ...]  # in the image's order (a repeated layer appears twice)
     manifest: Manifest
+    # the daemon's own manifest, where the image id is its digest (the containerd store)
+    id_manifest: bytes | None = None
 
     @property
     def size(self) -> int:
@@ -181,8 +183,11 @@ def _assemble(image_id: str, reading: _Reading, *, oci: bool) -> ExportedImage:
     if config is None:
         raise ExportError(f"the export lacks the image config {entry['Config']}")
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    if config_digest != image_id and not _names_config(small, image_id, config_digest):
-        raise ExportError(f"the exported config is {config_digest}, not the image {image_id}")
+    id_manifest = None
+    if config_digest != image_id:
+        id_manifest = small.get(f"blobs/sha256/{image_id.removeprefix('sha256:')}")
+        if not names_config(id_manifest, image_id, config_digest):
+            raise ExportError(f"the exported config is {config_digest}, not the image {image_id}")
     diff_ids = json.loads(config)["rootfs"]["diff_ids"]
     names = [_resolve(path, links) for path in entry["Layers"]]
     if len(names) != len(diff_ids):
@@ -203,14 +208,15 @@ def _assemble(image_id: str, reading: _Reading, *, oci: bool) -> ExportedImage:
         image_id=image_id,
         config=config,
         layers=tuple(layers),
-        manifest=_manifest(config, config_digest, layers, oci=oci),
+        manifest=image_manifest(config, layers, oci=oci),
+        id_manifest=id_manifest,
     )
 
 
-def _names_config(small: dict[str, bytes], image_id: str, config_digest: str) -> bool:
+def names_config(data: bytes | None, image_id: str, config_digest: str) -> bool:
     """On the containerd image store (Docker 24+) an image's id is its manifest's digest, not
-    its config's; such an export carries that manifest as a blob: check it names the config."""
-    data = small.get(f"blobs/sha256/{image_id.removeprefix('sha256:')}")
+    its config's; such an export carries that manifest as a blob: check that `data` is that
+    manifest and names the config."""
     if data is None or "sha256:" + hashlib.sha256(data).hexdigest() != image_id:
         return False
     try:
@@ -221,7 +227,9 @@ def _names_config(small: dict[str, bytes], image_id: str, config_digest: str) ->
     return isinstance(config, dict) and config.get("digest") == config_digest
 
 
-def _manifest(config: bytes, config_digest: str, layers: list[Layer], *, oci: bool) -> Manifest:
+def image_manifest(config: bytes, layers: Iterable[Layer], *, oci: bool) -> Manifest:
+    """The manifest shipit pushes for `config` and `layers`: the same bytes for the same image."""
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     kind, config_type, layer_type = (
         (OCI_MANIFEST, OCI_CONFIG_MEDIA_TYPE, OCI_LAYER_MEDIA_TYPE)
         if oci

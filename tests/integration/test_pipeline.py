@@ -252,6 +252,46 @@ def test_a_second_run_is_a_quick_no_op_with_the_same_digest(
     assert [r["digest"] for r in first] == [r["digest"] for r in second]
 
 
+def test_an_image_built_again_is_not_exported_again_unless_its_kept_layers_changed(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The export cache: a cached rebuild gives the same image id, so the second run pushes
+    the kept layers (to a namespace that has none of them) without exporting; a kept layer
+    that changed is noticed, and the image is exported again, to the same digest."""
+    again = "not exported again"
+    cache = tmp_path / "cache"
+    env = run_env(dockerd.host, tmp_path, SHIPIT_CACHE_DIR=str(cache))
+    digests = []
+    project = make_project(tmp_path / "project", "version: 1\n")
+    for step, namespace in enumerate(["kept1", "kept2", "kept3", "kept4"]):
+        (project / "shipit.yml").write_text(
+            f"version: 1\nregistries: [{plain_registry.host}/{namespace}]\nimage: {{name: hello}}\n",
+            encoding="utf-8",
+        )
+        if step == 2:  # a kept layer rots on disk (replaced: the blob shares an inode)
+            [blob, *_] = sorted(
+                (cache / "blobs" / "sha256").iterdir(), key=lambda p: -p.stat().st_size
+            )
+            data = blob.read_bytes()
+            blob.unlink()
+            blob.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+        step_env = {**env, "SHIPIT_CACHE_DIR": "off"} if step == 3 else env
+        code, out, err = run(["run", "-C", str(project), "--json"], step_env, capsys)
+        assert code == 0, err
+        assert (again in err) == (step == 1), err
+        refs = json.loads(out)["images"][0]["refs"]
+        digests.extend(ref["digest"] for ref in refs)
+        manifest = client(plain_registry).manifest(f"{namespace}/hello", refs[0]["digest"])
+        for layer in json.loads(manifest.data)["layers"]:  # every blob is there, whole
+            assert client(plain_registry).has_blob(f"{namespace}/hello", layer["digest"])
+    assert len(set(digests)) == 1
+    assert len(list((cache / "images").iterdir())) == 1
+    assert list((cache / "runs").iterdir()) == []  # each run's folder is gone with it
+
+
 def test_no_push_builds_but_pushes_nothing(
     tmp_path: Path,
     dockerd: Dockerd,
