@@ -194,6 +194,13 @@ class Daemon:
                 f"the export of {image} from the Docker daemon at {self.host} broke off: {exc}"
             ) from None
 
+    def image_ids(self) -> set[str]:
+        """The id of every image the daemon holds, intermediate ones included (`images -aq`)."""
+        try:
+            return {str(x) for x in self._client.api.images(all=True, quiet=True)}
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+
     def tag(self, image: str, repository: str, tag: str) -> None:
         try:
             self._client.api.tag(image, repository, tag, force=True)
@@ -205,6 +212,17 @@ class Daemon:
             self._client.api.remove_image(ref, noprune=True)
         except docker.errors.DockerException as exc:
             _log.debug("could not remove the local tag %s: %s", ref, exc)
+
+
+def context_paths(context: Path, dockerfile: str) -> tuple[list[str], str | None]:
+    """What `build` sends of `context`: the paths docker-py's archive holds (after
+    `.dockerignore`), sorted, and the Dockerfile's text when it lies outside the context (it
+    is then added to the archive under a name of its own). OSError if it cannot be read."""
+    pipe = _ContextPipe(context, dockerfile)
+    name, outside = pipe.dockerfile_entry
+    root = str(context.absolute())  # as docker.utils.tar reads it
+    paths = docker.utils.build.exclude_paths(root, pipe.exclude or [], dockerfile=name)
+    return sorted(paths), outside
 
 
 class ContextError(Exception):
@@ -235,6 +253,16 @@ class _ContextPipe:
     def dockerfile(self) -> str | None:
         name = self._dockerfile[0]
         return str(name) if name else None
+
+    @property
+    def dockerfile_entry(self) -> tuple[str | None, str | None]:
+        """The Dockerfile's name in the archive, and its text when it is not in the context."""
+        name, text = self._dockerfile
+        return (str(name) if name else None), (str(text) if text is not None else None)
+
+    @property
+    def exclude(self) -> list[str] | None:
+        return self._exclude
 
     def start(self) -> None:
         self._thread.start()

@@ -108,3 +108,62 @@ def test_a_dockerfile_outside_the_context(
     # docker-py sends the outside Dockerfile under a random name and hides it with an added
     # .dockerignore entry, so COPY . copies neither
     assert not [name for name in files if ".dockerfile." in name]
+
+
+NOT_SENT = "the context was not sent"
+
+
+def test_an_unchanged_build_is_not_sent_again_and_a_changed_one_is(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The build memo: the same inputs give the image the daemon built from them last time,
+    without the context; a changed file, an ignored one, a build arg, and a record whose
+    image is gone each get the answer the builder would give."""
+    image = "image: {{name: memo, build_args: {{GREETING: {}}}}}"
+    root = project(tmp_path / "p", plain_registry.host, image.format("hi"))
+    (root / "Dockerfile").write_text(
+        "FROM scratch\nARG GREETING\nCOPY . /ctx/\nLABEL greeting=$GREETING\n", encoding="utf-8"
+    )
+    (root / "a.txt").write_text("one\n", encoding="utf-8")
+    (root / ".dockerignore").write_text("ignored.txt\nshipit.yml\n", encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "context")
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
+
+    def run() -> tuple[str, str]:
+        argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
+        code, out, err = run_shipit(argv, capsys, env)
+        assert code == 0, err
+        return json.loads(out)["images"][0]["image_id"], err
+
+    first, err = run()
+    assert NOT_SENT not in err
+    again, err = run()
+    assert (again, NOT_SENT in err) == (first, True)
+    (root / "ignored.txt").write_text("not in the context\n", encoding="utf-8")
+    again, err = run()
+    assert (again, NOT_SENT in err) == (first, True)
+    (root / "a.txt").write_text("two\n", encoding="utf-8")
+    changed, err = run()
+    assert NOT_SENT not in err
+    assert changed != first
+    assert image_files(dockerd.host, changed)["ctx/a.txt"] == b"two\n"
+    (root / "shipit.yml").write_text(  # the spec is not in the context: only the args change
+        f"version: 1\nregistries: [{plain_registry.host}/ctx]\n{image.format('hello')}\n",
+        encoding="utf-8",
+    )
+    other, err = run()
+    assert NOT_SENT not in err
+    assert other != changed
+    subprocess.run(  # the image goes: its record no longer holds, the build is sent again
+        ["docker", "rmi", "-f", other],
+        env={**os.environ, "DOCKER_HOST": dockerd.host},
+        capture_output=True,
+        check=True,
+    )
+    rebuilt, err = run()
+    assert NOT_SENT not in err
+    assert image_files(dockerd.host, rebuilt)["ctx/a.txt"] == b"two\n"

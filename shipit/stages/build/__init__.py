@@ -26,6 +26,7 @@ from shipit.plan import ImagePlan
 from shipit.stages.build.buildx import BuildxBuilder
 from shipit.stages.build.contexts import uses_containerd_store
 from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
+from shipit.stages.build.memo import BuildMemo
 from shipit.stages.build.probes import (
     EMULATION_HINT,
     BuilderInfo,
@@ -34,6 +35,7 @@ from shipit.stages.build.probes import (
     inspect_builder,
 )
 from shipit.stages.build.sdk import SdkBuilder
+from shipit.stages.export_cache import ExportCache
 
 __all__ = [
     "Builder",
@@ -144,7 +146,8 @@ class Engines:
     def builder(self, image: ImagePlan, workdir: Path) -> Builder:
         settings = image.build
         if settings.engine != "buildx":
-            return SdkBuilder(self.daemon)
+            cache = ExportCache.from_env(self.env)
+            return SdkBuilder(self.daemon, BuildMemo(cache.root / "builds") if cache else None)
         if self._docker is None or settings.builder not in self._builders:
             raise RuntimeError("Engines.prepare() was not called for this image")  # a bug
         workdir.mkdir(parents=True, exist_ok=True)

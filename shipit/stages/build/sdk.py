@@ -26,14 +26,16 @@ from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
+from shipit.stages.build.memo import BuildMemo, step_ids
 from shipit.stages.build.probes import EMULATION_HINT
 
 
 class SdkBuilder:
     """Builds with the Docker SDK (docker-py) against the daemon `Daemon` talks to."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, memo: BuildMemo | None = None) -> None:
         self.daemon = daemon
+        self.memo = memo
 
     def build(self, image: ImagePlan, console: Console) -> BuiltImage:
         platforms: tuple[str | None, ...] = image.build.platforms or (None,)
@@ -66,25 +68,75 @@ class SdkBuilder:
             f" for {platform}" if platform else ""
         )
         with console.group(title):
-            try:
-                image_id = self.daemon.build(request, _build_log(console))
-            except StreamError as exc:
-                where = f"{exc.step} failed" if exc.step else "failed"
-                on = f" ({platform})" if platform else ""
-                text = f"image {image.name}{on}: {where}: {exc}"
-                if "exec format error" in str(exc):
-                    text += f"; a binary of another CPU could not run: {EMULATION_HINT}"
-                raise StageError("build", text) from None
-            except DaemonError as exc:
-                raise StageError("build", f"image {image.name}: {exc}") from None
+            args = dict(request.build_args or {})
+            key = self._memo_key(request, settings)
+            image_id = self._recalled(key, args, settings, local_ref, console)
+            if image_id is None:
+                log, steps = step_ids(_build_log(console))
+                image_id = self._send(request, image.name, platform, log)
+                if key is not None and self.memo is not None:
+                    self.memo.keep(key, image_id, steps, self._base_ids(args, settings))
             refs = () if many else image.refs  # one image: tagged locally as `docker build -t`
             for ref in refs:
                 repository, _, tag = ref.rpartition(":")
                 self.daemon.tag(image_id, repository, tag)
             tagged = counted(len(refs), "ref") if refs else local_ref
             console.write(f"built {image.name} as {image_id[:19]}, tagged {tagged}")
-            bases = self._bases(dict(request.build_args or {}), settings)
+            bases = self._bases(args, settings)
         return PlatformImage(platform=platform, image_id=image_id, local_ref=local_ref, bases=bases)
+
+    def _send(
+        self, request: BuildRequest, name: str, platform: str | None, log: Callable[[str], None]
+    ) -> str:
+        """The build, sent to the daemon: its image id."""
+        try:
+            return self.daemon.build(request, log)
+        except StreamError as exc:
+            where = f"{exc.step} failed" if exc.step else "failed"
+            on = f" ({platform})" if platform else ""
+            text = f"image {name}{on}: {where}: {exc}"
+            if "exec format error" in str(exc):
+                text += f"; a binary of another CPU could not run: {EMULATION_HINT}"
+            raise StageError("build", text) from None
+        except DaemonError as exc:
+            raise StageError("build", f"image {name}: {exc}") from None
+
+    def _recalled(
+        self,
+        key: str | None,
+        args: dict[str, str],
+        settings: BuildSettings,
+        local_ref: str,
+        console: Console,
+    ) -> str | None:
+        """The image the memo says this build gives (tagged `local_ref`), or None."""
+        if key is None or self.memo is None:
+            return None
+        image_id = self.memo.recall(key, self.daemon, lambda: self._base_ids(args, settings))
+        if image_id is None:
+            return None
+        console.write(
+            f"the context, Dockerfile and arguments are as when the daemon built {image_id[:19]},"
+            " and it holds every step of that build: its cache would give the same image, so"
+            " the context was not sent"
+        )
+        repository, _, tag = local_ref.rpartition(":")
+        self.daemon.tag(image_id, repository, tag)
+        return image_id
+
+    def _memo_key(self, request: BuildRequest, settings: BuildSettings) -> str | None:
+        if self.memo is None:
+            return None
+        try:
+            text = (Path(settings.context) / settings.dockerfile).read_text(
+                encoding="utf-8", errors="replace"
+            )
+        except OSError:
+            return None  # the build says what is wrong
+        return self.memo.key(request, text, self.daemon.host)
+
+    def _base_ids(self, args: dict[str, str], settings: BuildSettings) -> dict[str, str | None]:
+        return {base.name: base.image_id for base in self._bases(args, settings)}
 
     def _bases(self, args: dict[str, str], settings: BuildSettings) -> tuple[BaseImage, ...]:
         """The images the build started from, as the daemon holds them now."""
