@@ -4,7 +4,9 @@ The image: a static busybox and three layers of random bytes (`--mb` each, 48 by
 about 153 MB; random bytes do not compress, the worst case). Every tool builds from a warm
 cache (each builds once before the first round), and every measurement pushes to registries
 of its own, started fresh for the round (new processes, new storage), so no registry holds a
-layer already. Measured from outside, per round, in an order that turns from round to round:
+layer already; each row's registries listen on the same ports every round, as CI pushes to
+the same registries run after run (so shipit's spec, which is in the build context, is the
+same each round too). Measured from outside, per round, in an order that turns from round to round:
 
   docker build + push x1   `docker build` (BuildKit, cached) then `docker push` to 1 registry
   docker loop x3           the same build, then `docker push` to 3 registries, one after another
@@ -164,15 +166,13 @@ def _docker_rows(project: Path, env: dict[str, str]) -> dict[str, Callable[[list
 
 
 def _round(
-    work: Path, project: Path, env: dict[str, str], order: list[str]
+    work: Path, project: Path, env: dict[str, str], order: list[str], ports: dict[str, list[int]]
 ) -> tuple[dict[str, float], dict[str, ShipitRun]]:
     times: dict[str, float] = {}
     runs: dict[str, ShipitRun] = {}
     docker_rows = _docker_rows(project, env)
     for row in order:
-        regs = [
-            services.start_registry(work / row.replace(" ", "-")) for _ in range(REGISTRIES[row])
-        ]
+        regs = [services.start_registry(work / row.replace(" ", "-"), port=p) for p in ports[row]]
         try:
             hosts = [r.host for r in regs]
             if row in docker_rows:
@@ -187,7 +187,22 @@ def _round(
     return times, runs
 
 
-def _warm_up(work: Path, project: Path, env: dict[str, str], rows: list[str]) -> None:
+def _ports(rows: list[str]) -> dict[str, list[int]]:
+    """A loopback port for each registry of each row, all different."""
+    taken: set[int] = set()
+    ports: dict[str, list[int]] = {}
+    for row in rows:
+        while len(ports.setdefault(row, [])) < REGISTRIES[row]:
+            port = services.free_port()
+            if port not in taken:
+                taken.add(port)
+                ports[row].append(port)
+    return ports
+
+
+def _warm_up(
+    work: Path, project: Path, env: dict[str, str], rows: list[str], ports: dict[str, list[int]]
+) -> None:
     """Build once with every tool, so every round builds from a warm cache; shipit also pushes
     once (to a registry of the warm-up's own), so its export cache holds the image, as it does
     on a machine that has built it before. shipit's bytecode is compiled first, as pip does
@@ -197,12 +212,14 @@ def _warm_up(work: Path, project: Path, env: dict[str, str], rows: list[str]) ->
     _run(["docker", "build", "-q", "-t", LOCAL, str(project)], {**env, "DOCKER_BUILDKIT": "1"})
     for row in rows:
         if row.startswith("shipit"):
-            reg = services.start_registry(work / "warm-up" / row.replace(" ", "-"))
+            folder = work / "warm-up" / row.replace(" ", "-")
+            regs = [services.start_registry(folder, port=p) for p in ports[row]]
             try:
-                _spec(project, [reg.host], row.split()[1])
+                _spec(project, [r.host for r in regs], row.split()[1])
                 _run([SHIPIT, "run", "-C", str(project), "--skip", "scan", "--skip", "sign"], env)
             finally:
-                services.stop_registry(reg)
+                for reg in regs:
+                    services.stop_registry(reg)
 
 
 def _report(
@@ -254,7 +271,11 @@ def main() -> None:
     env.pop("DOCKER_CONTEXT", None)
     try:
         project = _project(work, args.mb)
-        _warm_up(work, project, env, rows)
+        # every row pushes to the same addresses each round (registries started afresh, with
+        # empty storage): as CI pushes to the same registries run after run, so the spec (in
+        # the build context) is the same each round too
+        ports = _ports(rows)
+        _warm_up(work, project, env, rows, ports)
         print(f"{len(rows)} rows, {args.rounds} rounds, 3 layers of {args.mb} MiB + busybox;"
               f" {os.cpu_count()} cores; {args.store} image store;"
               f" shipit's export cache {args.export_cache}")  # fmt: skip
@@ -262,7 +283,7 @@ def main() -> None:
         for index in range(args.rounds):
             order = rows[index % len(rows) :] + rows[: index % len(rows)]
             load = os.getloadavg()[0]
-            times, shipit_runs = _round(work / f"round{index}", project, env, order)
+            times, shipit_runs = _round(work / f"round{index}", project, env, order, ports)
             rounds.append(times)
             runs.append(shipit_runs)
             shown = ", ".join(f"{row} {times[row]:.2f}s" for row in rows)

@@ -12,7 +12,8 @@ On the containerd image store (seen with Docker 28.5) the export holds the layer
 content store keeps them, often gzipped already: those are pushed unchanged, not compressed
 again, and the image id is its manifest's digest rather than its config's.
 Every layer is checked against the image config's `rootfs.diff_ids`, and the config
-against the image id, so what is pushed is exactly what was built (and scanned).
+against the image id, so what is pushed is exactly what was built (and scanned). What an
+export made is kept (`stages.export_cache`), so an image built again is not exported again.
 
 The stream is read by `tar_stream` (a layer's bytes reach the hashing and the compressor as
 views of what the daemon sent, not copies), and each layer file is a `GrowingFile`, begun
