@@ -79,6 +79,8 @@ class ExportCache:
             root = Path(env["HOME"].strip()) / ".cache" / "shipit"
         else:
             return None
+        if "\0" in str(root):  # no such folder can exist; nothing to keep
+            return None
         megabytes = env.get("SHIPIT_CACHE_MB", "").strip()
         limit = int(megabytes) if megabytes.isdigit() else DEFAULT_MB
         return cls(root=root, limit=limit * 1024 * 1024)

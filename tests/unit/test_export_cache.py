@@ -199,6 +199,8 @@ def test_run_folders_left_by_killed_runs_are_removed(
         ({"SHIPIT_CACHE_DIR": "off", "HOME": "/h"}, None),
         ({"SHIPIT_CACHE_DIR": "OFF", "HOME": "/h"}, None),
         ({}, None),
+        ({"SHIPIT_CACHE_DIR": "/c\0x"}, None),
+        ({"XDG_CACHE_HOME": "/x\0", "HOME": "/h"}, None),
     ],
 )
 def test_where_the_cache_is(env: dict[str, str], root: str | None) -> None:
