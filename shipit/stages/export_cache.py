@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shipit.registry import Descriptor
+from shipit.registry.oci import check_digest
 from shipit.stages.export import (
     LAYER_MEDIA_TYPE,
     ExportedImage,
@@ -105,14 +106,14 @@ class ExportCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, binascii.Error):
-            _remove(record_path)  # unreadable: as if it had never been kept
+            remove(record_path)  # unreadable: as if it had never been kept
             return None
         config, id_manifest, entries = kept
         try:
             folder.mkdir(parents=True, exist_ok=True)
             layers = self._link_layers(entries, folder)
         except (OSError, _Mismatch):
-            _remove(record_path)
+            remove(record_path)
             return None
         with contextlib.suppress(OSError):
             os.utime(record_path)  # used now: the last to be dropped
@@ -140,7 +141,7 @@ class ExportCache:
                 strict=True,
             ):  # fmt: skip
                 if digest != layer.descriptor.digest or size != layer.descriptor.size:
-                    _remove(self._blob_path(layer.descriptor.digest))
+                    remove(self._blob_path(layer.descriptor.digest))
                     raise _Mismatch
         return tuple(linked[entry.descriptor.digest] for entry in entries)
 
@@ -167,7 +168,7 @@ class ExportCache:
         }
         path = self._record_path(image.image_id)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_atomically(path, json.dumps(record).encode())
+        write_atomically(path, json.dumps(record).encode())
         self.evict()
 
     def evict(self) -> None:
@@ -180,7 +181,7 @@ class ExportCache:
                 layers = json.loads(path.read_bytes())["layers"]
                 sizes = {str(x["digest"]): int(x["size"]) for x in layers}
             except (OSError, ValueError, KeyError, TypeError):
-                _remove(path)
+                remove(path)
                 continue
             records.append((used, path, sizes))
         records.sort(key=lambda item: item[0], reverse=True)
@@ -188,13 +189,13 @@ class ExportCache:
         for position, (_, path, sizes) in enumerate(records):
             more = sum(size for digest, size in sizes.items() if digest not in named)
             if position and sum(named.values()) + more > self.limit:
-                _remove(path)
+                remove(path)
                 continue
             named.update(sizes)
         now = time.time()
         for blob in self._blobs():
             if f"sha256:{blob.name}" not in named and _age(blob, now) > self.grace:
-                _remove(blob)
+                remove(blob)
         for folder in (self.root / "runs").glob("shipit-*"):
             if _age(folder, now) > STALE_RUN:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -231,7 +232,7 @@ def _parse(record: Any, image_id: str) -> tuple[bytes, bytes | None, list[Layer]
             diff_id=str(x["diff_id"]),
             path=Path(),
             descriptor=Descriptor(
-                media_type=LAYER_MEDIA_TYPE, digest=_digest(x["digest"]), size=int(x["size"])
+                media_type=LAYER_MEDIA_TYPE, digest=_sha256(x["digest"]), size=int(x["size"])
             ),
         )
         for x in record["layers"]
@@ -241,23 +242,17 @@ def _parse(record: Any, image_id: str) -> tuple[bytes, bytes | None, list[Layer]
     return config, id_manifest, layers
 
 
-def _digest(value: object) -> str:
-    text = str(value)
-    hexdigest = text.removeprefix("sha256:")
-    if not text.startswith("sha256:") or len(hexdigest) != 64 or not _is_hex(hexdigest):
-        raise ValueError(f"not a sha256 digest: {text[:80]}")
-    return text
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
-
-
 def _hex(digest: str) -> str:
-    hexdigest = digest.removeprefix("sha256:")
-    if len(hexdigest) != 64 or not _is_hex(hexdigest):
+    """The hex digits of a sha256 digest (`registry.check_digest`); ValueError for anything else."""
+    if not check_digest(digest).startswith("sha256:"):
         raise ValueError(f"not a sha256 digest: {digest[:80]}")
-    return hexdigest
+    return digest.removeprefix("sha256:")
+
+
+def _sha256(value: object) -> str:
+    text = str(value)
+    _hex(text)
+    return text
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
@@ -293,7 +288,8 @@ def _place(source: Path, target: Path) -> None:
     os.replace(temporary, target)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `path` so that no reader ever sees it half-written (a rename into place)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.part")
     temporary.write_bytes(data)
     os.replace(temporary, path)
@@ -306,6 +302,7 @@ def _age(path: Path, now: float) -> float:
         return 0.0
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove a file of the cache if it is there (another run may have removed it first)."""
     with contextlib.suppress(OSError):
         path.unlink()

@@ -30,22 +30,16 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths
+from shipit.stages.export_cache import remove, write_atomically
 
 _KEEP: Final = 200  # records; the ones used least recently go first
 _READ: Final = 1 << 20
 _STEP_ID: Final = re.compile(r"^ ---> ([0-9a-f]{12})$")
 _ADD_URL: Final = re.compile(r"^\s*ADD\s+(--\S+\s+)*(https?|git)(://|@)", re.IGNORECASE | re.M)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Recalled:
-    image_id: str
-    key: str
 
 
 class BuildMemo:
@@ -89,7 +83,7 @@ class BuildMemo:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
-            _remove(path)
+            remove(path)
             return None
         try:
             held = daemon.image_ids()
@@ -97,7 +91,7 @@ class BuildMemo:
             return None
         short = {x.removeprefix("sha256:")[:12] for x in held}
         if image_id not in held or not all(step in short for step in steps):
-            _remove(path)  # pruned: the builder would not walk the same steps
+            remove(path)  # pruned: the builder would not walk the same steps
             return None
         if dict(bases()) != kept_bases:
             return None  # a base moved: the build must run (the record may hold again later)
@@ -114,9 +108,7 @@ class BuildMemo:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            part = path.with_name(f".{path.name}.{os.getpid()}.part")
-            part.write_text(json.dumps(record), encoding="utf-8")
-            os.replace(part, path)
+            write_atomically(path, json.dumps(record).encode())
             self._trim()
         except OSError:
             return
@@ -124,7 +116,7 @@ class BuildMemo:
     def _trim(self) -> None:
         records = sorted(self.root.glob("*.json"), key=_mtime, reverse=True)
         for old in records[_KEEP:]:
-            _remove(old)
+            remove(old)
 
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.json"
@@ -182,8 +174,3 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()

@@ -70,19 +70,21 @@ class SdkBuilder:
         with console.group(title):
             args = dict(request.build_args or {})
             key = self._memo_key(request, settings)
-            image_id = self._recalled(key, args, settings, local_ref, console)
-            if image_id is None:
+            recalled = self._recalled(key, args, settings, local_ref, console)
+            if recalled is None:
                 log, steps = step_ids(_build_log(console))
                 image_id = self._send(request, image.name, platform, log)
+                bases = self._bases(args, settings)  # after the build: it may have pulled one
                 if key is not None and self.memo is not None:
-                    self.memo.keep(key, image_id, steps, self._base_ids(args, settings))
+                    self.memo.keep(key, image_id, steps, _ids(bases))
+            else:
+                image_id, bases = recalled
             refs = () if many else image.refs  # one image: tagged locally as `docker build -t`
             for ref in refs:
                 repository, _, tag = ref.rpartition(":")
                 self.daemon.tag(image_id, repository, tag)
             tagged = counted(len(refs), "ref") if refs else local_ref
             console.write(f"built {image.name} as {image_id[:19]}, tagged {tagged}")
-            bases = self._bases(args, settings)
         return PlatformImage(platform=platform, image_id=image_id, local_ref=local_ref, bases=bases)
 
     def _send(
@@ -108,11 +110,18 @@ class SdkBuilder:
         settings: BuildSettings,
         local_ref: str,
         console: Console,
-    ) -> str | None:
-        """The image the memo says this build gives (tagged `local_ref`), or None."""
+    ) -> tuple[str, tuple[BaseImage, ...]] | None:
+        """The image the memo says this build gives (tagged `local_ref`) and the base images
+        it was checked against, or None."""
         if key is None or self.memo is None:
             return None
-        image_id = self.memo.recall(key, self.daemon, lambda: self._base_ids(args, settings))
+        looked: list[tuple[BaseImage, ...]] = []
+
+        def base_ids() -> dict[str, str | None]:
+            looked.append(self._bases(args, settings))
+            return _ids(looked[-1])
+
+        image_id = self.memo.recall(key, self.daemon, base_ids)
         if image_id is None:
             return None
         console.write(
@@ -122,7 +131,7 @@ class SdkBuilder:
         )
         repository, _, tag = local_ref.rpartition(":")
         self.daemon.tag(image_id, repository, tag)
-        return image_id
+        return image_id, looked[-1]  # recall checked the bases before it answered
 
     def _memo_key(self, request: BuildRequest, settings: BuildSettings) -> str | None:
         if self.memo is None:
@@ -134,9 +143,6 @@ class SdkBuilder:
         except OSError:
             return None  # the build says what is wrong
         return self.memo.key(request, text, self.daemon.host)
-
-    def _base_ids(self, args: dict[str, str], settings: BuildSettings) -> dict[str, str | None]:
-        return {base.name: base.image_id for base in self._bases(args, settings)}
 
     def _bases(self, args: dict[str, str], settings: BuildSettings) -> tuple[BaseImage, ...]:
         """The images the build started from, as the daemon holds them now."""
@@ -163,3 +169,8 @@ def _build_log(console: Console) -> Callable[[str], None]:
             console.write(line)
 
     return show
+
+
+def _ids(bases: tuple[BaseImage, ...]) -> dict[str, str | None]:
+    """Each base image's name and the daemon's id for it, as the build memo records them."""
+    return {base.name: base.image_id for base in bases}
