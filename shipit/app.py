@@ -26,6 +26,7 @@ from shipit.spec.paths import check as check_path
 if TYPE_CHECKING:
     from shipit.execute import RunResult
     from shipit.legs import Leg
+    from shipit.lifecycle.limit import DeleteLimit
     from shipit.lifecycle.promote import PromoteResult
     from shipit.lifecycle.prune import PruneResult
     from shipit.lifecycle.records import PrunePlan
@@ -267,15 +268,19 @@ def read_prune_plan(path: Path) -> PrunePlan:
 
 
 def prune_apply(
-    options: Options, env: Mapping[str, str], console: Console, plan: PrunePlan
+    options: Options,
+    env: Mapping[str, str],
+    console: Console,
+    plan: PrunePlan,
+    limit: DeleteLimit,
 ) -> PruneResult:
-    """Carry out a prune plan in every registry it names."""
+    """Carry out a prune plan in every registry it names, unless it deletes past `limit`."""
     from shipit.lifecycle import prune  # noqa: PLC0415
 
     spec = load_spec(options, env)
     clients = prune.Clients(env, console)
     try:
-        return prune.apply(spec, plan, clients, console)
+        return prune.apply(spec, plan, clients, console, limit)
     finally:
         clients.close()
 

@@ -152,6 +152,14 @@ def _provenance_note(result: Any) -> str:
     "--report", metavar="FILE", help="Where --apply writes its report (default shipit-prune.json)."
 )
 @click.option("--image", "only", metavar="NAME", help="Only this image of the spec.")
+@click.option(
+    "--max-delete",
+    "max_delete",
+    metavar="N|P%",
+    default="50%",
+    show_default=True,
+    help="Refuse --apply if a repository would lose more tagged images than this (100% lifts it).",
+)
 @click.pass_context
 def prune(
     ctx: click.Context,
@@ -162,6 +170,7 @@ def prune(
     as_json: bool,
     report: str | None,
     only: str | None,
+    max_delete: str,
     **_: Any,
 ) -> int:
     """Delete what the `retention:` policy does not keep, in every registry of the spec.
@@ -173,15 +182,26 @@ def prune(
     signatures with it. --apply re-reads every tag first and skips whatever moved. Exit 1 if
     anything planned was not done (a registry that refuses deletes, a tag that moved).
 
+    A `tags:` pattern is searched in the tag, as grep does (`^pr-` picks pr-6; `^main$` only
+    main); a keep rule that picks no tag where something goes is a warning. --apply deletes
+    nothing at all if a repository would lose more than --max-delete of its tagged images
+    (default half of them); the dry run says so first.
+
     \b
     Examples:
       shipit prune                         what would go, and why
       shipit prune --apply                 delete it; report in shipit-prune.json
       shipit prune --json > plan.json      save the plan to review it...
       shipit prune --apply --plan plan.json   ...then carry out exactly that plan
+      shipit prune --apply --max-delete 100%  a first cleanup of an old registry
     """
     from shipit.lifecycle import report as lifecycle_report  # noqa: PLC0415
+    from shipit.lifecycle.limit import DeleteLimit, refusals  # noqa: PLC0415
 
+    try:
+        limit = DeleteLimit.parse(max_delete)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-delete") from None
     options, env, console = _options(ctx)
     if plan_file and not do_apply:
         raise click.UsageError("--plan FILE is carried out with --apply")
@@ -191,16 +211,19 @@ def prune(
     else:
         pruning = app.prune_plan(options, env, console, only=only)
     if not do_apply:
-        if as_json:
-            _emit_json(pruning.to_json())
+        refused = refusals(pruning.repositories, limit)
+        if as_json:  # the table has them; the JSON has them too, and a reader needs a word
+            for warning in lifecycle_report.rule_warnings(pruning):
+                console.warn(warning)
+            _emit_json(lifecycle_report.plan_document(pruning, limit, refused))
         else:
-            _echo(lifecycle_report.plan_table(pruning, style), style)
+            _echo(lifecycle_report.plan_table(pruning, style, refused), style)
         unreadable = [r.error for r in pruning.repositories if r.error]
         for error in unreadable:
             console.error(error)
         return EXIT_FAILED if unreadable else 0
     with _sigterm_as_interrupt():
-        result = app.prune_apply(options, env, console, pruning)
+        result = app.prune_apply(options, env, console, pruning, limit)
     document = lifecycle_report.result_document(result)
     lifecycle_report.write_json(Path(report or options.directory / "shipit-prune.json"), document)
     if as_json:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shipit.errors import UsageError
+from shipit.errors import ShipitError, UsageError
 from shipit.lifecycle.apply import RepositoryResult, apply_plan
 from shipit.lifecycle.inventory import read_holdings
+from shipit.lifecycle.limit import DeleteLimit, refusal_hint, refusals
 from shipit.lifecycle.protect import protected_tags
 from shipit.lifecycle.records import PrunePlan, RepositoryPlan, short
-from shipit.lifecycle.retention import decide
+from shipit.lifecycle.report import rule_warnings
+from shipit.lifecycle.retention import decide, idle_rules
 from shipit.log import Console, counted
 from shipit.plan import ImagePlan, Plan
 from shipit.registry import Endpoint, Registry, RegistryError
@@ -112,6 +114,7 @@ def make_plan(
                 repositories.append(_unreadable(image, registry, repository, str(error)))
                 continue
             actions = decide(holdings, policy, protected, when)
+            goes = any(a.action != "keep" for a in actions)
             repositories.append(
                 RepositoryPlan(
                     image=image.name,
@@ -120,25 +123,41 @@ def make_plan(
                     repository=repository,
                     tags=dict(holdings.tags),
                     actions=actions,
+                    warnings=idle_rules(holdings, policy) if goes else (),
                 )
             )
     return PrunePlan(spec=str(spec.path), made=when, repositories=tuple(repositories))
 
 
-def apply(spec: Spec, plan: PrunePlan, clients: Clients, console: Console) -> PruneResult:
-    """Carry out `plan`, repository by repository; a refusing registry does not stop the rest."""
-    started = datetime.now(UTC)
+class PruneRefusedError(ShipitError):
+    """The plan deletes more than `--max-delete` allows: nothing was deleted (exit 1)."""
+
+
+def apply(
+    spec: Spec, plan: PrunePlan, clients: Clients, console: Console, limit: DeleteLimit
+) -> PruneResult:
+    """Carry out `plan`, repository by repository; a refusing registry does not stop the rest.
+    Nothing at all is done when the plan of any repository goes past `limit`."""
     owners = _owners(spec)
-    results: list[RepositoryResult] = []
     for repository in plan.repositories:
-        owner = owners.get((repository.registry, repository.repository))
-        if owner is None:
+        if (repository.registry, repository.repository) not in owners:
             raise UsageError(
                 f"the plan prunes {repository.ref} in {repository.registry}, which is not an"
                 f" image of {spec.path} any more",
                 hint="make the plan again with `shipit prune --json`",
             )
-        image, registry = owner
+    for warning in rule_warnings(plan):
+        console.warn(warning)
+    refused = refusals(plan.repositories, limit)
+    if refused:
+        lines = "\n".join(f"  {r}" for r in refused)
+        raise PruneRefusedError(
+            f"prune --apply refused, nothing was deleted:\n{lines}", hint=refusal_hint(refused)
+        )
+    started = datetime.now(UTC)
+    results: list[RepositoryResult] = []
+    for repository in plan.repositories:
+        image, registry = owners[(repository.registry, repository.repository)]
         deletes = repository.count("delete") + repository.count("untag")
         with console.group(f"prune {repository.ref}: {counted(deletes, 'change')}"):
             result = apply_plan(

@@ -123,6 +123,7 @@ class RepositoryPlan:
     tags: Mapping[str, str]  # tag -> digest when the plan was made
     actions: tuple[Action, ...]
     error: str | None = None  # the inventory failed: nothing is done here
+    warnings: tuple[str, ...] = ()  # keep rules that picked no tag, where something goes
 
     @property
     def ref(self) -> str:
@@ -139,6 +140,7 @@ class RepositoryPlan:
             "tags": dict(self.tags),
             "actions": [a.to_json() for a in self.actions],
             "error": self.error,
+            "warnings": list(self.warnings),
         }
 
     @classmethod
@@ -152,6 +154,7 @@ class RepositoryPlan:
             tags={str(k): str(v) for k, v in dict(data.get("tags") or {}).items()},
             actions=tuple(Action.from_json(a) for a in data.get("actions") or ()),
             error=str(data["error"]) if data.get("error") else None,
+            warnings=tuple(str(w) for w in data.get("warnings") or ()),
         )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shipit.lifecycle.limit import DeleteLimit, Refusal, refusal_hint
 from shipit.lifecycle.records import Action, PrunePlan, RepositoryPlan, short_tag
 from shipit.log import PLAIN, Style
 from shipit.render import table
@@ -29,13 +30,34 @@ REPORT_SCHEMA = 1
 _HEADERS = ["registry", "repository", "digest", "tags", "created", "action", "rule"]
 
 
-def plan_table(plan: PrunePlan, style: Style = PLAIN) -> str:
-    """The dry run: every row, then a count per repository."""
+def plan_table(plan: PrunePlan, style: Style = PLAIN, refused: Sequence[Refusal] = ()) -> str:
+    """The dry run: every row, a count per repository, the keep rules that picked nothing,
+    and the limit `--apply` would hit."""
     rows = [_cells(repo, action) for repo in plan.repositories for action in repo.actions]
     lines = [_table(_HEADERS, rows, style)] if rows else []
     lines += [_totals(repo) for repo in plan.repositories]
+    lines += [f"{style.paint('warning', 'warn')}: {w}" for w in rule_warnings(plan)]
+    lines += [f"{style.paint('--apply would refuse', 'bad')}: {r}" for r in refused]
+    if refused:
+        lines.append(f"({refusal_hint(tuple(refused))})")
     lines.append("dry run: nothing was changed; `shipit prune --apply` does it")
     return "\n".join(lines)
+
+
+def rule_warnings(plan: PrunePlan) -> list[str]:
+    """The keep rules that picked no tag where something goes, with their registry."""
+    return [f"{w} ({repo.registry})" for repo in plan.repositories for w in repo.warnings]
+
+
+def plan_document(
+    plan: PrunePlan, limit: DeleteLimit, refused: Sequence[Refusal]
+) -> dict[str, Any]:
+    """The dry run's JSON: the plan (which `--plan FILE` reads back) and the limit's verdict."""
+    return {
+        **plan.to_json(),
+        "max_delete": limit.text,
+        "refused": [r.to_json() for r in refused],
+    }
 
 
 def result_table(result: PruneResult, style: Style = PLAIN) -> str:

@@ -6,6 +6,9 @@ Decided on digests, not tags (DESIGN section 10):
    `1`, and what the spec would publish for the current commit), then each `keep` rule in
    order; rules are OR'ed, the limits inside one rule (`newest`, `newest_per_minor`,
    `newest_per_major`, `younger_than`) all apply. A digest is kept if any of its tags is.
+   A rule's `tags` pattern is searched in the tag (`re.search`, as grep reads a regular
+   expression), so a pattern that matches more only keeps more: keep rules err towards
+   keeping, and `^...$` makes one exact.
 2. The keep set is closed: the platform manifests of a kept index, and what is attached to a
    kept digest (signatures, attestations, SBOMs, referrers, the referrers index of cosign 3)
    are kept with it; `untagged: keep` keeps the manifests found without any tag.
@@ -53,16 +56,21 @@ def version_of(tag: str) -> semver.Version | None:
         return None
 
 
+def picks(rule: KeepRule, tags: Iterable[str]) -> set[str]:
+    """The tags `rule` picks (`tags:` found anywhere in the tag, `semver:`), before its limits."""
+    pattern = re.compile(rule.tags) if rule.tags is not None else None
+    return {
+        t
+        for t in tags
+        if (pattern is None or pattern.search(t)) and (not rule.semver or version_of(t))
+    }
+
+
 def select(
     rule: KeepRule, tags: Mapping[str, str], created: Mapping[str, datetime | None], now: datetime
 ) -> set[str]:
     """The tags (of `tags`: tag -> digest) that `rule` keeps."""
-    pattern = re.compile(rule.tags) if rule.tags is not None else None
-    picked = {
-        t
-        for t in tags
-        if (pattern is None or pattern.fullmatch(t)) and (not rule.semver or version_of(t))
-    }
+    picked = picks(rule, tags)
     kept = set(picked)
     if rule.younger_than is not None:
         since = now - timedelta(seconds=rule.younger_than)
@@ -113,6 +121,17 @@ def tag_reasons(
         for tag in sorted(select(rule, tags, created, now)):
             reasons.setdefault(tag, f"keep #{index} {rule.text}")
     return reasons
+
+
+def idle_rules(holdings: Holdings, policy: RetentionPolicy) -> tuple[str, ...]:
+    """A warning for each keep rule that picks no tag of the repository: a pattern that
+    finds nothing is more often a mistake than a rule for later."""
+    tags = [t for t in holdings.tags if tag_subject(t) is None]
+    return tuple(
+        f"keep #{index} {rule.text} picked no tag in {holdings.repository}"
+        for index, rule in enumerate(policy.keep, start=1)
+        if not picks(rule, tags)
+    )
 
 
 class _Graph:

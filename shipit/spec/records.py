@@ -150,7 +150,7 @@ class PushPolicy:
 class KeepRule:
     """One rule of `retention.keep`: the tags it picks, and the limits they must all pass.
 
-    It picks the tags that `tags` (a regular expression, matched against the whole tag) and
+    It picks the tags that `tags` (a regular expression searched in the tag, as grep does) and
     `semver` (the tag is a semantic version, with or without a `v`) allow; no limit keeps
     all of them. `newest` keeps the tags of the N newest images, by creation time;
     `newest_per_minor` / `newest_per_major` the N highest versions of each minor / major

@@ -2,10 +2,11 @@
 
 A mergeable section that may stand at the top (for every image) or in an image, and that
 `retention: false` turns off; a spec without it prunes nothing. `keep:` is a list of rules,
-OR'ed: each picks tags (`tags:` a regular expression matched against the whole tag,
-`semver: true`) and keeps those that pass all of its limits (`newest: N`, `newest_per_minor:
-N`, `newest_per_major: N`, `younger_than: 14d`). `untagged:` says what happens to manifests
-that nothing kept refers to: `delete` (the default) or `keep`.
+OR'ed: each picks tags (`tags:` a regular expression searched in the tag as grep does, so
+`^pr-` picks `pr-6` and `^main$` only `main`; `semver: true`) and keeps those that pass all
+of its limits (`newest: N`, `newest_per_minor: N`, `newest_per_major: N`, `younger_than:
+14d`). `untagged:` says what happens to manifests that nothing kept refers to: `delete` (the
+default) or `keep`.
 """
 
 from __future__ import annotations

@@ -45,6 +45,8 @@ class World:
     no_deletes: RunningRegistry  # a copy, deletes turned off
     moved: RunningRegistry  # a copy, for the moved-tag test
     mixed: RunningRegistry  # a copy, pruned next to `no_deletes`
+    searched: RunningRegistry  # a copy, pruned with patterns that grep would read
+    limited: RunningRegistry  # a copy, for the limit on what one --apply deletes
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +64,15 @@ def world(
 ) -> World:
     main = registry_factory()
     history = make_history(tmp_path_factory.mktemp("history"), main.host, keys, dockerd.host)
-    copies = [registry_factory(delete=False), registry_factory(), registry_factory()]
+    copies = [registry_factory(delete=False), *(registry_factory() for _ in range(4))]
     with Registry(Endpoint(host=main.host)) as source:
         for copy in copies:
             with Registry(Endpoint(host=copy.host)) as target:
                 assert copy_repository(source, target, REPO) > 20
-    return World(history=history, main=main, no_deletes=copies[0], moved=copies[1], mixed=copies[2])
+    return World(
+        history=history, main=main, no_deletes=copies[0], moved=copies[1], mixed=copies[2],
+        searched=copies[3], limited=copies[4],
+    )  # fmt: skip
 
 
 # -- what the history should give ------------------------------------------------------------
@@ -418,6 +423,124 @@ def test_a_tag_moved_between_the_plan_and_the_apply_is_skipped(
     assert skipped[old.digest] == "tag pr-5 moved since the plan"
     assert set(skipped) == {old.digest, *old.platforms.values()}
     assert "skipped: tag pr-5 moved since the plan" in out
+    client.close()
+
+
+# -- keep rules that err towards keeping, and a limit on one --apply ----------------------------
+
+# The policy a user wrote (issue 19): `^pr-` and `^main$` as grep reads them, and a rule for
+# tags this repository does not have.
+SEARCHED = """\
+retention:
+  keep:
+    - {semver: true, newest_per_minor: 1}
+    - {tags: '^main$'}
+    - {tags: '^pr-', newest: 1}
+    - {tags: '^release-'}
+  untagged: delete
+"""
+# Only the newest release of every major line: six of the ten tagged images go (the floating
+# tags 1.0 and 1.2 and what HEAD publishes keep v1.0.0, v1.2.2 and main).
+GREEDY = """\
+retention:
+  keep:
+    - {semver: true, newest_per_major: 1}
+  untagged: delete
+"""
+
+
+def prune_args(history: History, spec: Path, *extra: str) -> list[str]:
+    return ["prune", "-C", str(history.project), "-f", spec.name, *extra]
+
+
+def test_patterns_are_searched_in_tags_and_a_rule_that_picks_nothing_is_said(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = world.history
+    registry = f"{world.searched.host}/history"
+    spec = history.write_spec(history.project / "searched.yml", [registry], SEARCHED)
+    warning = f"keep #4 {{tags: '^release-'}} picked no tag in {REPO} ({registry})"
+    code, table, err = run_shipit(prune_args(history, spec), capsys, history.env)
+    assert code == 0, err
+    (history.project.parent / "searched-dry-run.txt").write_text(table, encoding="utf-8")
+    assert f"warning: {warning}" in table
+    assert "--apply would refuse" not in table  # 5 of 10 tagged images: half is allowed
+    code, out, err = run_shipit(prune_args(history, spec, "--json"), capsys, history.env)
+    assert code == 0, err
+    assert f"warning: {warning}" in err
+    plan = json.loads(out)
+    [repository] = plan["repositories"]
+    assert repository["warnings"] == [f"keep #4 {{tags: '^release-'}} picked no tag in {REPO}"]
+    assert plan["max_delete"] == "50%" and plan["refused"] == []
+    rules = {r["digest"]: r["rule"] for r in repository["actions"] if r["action"] != "untag"}
+    assert rules[history.build("pr-6").digest] == "keep #3 {tags: '^pr-', newest: 1}"
+    assert rules[history.build("pr-5").digest] == "no rule keeps its tags"
+    report = history.project.parent / "searched-report.json"
+    code, out, err = run_shipit(
+        prune_args(history, spec, "--apply", "--report", str(report)), capsys, history.env
+    )
+    assert code == 0, err
+    assert f"warning: {warning}" in err  # said again when it is carried out
+    [done] = json.loads(report.read_text(encoding="utf-8"))["repositories"]
+    assert done["warnings"] == repository["warnings"]
+    with Registry(Endpoint(host=world.searched.host)) as client:
+        kept = snapshot(client, REPO)
+        assert kept["pr-6"] == history.build("pr-6").digest
+        assert kept["main"] == history.build("main-again").digest
+        assert "pr-5" not in kept
+        assert all(present(client, d) for d in images_of(history, ("pr-6", "main-again")))
+        assert not any(present(client, d) for d in images_of(history, ("pr-5", "v1.3.1")))
+
+
+def test_apply_refuses_to_delete_more_than_half_until_max_delete_allows_it(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = world.history
+    registry = f"{world.limited.host}/history"
+    spec = history.write_spec(history.project / "greedy.yml", [registry], GREEDY)
+    refusal = (
+        f"{world.limited.host}/{REPO} ({registry}): the plan deletes 6 of its 10 tagged images"
+        " (60%), more than --max-delete 50% allows"
+    )
+    code, table, err = run_shipit(prune_args(history, spec), capsys, history.env)
+    assert code == 0, err
+    (history.project.parent / "greedy-dry-run.txt").write_text(table, encoding="utf-8")
+    assert f"--apply would refuse: {refusal}" in table
+    assert "`--max-delete 6`" in table and "`--max-delete 100%`" in table
+    code, out, err = run_shipit(prune_args(history, spec, "--json"), capsys, history.env)
+    assert code == 0, err
+    [refused] = json.loads(out)["refused"]
+    assert (refused["deleted"], refused["tagged"], refused["max_delete"]) == (6, 10, "50%")
+    client = Registry(Endpoint(host=world.limited.host))
+    before = snapshot(client, REPO)
+    report = history.project.parent / "greedy-report.json"
+    apply = prune_args(history, spec, "--apply", "--report", str(report))
+    code, _out, err = run_shipit(apply, capsys, history.env)
+    assert code == 1, err
+    assert "prune --apply refused, nothing was deleted" in err and refusal in err
+    assert "--max-delete 6" in err and "Traceback" not in err
+    assert snapshot(client, REPO) == before  # every tag where it was
+    assert stored_manifests(world.limited) >= set(before.values())
+    assert not report.exists()
+    code, _out, err = run_shipit(
+        prune_args(history, spec, "--apply", "--max-delete", "5"), capsys, history.env
+    )
+    assert code == 1 and "more than --max-delete 5 allows" in err
+    assert snapshot(client, REPO) == before
+    code, _out, err = run_shipit([*apply, "--max-delete", "100%"], capsys, history.env)
+    assert code == 0, err
+    after = snapshot(client, REPO)
+    gone = ("v1.2.0", "v1.2.1", "v1.3.0", "v1.3.1", "pr-5", "pr-6")
+    assert not any(present(client, d) for d in images_of(history, gone))
+    stays = ("v1.0.0", "v1.2.2", "v1.3.2", "main-again")
+    assert all(present(client, d) for d in images_of(history, stays))
+    assert {after[t] for t in ("latest", "1.0", "1.2", "main")} == {
+        history.build(n).digest for n in stays
+    }
+    code, _out, err = run_shipit(
+        prune_args(history, spec, "--max-delete", "half"), capsys, history.env
+    )
+    assert code == 2 and "'half' is not a number of images" in err
     client.close()
 
 

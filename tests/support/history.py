@@ -46,13 +46,15 @@ retention:
 """
 
 
-def spec_text(registries: Sequence[str], key: Path, sign_format: str) -> str:
+def spec_text(
+    registries: Sequence[str], key: Path, sign_format: str, retention: str = RETENTION
+) -> str:
     listed = "".join(f"  - {r}\n" for r in registries)
     return (
         "version: 1\n"
         f"registries:\n{listed}"
         "image:\n  name: app\n  platforms: [linux/amd64, linux/arm64]\n"
-        f"sign: {{key: {key}, tlog: false, format: {sign_format}}}\n" + RETENTION
+        f"sign: {{key: {key}, tlog: false, format: {sign_format}}}\n" + retention
     )
 
 
@@ -85,9 +87,11 @@ class History:
     def client(self, host: str | None = None) -> Registry:
         return Registry(Endpoint(host=host or self.registry))
 
-    def write_spec(self, path: Path, registries: Sequence[str]) -> Path:
-        """Another spec for the same project: the same image in other registries."""
-        path.write_text(spec_text(registries, self.key.private, "bundle"), encoding="utf-8")
+    def write_spec(self, path: Path, registries: Sequence[str], retention: str = RETENTION) -> Path:
+        """Another spec for the same project: the same image in other registries, and
+        another retention policy if given."""
+        text = spec_text(registries, self.key.private, "bundle", retention)
+        path.write_text(text, encoding="utf-8")
         return path
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from shipit.lifecycle.apply import _units
 from shipit.lifecycle.copying import merged_index, referrers_index
+from shipit.lifecycle.limit import DeleteLimit, refusals
 from shipit.lifecycle.records import (
     Action,
     PrunePlan,
@@ -21,7 +22,7 @@ from shipit.lifecycle.records import (
     short_tag,
     tag_subject,
 )
-from shipit.lifecycle.report import plan_table
+from shipit.lifecycle.report import plan_document, plan_table
 from shipit.registry import OCI_INDEX, OCI_MANIFEST, Manifest, parse_referrers
 from tests.support.cli import run_shipit
 
@@ -225,4 +226,96 @@ def test_registries_that_delete_only_through_their_own_api_are_not_probed(
         caps.message is not None
         and caps.message.startswith(f"{host}/acme: ")
         and says in caps.message
+    )
+
+
+# -- the limit on one --apply (--max-delete) ---------------------------------------------------
+
+
+def repository_of(images: int, deleted: int, *, signed: bool = True) -> RepositoryPlan:
+    """A repository of `images` tagged images (two tags each, one of them shared by name
+    shape with a release), the first `deleted` of them deleted with their signatures."""
+    tags: dict[str, str] = {}
+    actions: list[Action] = []
+    for i in range(images):
+        d = digest(f"image {i}")
+        tags[f"1.0.{i}"] = tags[f"sha-{i}"] = d
+        what = "delete" if i < deleted else "keep"
+        actions.append(Action(digest=d, tags=(f"1.0.{i}",), kind="image", action=what, rule=""))
+        if signed:  # an artifact tag: not an image of its own, not counted
+            sig = digest(f"signature {i}")
+            tags[d.replace(":", "-") + ".sig"] = sig
+            actions.append(Action(digest=sig, tags=(), kind="signature", action=what, rule=""))
+    return RepositoryPlan(
+        image="app", registry="r.example/ns", host="r.example", repository="ns/app",
+        tags=tags, actions=tuple(actions),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "percent"),
+    [("50%", None, 50), ("100%", None, 100), ("0%", None, 0), ("12", 12, None), (" 3 ", 3, None)],
+)
+def test_max_delete_reads_a_count_or_a_percentage(
+    text: str, count: int | None, percent: int | None
+) -> None:
+    limit = DeleteLimit.parse(text)
+    assert (limit.count, limit.percent) == (count, percent)
+
+
+@pytest.mark.parametrize("text", ["", "half", "-1", "50 %", "101%", "1.5", "1e3", "%"])
+def test_max_delete_refuses_what_is_not_a_limit(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a number|at most 100%"):
+        DeleteLimit.parse(text)
+
+
+def test_more_than_half_of_the_tagged_images_is_refused_by_default_and_half_is_not() -> None:
+    default = DeleteLimit.parse()
+    assert default.refusal(repository_of(10, 5)) is None  # half: allowed
+    refused = default.refusal(repository_of(10, 6))
+    assert refused is not None and (refused.deleted, refused.tagged) == (6, 10)  # images only
+    assert str(refused) == (
+        "r.example/ns/app (r.example/ns): the plan deletes 6 of its 10 tagged images (60%),"
+        " more than --max-delete 50% allows"
+    )
+    assert default.refusal(repository_of(1, 1)) is not None  # the only image of a repository
+    assert default.refusal(repository_of(0, 0)) is None
+
+
+def test_a_count_or_100_percent_allows_what_it_says() -> None:
+    assert DeleteLimit.parse("6").refusal(repository_of(10, 6)) is None
+    assert DeleteLimit.parse("5").refusal(repository_of(10, 6)) is not None
+    assert DeleteLimit.parse("100%").refusal(repository_of(10, 10)) is None
+    assert DeleteLimit.parse("0").refusal(repository_of(10, 1)) is not None
+    assert DeleteLimit.parse("0%").refusal(repository_of(10, 0)) is None  # nothing deleted
+
+
+def test_the_dry_run_says_when_apply_would_refuse_and_its_json_carries_it() -> None:
+    plan = PrunePlan(
+        spec="shipit.yml", made=datetime(2026, 1, 1, tzinfo=UTC),
+        repositories=(repository_of(4, 3), repository_of(4, 1)),
+    )  # fmt: skip
+    limit = DeleteLimit.parse("50%")
+    refused = refusals(plan.repositories, limit)
+    assert len(refused) == 1 and refused[0].deleted == 3
+    text = plan_table(plan, refused=refused)
+    assert "--apply would refuse: r.example/ns/app (r.example/ns): the plan deletes 3 of" in text
+    assert "`--max-delete 3`" in text and "`--max-delete 100%`" in text
+    document = plan_document(plan, limit, refused)
+    assert document["max_delete"] == "50%"
+    assert [r["deleted"] for r in document["refused"]] == [3]
+    assert PrunePlan.from_json(json.loads(json.dumps(document))) == plan  # --plan reads it back
+
+
+def test_the_warnings_of_a_plan_survive_its_json() -> None:
+    repository = RepositoryPlan(
+        image="app", registry="r.example/ns", host="r.example", repository="ns/app", tags={},
+        actions=(), warnings=("keep #3 {tags: '^pr-'} picked no tag in ns/app",),
+    )  # fmt: skip
+    plan = PrunePlan(spec="s", made=datetime(2026, 1, 1, tzinfo=UTC), repositories=(repository,))
+    assert PrunePlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+    assert plan.to_json()["repositories"][0]["warnings"] == list(repository.warnings)
+    assert (
+        "\nwarning: keep #3 {tags: '^pr-'} picked no tag in ns/app (r.example/ns)\n"
+        in plan_table(plan)
     )

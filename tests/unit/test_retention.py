@@ -14,7 +14,7 @@ import pytest
 from shipit.errors import Location
 from shipit.lifecycle.protect import floating_patterns, protected_tags
 from shipit.lifecycle.records import Action, Holdings, Node
-from shipit.lifecycle.retention import Protected, decide, select, version_of
+from shipit.lifecycle.retention import Protected, decide, idle_rules, select, version_of
 from shipit.registry import OCI_INDEX, OCI_MANIFEST
 from shipit.spec import Flavor, Image, KeepRule, RetentionPolicy, TagRule, default_rules
 
@@ -30,8 +30,8 @@ def ago(days: float) -> datetime:
     return NOW - timedelta(days=days)
 
 
-def rule(**fields: object) -> KeepRule:
-    return KeepRule(text=str(fields), **fields)  # type: ignore[arg-type]
+def rule(text: str | None = None, **fields: object) -> KeepRule:
+    return KeepRule(text=text or str(fields), **fields)  # type: ignore[arg-type]
 
 
 def policy(*rules: KeepRule, untagged: str = "delete") -> RetentionPolicy:
@@ -110,12 +110,45 @@ def deleted(rows: Mapping[str, Action]) -> set[str]:
 # -- picking tags --------------------------------------------------------------------------
 
 
-def test_a_tags_rule_matches_the_whole_tag_not_a_part_of_it() -> None:
+def test_a_tags_rule_is_searched_in_the_tag_as_grep_does() -> None:
     repo = Repo()
     main, old = repo.image("main", ["main"]), repo.image("old", ["main-old", "remain"])
+    other = repo.image("other", ["develop"])
     rows = repo.decide(policy(rule(tags="main")))
-    assert kept(rows) == {main} and deleted(rows) == {old}
+    assert kept(rows) == {main, old} and deleted(rows) == {other}  # "main" is in "remain"
     assert rows[main].rule == "keep #1 {'tags': 'main'}"  # the rule's text, as the test wrote it
+    rows = repo.decide(policy(rule(tags="^main$")))  # anchored at both ends: exactly one tag
+    assert kept(rows) == {main} and deleted(rows) == {old, other}
+
+
+def test_a_prefix_pattern_and_a_fully_anchored_one_keep_what_they_were_written_for() -> None:
+    tags = {"pr-5": "a", "pr-6": "b", "main": "c", "fix-pr-7": "d", "v1.0.0": "e"}
+    assert select(rule(tags="^pr-"), tags, {}, NOW) == {"pr-5", "pr-6"}
+    assert select(rule(tags="pr-"), tags, {}, NOW) == {"pr-5", "pr-6", "fix-pr-7"}
+    # GitLab-style patterns that span the whole tag keep working: a superset, never less
+    assert select(rule(tags="pr-.*"), tags, {}, NOW) >= {"pr-5", "pr-6"}
+    assert select(rule(tags="^main$"), tags, {}, NOW) == {"main"}
+    assert select(rule(tags=r"^v?\d+\.\d+\.\d+$"), tags, {}, NOW) == {"v1.0.0"}
+
+
+def test_a_rule_that_picks_no_tag_is_named_and_a_rule_that_picks_one_is_not() -> None:
+    repo = Repo()
+    repo.image("pr", ["pr-6"])
+    release = repo.image("release", ["v1.0.0"])
+    repo.signature(release)  # artifact tags are never what a rule is meant to pick
+    found = idle_rules(
+        repo.holdings(),
+        policy(
+            rule(tags="^pr-", text="{tags: '^pr-'}"),
+            rule(tags="^main$", text="{tags: '^main$'}"),
+            rule(tags="^sha256-", text="{tags: '^sha256-'}"),
+            rule(semver=True, newest=1, text="{semver: true, newest: 1}"),
+        ),
+    )
+    assert found == (
+        "keep #2 {tags: '^main$'} picked no tag in ns/app",
+        "keep #3 {tags: '^sha256-'} picked no tag in ns/app",
+    )
 
 
 def test_semver_picks_versions_with_or_without_a_v_and_nothing_else() -> None:
@@ -190,9 +223,13 @@ def test_the_common_policy_keep_the_last_10_keep_semver_delete_dev() -> None:
     devs = [repo.image(f"dev{i}", [f"dev-{i}"], days=i) for i in range(3)]  # the newest
     builds = [repo.image(f"b{i}", [f"sha-{i}"], days=10 + i) for i in range(12)]
     release = repo.image("rel", ["1.0.0"], days=400)
-    rows = repo.decide(policy(rule(tags="(?!dev-).+", newest=10), rule(semver=True)))
+    rows = repo.decide(policy(rule(tags="^(?!dev-)", newest=10), rule(semver=True)))
     assert kept(rows) == {*builds[:10], release}
     assert deleted(rows) == {*devs, *builds[10:]}
+    # unanchored, the lookahead is tried at every position: `ev-0` is not `dev-`, so it picks
+    # every tag, and the newest 10 include the dev builds: searching errs towards keeping
+    rows = repo.decide(policy(rule(tags="(?!dev-).+", newest=10), rule(semver=True)))
+    assert kept(rows) == {*devs, *builds[:7], release}
 
 
 # -- decided on digests ----------------------------------------------------------------------
