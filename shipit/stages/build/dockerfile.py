@@ -9,13 +9,16 @@ defaults) expanded in `FROM` as `$NAME`, `${NAME}`, `${NAME:-word}` and `${NAME:
 
 Which stages count: under BuildKit only the stages the target needs (its `FROM` and
 `--from` chain); the classic builder builds every stage up to the target.
+
+`with_bases` writes a Dockerfile whose stages start from other images, for the SDK engine's
+platform bases (classic_platforms.py): only those `FROM` lines change.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _DIRECTIVE = re.compile(r"#\s*([A-Za-z]+)\s*=\s*(\S+)\s*$")
 _HEREDOC = re.compile(r"<<-?\s*[\"']?([A-Za-z_][A-Za-z0-9_]*)[\"']?")
@@ -28,10 +31,22 @@ class Stage:
     name: str | None  # `AS name`, lowercased
     base: str  # what FROM names, expanded
     copies_from: tuple[str, ...]  # COPY --from= values, as written
+    platform: str | None = None  # FROM's `--platform=` value, as written
+    steps: tuple[str, ...] = ()  # the stage's instructions after FROM (ARG, COPY...), in order
 
 
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of each logical line, continuations joined, heredocs skipped."""
+@dataclass(frozen=True, kw_only=True)
+class Instruction:
+    """One logical line: its instruction, its arguments, and where it is in the text."""
+
+    word: str  # uppercased: FROM, RUN...
+    rest: str  # the arguments, continuations joined
+    first: int  # its first physical line (0-based, as `str.splitlines` counts them)
+    last: int  # its last physical line
+
+
+def parse_instructions(text: str) -> list[Instruction]:
+    """Every logical line, continuations joined, heredoc bodies and comments skipped."""
     escape = "\\"
     lines = text.splitlines()
     for line in lines:  # parser directives: only at the very top, before any other line
@@ -40,10 +55,11 @@ def instructions(text: str) -> list[tuple[str, str]]:
             break
         if match[1].lower() == "escape" and match[2] in ("\\", "`"):
             escape = match[2]
-    found: list[tuple[str, str]] = []
+    found: list[Instruction] = []
     current = ""
+    start = 0
     heredoc: list[str] = []
-    for line in lines:
+    for number, line in enumerate(lines):
         if heredoc:
             if line.strip() == heredoc[0]:
                 heredoc.pop(0)
@@ -53,18 +69,53 @@ def instructions(text: str) -> list[tuple[str, str]]:
             continue
         if current and stripped.startswith("#"):
             continue  # a comment inside a continued instruction
+        if not current:
+            start = number
         if stripped.endswith(escape):
             current += stripped[: -len(escape)] + " "
             continue
         current += stripped
-        word, _, rest = current.strip().partition(" ")
-        found.append((word.upper(), rest.strip()))
-        heredoc = _HEREDOC.findall(rest) if word.upper() in ("RUN", "COPY", "ADD") else []
+        found.append(_instruction(current, start, number))
+        word = found[-1].word
+        heredoc = _HEREDOC.findall(found[-1].rest) if word in ("RUN", "COPY", "ADD") else []
         current = ""
     if current.strip():
-        word, _, rest = current.strip().partition(" ")
-        found.append((word.upper(), rest.strip()))
+        found.append(_instruction(current, start, len(lines) - 1))
     return found
+
+
+def _instruction(text: str, first: int, last: int) -> Instruction:
+    word, _, rest = text.strip().partition(" ")
+    return Instruction(word=word.upper(), rest=rest.strip(), first=first, last=last)
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each logical line, continuations joined, heredocs skipped."""
+    return [(found.word, found.rest) for found in parse_instructions(text)]
+
+
+def with_bases(text: str, bases: Mapping[int, str]) -> str:
+    """`text` with the `FROM` of each stage in `bases` (by index) naming that image instead.
+
+    Its flags and `AS name` stay and every other line is as it was; a `FROM` continued over
+    several lines becomes one line and blank ones, so no line number moves."""
+    lines = text.splitlines(keepends=True)
+    froms = [found for found in parse_instructions(text) if found.word == "FROM"]
+    for index, base in bases.items():
+        found = froms[index]
+        parts = found.rest.split()
+        flags = [p for p in parts if p.startswith("--")]
+        others = [p for p in parts if not p.startswith("--")]
+        lines[found.first] = " ".join(["FROM", *flags, base, *others[1:]]) + _ending(
+            lines[found.first]
+        )
+        for number in range(found.first + 1, found.last + 1):
+            lines[number] = _ending(lines[number])
+    return "".join(lines)
+
+
+def _ending(line: str) -> str:
+    return line[len(line.rstrip("\r\n")) :]
 
 
 def expand(text: str, values: Mapping[str, str]) -> str:
@@ -89,6 +140,7 @@ def stages(
     only where an `ARG` declares them); `automatic` the platform args FROM may use undeclared."""
     scope: dict[str, str] = dict(automatic or {})
     result: list[Stage] = []
+    steps: list[str] = []
     copies: list[str] = []
     for word, rest in instructions(text):
         if word == "ARG" and not result:
@@ -100,21 +152,35 @@ def stages(
                     scope[name] = expand(default.strip("\"'"), scope)
         elif word == "FROM":
             if result:
-                result[-1] = _with_copies(result[-1], copies)
-            copies = []
-            parts = [p for p in rest.split() if not p.startswith("--")]
+                result[-1] = _with_steps(result[-1], steps, copies)
+            steps, copies = [], []
+            words = rest.split()
+            parts = [p for p in words if not p.startswith("--")]
+            platform = next(
+                (p.partition("=")[2] for p in words if p.lower().startswith("--platform=")), None
+            )
             base = expand(parts[0], scope) if parts else ""
             alias = parts[2].lower() if len(parts) >= 3 and parts[1].lower() == "as" else None
-            result.append(Stage(name=alias, base=base, copies_from=()))
-        elif word in ("COPY", "ADD") and result:
-            copies += [p.partition("=")[2] for p in rest.split() if p.startswith("--from=")]
+            result.append(Stage(name=alias, base=base, copies_from=(), platform=platform))
+        elif result:
+            steps.append(word)
+            if word in ("COPY", "ADD"):
+                copies += [p.partition("=")[2] for p in rest.split() if p.startswith("--from=")]
     if result:
-        result[-1] = _with_copies(result[-1], copies)
+        result[-1] = _with_steps(result[-1], steps, copies)
     return result
 
 
-def _with_copies(stage: Stage, copies: list[str]) -> Stage:
-    return Stage(name=stage.name, base=stage.base, copies_from=tuple(copies))
+def _with_steps(stage: Stage, steps: list[str], copies: list[str]) -> Stage:
+    return replace(stage, steps=tuple(steps), copies_from=tuple(copies))
+
+
+def built_stages(all_stages: list[Stage], target: str | None) -> list[Stage]:
+    """The stages the classic builder builds: every one up to the target (or the last)."""
+    last = len(all_stages) - 1
+    if target:
+        last = next((i for i, s in enumerate(all_stages) if s.name == target.lower()), last)
+    return all_stages[: last + 1]
 
 
 def base_images(
@@ -130,15 +196,13 @@ def base_images(
     all_stages = stages(text, args, automatic)
     if not all_stages:
         return ()
-    last = len(all_stages) - 1
-    if target:
-        last = next((i for i, s in enumerate(all_stages) if s.name == target.lower()), last)
+    last = len(built_stages(all_stages, target)) - 1
     chosen = _needed(all_stages, last) if buildkit else set(range(last + 1))
     images: dict[str, None] = {}
     for index in sorted(chosen):
         stage = all_stages[index]
         for ref in (stage.base, *stage.copies_from):
-            if _stage_index(all_stages, ref, before=index) is None and _is_image(ref):
+            if stage_index(all_stages, ref, before=index) is None and is_image(ref):
                 images[ref] = None
     return tuple(images)
 
@@ -154,13 +218,13 @@ def _needed(all_stages: list[Stage], last: int) -> set[int]:
         needed.add(index)
         stage = all_stages[index]
         for ref in (stage.base, *stage.copies_from):
-            found = _stage_index(all_stages, ref, before=index)
+            found = stage_index(all_stages, ref, before=index)
             if found is not None:
                 todo.append(found)
     return needed
 
 
-def _stage_index(all_stages: list[Stage], ref: str, *, before: int) -> int | None:
+def stage_index(all_stages: list[Stage], ref: str, *, before: int) -> int | None:
     """The earlier stage `ref` names (by `AS` name or by number), if it names one."""
     if ref.isdigit():
         return int(ref) if int(ref) < before else None
@@ -170,5 +234,6 @@ def _stage_index(all_stages: list[Stage], ref: str, *, before: int) -> int | Non
     return None
 
 
-def _is_image(ref: str) -> bool:
+def is_image(ref: str) -> bool:
+    """Whether a stage's base (expanded) names an image: not scratch, nothing left unexpanded."""
     return bool(ref) and ref.lower() != "scratch" and "$" not in ref
