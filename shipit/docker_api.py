@@ -11,8 +11,11 @@ errors that way). shipit never pushes through the daemon: it exports the image o
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import queue
 import re
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import docker.utils
 import requests.exceptions
 import urllib3.exceptions
 from docker.api.build import process_dockerfile
+from docker.utils.build import PatternMatcher, create_archive, exclude_paths
 
 from shipit import log
 
@@ -60,6 +64,20 @@ class BuildRequest:
     cache_from: tuple[str, ...] = ()
     no_cache: bool = False
     network: str | None = None
+    # the Dockerfile to build instead of the context's (the SDK engine's platform bases); sent
+    # so that the daemon drops it from the build context, which stays the user's
+    dockerfile_text: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonInfo:
+    """What a daemon is: its version, its API version, and where it keeps images."""
+
+    version: str  # e.g. 20.10.24+dfsg1
+    api_version: str  # e.g. 1.41
+    containerd_store: bool  # images in containerd (Docker 24+ with the snapshotter feature)
+    os: str = "linux"  # the daemon's own platform
+    arch: str = "amd64"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +107,7 @@ class Daemon:
             self._client = docker.from_env(environment=dict(env), timeout=timeout)
         except docker.errors.DockerException as exc:
             raise DaemonError(_daemon_message(exc, env)) from None
+        self._info: DaemonInfo | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -120,7 +139,7 @@ class Daemon:
         temporary file first, as docker-py's `build(path=...)` does.
         """
         try:
-            pipe = _ContextPipe(request.context, request.dockerfile)
+            pipe = _ContextPipe(request.context, request.dockerfile, request.dockerfile_text)
         except OSError as exc:
             raise StreamError(f"cannot read the build context: {exc}") from None
         kwargs: dict[str, Any] = {
@@ -171,15 +190,77 @@ class Daemon:
             info = self._client.info()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DaemonError(_daemon_message(exc, self.env)) from None
-        status = info.get("DriverStatus") or []
-        return any(
-            isinstance(pair, list) and "io.containerd.snapshotter" in " ".join(map(str, pair))
-            for pair in status
-        )
+        return _snapshotter(info)
 
-    def inspect(self, image: str) -> Mapping[str, Any]:
+    def describe(self) -> DaemonInfo:
+        """The daemon's version, API version, image store and platform (asked once)."""
+        if self._info is None:
+            try:
+                version = self._client.version()
+                info = self._client.info()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise DaemonError(_daemon_message(exc, self.env)) from None
+            self._info = DaemonInfo(
+                version=str(version.get("Version", "unknown")),
+                api_version=str(version.get("ApiVersion") or self._client.api.api_version),
+                containerd_store=_snapshotter(info),
+                os=str(version.get("Os") or "linux"),
+                arch=str(version.get("Arch") or "amd64"),
+            )
+        return self._info
+
+    def pull(self, name: str, platform: str) -> None:
+        """Pull `name` for `platform` (the daemon's own credentials from the docker config)."""
         try:
-            return dict(self._client.api.inspect_image(image))
+            stream = self._client.api.pull(name, platform=platform, stream=True, decode=True)
+            for chunk in stream:
+                if "error" in chunk or "errorDetail" in chunk:
+                    detail = chunk.get("errorDetail") or {}
+                    raise DaemonError(str(chunk.get("error") or detail.get("message")).strip())
+        except docker.errors.APIError as exc:
+            raise DaemonError(_api_message(exc)) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+
+    def load(self, archive: bytes, platform: str | None = None) -> str:
+        """`docker load` of an image archive; the id of the image it held. With `platform`
+        (API 1.48, Docker 28) the daemon unpacks that platform and checks the image has it."""
+        api = self._client.api
+        params = {"quiet": "1"}
+        if platform:
+            params["platform"] = json.dumps(platform_object(platform))
+        loaded: str | None = None
+        try:
+            # docker-py's load_image() takes no platform: its own request, with the parameter
+            response = api._post(api._url("/images/load"), data=archive, params=params, stream=True)
+            for chunk in api._stream_helper(response, decode=True):
+                if "error" in chunk or "errorDetail" in chunk:
+                    detail = chunk.get("errorDetail") or {}
+                    raise DaemonError(str(chunk.get("error") or detail.get("message")).strip())
+                text = str(chunk.get("stream") or "").strip()
+                loaded = (
+                    text.partition("Loaded image ID: ")[2]
+                    or text.partition("Loaded image: ")[2]
+                    or loaded
+                )
+        except docker.errors.APIError as exc:
+            raise DaemonError(_api_message(exc)) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+        if loaded is None:
+            raise DaemonError("the daemon loaded the archive but named no image")
+        return loaded if loaded.startswith("sha256:") else str(self.inspect(loaded)["Id"])
+
+    def inspect(self, image: str, *, manifests: bool = False) -> Mapping[str, Any]:
+        """`docker image inspect`; with `manifests` (API 1.48, Docker 28 on the containerd
+        store) also `Manifests`: each platform's manifest, whether the daemon has its content."""
+        api = self._client.api
+        try:
+            if not manifests:
+                return dict(api.inspect_image(image))
+            # docker-py's inspect_image() takes no parameters: its own request, with one
+            url = api._url("/images/{0}/json", image)
+            return dict(api._result(api._get(url, params={"manifests": "1"}), True))
         except docker.errors.DockerException as exc:
             raise DaemonError(str(exc)) from None
 
@@ -225,6 +306,98 @@ def context_paths(context: Path, dockerfile: str) -> tuple[list[str], str | None
     return sorted(paths), outside
 
 
+def dockerfile_replaceable(context: Path, dockerfile: str) -> bool:
+    """Whether `build` can send a Dockerfile of shipit's (`BuildRequest.dockerfile_text`) for
+    this context with the build context left as it is (`_replace_dockerfile`). OSError if
+    the context cannot be read."""
+    pipe = _ContextPipe(context, dockerfile)
+    root = os.path.abspath(str(context))
+    return _replace_dockerfile(root, pipe.dockerfile_entry, pipe.exclude, "") is not None
+
+
+def unreplaceable_dockerfile(context: Path) -> str:
+    return (
+        f"the build context {context} has a .dockerignore that excludes nothing a Dockerfile"
+        " of shipit's could be named, and not the Dockerfile itself: the daemon would keep"
+        " that Dockerfile in the build context (a `COPY .` would copy it); add the"
+        " Dockerfile's name to .dockerignore"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Replaced:
+    name: str  # the Dockerfile the build names
+    files: list[str]  # the context's paths, as the archive holds them (sorted)
+    extra: list[tuple[str, str]]  # (name, text) added to the archive, or written over a path
+
+
+def _replace_dockerfile(
+    root: str, entry: tuple[str | None, str | None], exclude: list[str] | None, text: str
+) -> _Replaced | None:
+    """Where a Dockerfile of shipit's goes in the archive so that the daemon builds it and then
+    drops it from the build context, which stays as the user's; None when nowhere can.
+
+    The daemon reads the Dockerfile, then removes it and `.dockerignore` from the build
+    context when the archive's `.dockerignore` excludes them (moby's builder/remotecontext/
+    detect.go, removeDockerfile, in 20.10 and 28 alike); docker-py excludes the rest itself,
+    and always sends the context's own Dockerfile and `.dockerignore`. So the text goes
+    1. over the context's own Dockerfile, when `.dockerignore` excludes it;
+    2. when the context has no `.dockerignore`, under a name of its own, with a
+       `.dockerignore` that excludes that name and itself (what docker-py does with a
+       Dockerfile from outside the context);
+    3. else under a name that `.dockerignore`, left as it is, already excludes and that
+       nothing in the context has.
+    """
+    patterns = list(exclude or [])
+    own = os.path.normpath(entry[0]) if entry[0] and entry[1] is None else None
+    files = sorted(exclude_paths(root, list(patterns), dockerfile=own or entry[0]))
+    matcher = PatternMatcher(patterns)
+    if own is not None and ".dockerignore" in files and matcher.matches(own):
+        return _Replaced(name=own, files=files, extra=[(own, text)])
+    if ".dockerignore" not in files:
+        name = f".dockerfile.{secrets.token_hex(20)}"
+        ignore = "\n".join([*(patterns or [".dockerignore"]), name])
+        return _Replaced(name=name, files=files, extra=[(".dockerignore", ignore), (name, text)])
+    hidden = _ignored_name(patterns, set(files), matcher)
+    return None if hidden is None else _Replaced(name=hidden, files=files, extra=[(hidden, text)])
+
+
+def _ignored_name(patterns: list[str], taken: set[str], matcher: PatternMatcher) -> str | None:
+    """A top-level name that `patterns` exclude and that the context does not hold: one of
+    the patterns with its wildcards filled in (`*.log` gives `<random>.log`)."""
+    token = f"shipit-dockerfile-{secrets.token_hex(8)}"
+    for pattern in patterns:
+        if pattern.startswith("!") or any(c in pattern for c in "[\\"):
+            continue
+        name = pattern.strip("/")
+        while name.startswith("**/"):
+            name = name[3:]
+        name = name.replace("**", token).replace("*", token).replace("?", "x")
+        if not name or "/" in name or name in (".", "..", ".dockerignore") or name in taken:
+            continue
+        if matcher.matches(name):
+            return name
+    return None
+
+
+def platform_object(platform: str) -> dict[str, str]:
+    """`linux/arm/v7` as the OCI platform object the API takes: os, architecture, variant."""
+    os_name, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    found = {"os": os_name, "architecture": arch}
+    if variant:
+        found["variant"] = variant
+    return found
+
+
+def _snapshotter(info: Mapping[str, Any]) -> bool:
+    status = info.get("DriverStatus") or []
+    return any(
+        isinstance(pair, list) and "io.containerd.snapshotter" in " ".join(map(str, pair))
+        for pair in status
+    )
+
+
 class ContextError(Exception):
     """The build context could not be read (a file that vanished or cannot be read)."""
 
@@ -232,9 +405,12 @@ class ContextError(Exception):
 class _ContextPipe:
     """A build context written by docker-py's `utils.tar` in one thread while the request
     body reads it in another: at most `_PIPE_DEPTH` chunks of `_PIPE_CHUNK` bytes in between,
-    so the daemon unpacks the context while the rest is still being read from disk."""
+    so the daemon unpacks the context while the rest is still being read from disk.
 
-    def __init__(self, context: Path, dockerfile: str) -> None:
+    With `replacement`, the archive holds that Dockerfile instead of the context's, placed so
+    that the daemon drops it from the build context (`_replace_dockerfile`)."""
+
+    def __init__(self, context: Path, dockerfile: str, replacement: str | None = None) -> None:
         self._context = str(context)
         ignore = context / ".dockerignore"
         self._exclude: list[str] | None = None
@@ -243,6 +419,13 @@ class _ContextPipe:
             self._exclude = [line for line in lines if line and not line.startswith("#")]
         # (name, None) inside the context; (a random name, its text) for one outside it
         self._dockerfile = process_dockerfile(dockerfile, self._context)
+        self._replaced: _Replaced | None = None
+        if replacement is not None:
+            self._replaced = _replace_dockerfile(
+                os.path.abspath(self._context), self.dockerfile_entry, self._exclude, replacement
+            )
+            if self._replaced is None:
+                raise StreamError(unreplaceable_dockerfile(context))
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_PIPE_DEPTH)
         self._buffer = bytearray()
         self._offset = 0
@@ -251,6 +434,8 @@ class _ContextPipe:
 
     @property
     def dockerfile(self) -> str | None:
+        if self._replaced is not None:
+            return self._replaced.name
         name = self._dockerfile[0]
         return str(name) if name else None
 
@@ -269,9 +454,17 @@ class _ContextPipe:
 
     def _produce(self) -> None:
         try:
-            docker.utils.tar(
-                self._context, exclude=self._exclude, dockerfile=self._dockerfile, fileobj=self
-            )
+            if self._replaced is None:
+                docker.utils.tar(
+                    self._context, exclude=self._exclude, dockerfile=self._dockerfile, fileobj=self
+                )
+            else:
+                create_archive(
+                    os.path.abspath(self._context),
+                    files=self._replaced.files,
+                    fileobj=self,
+                    extra_files=self._replaced.extra,
+                )
             if self._buffer:
                 self._put(bytes(self._buffer))
             self._put(None)
