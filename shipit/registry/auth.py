@@ -2,10 +2,19 @@
 
 A registry says how it wants to be spoken to in a 401's `WWW-Authenticate` header (RFC 7235,
 parsed here with quoted commas and all). With a bearer challenge the client asks the token
-service named in `realm` for a token per scope ("repository:NAME:pull,push"), sending the
-credentials as basic auth, and caches each token until shortly before it expires; a token a
-registry refuses is fetched again once. With a basic challenge the credentials go along with
-every request. Credentials go over plain HTTP only to loopback or `insecure` registries.
+service named in `realm` for a token per set of scopes ("repository:NAME:pull,push"), sending
+the credentials as basic auth (Docker's token specification, distribution's
+docs/spec/auth/token.md), and caches each token until shortly before it expires. One token per
+scope set is fetched at a time: parallel requests that need the same one wait for it.
+
+Each request asks for the scopes it needs. A 401 names, in its challenge's `scope` (several
+space-separated, or the parameter repeated), what the registry wants: the client asks for
+exactly that and tries once more. A token service grants the intersection of what was asked
+and what the account may do, without complaint, so a registry's `error="insufficient_scope"`
+for scopes the client already asked for is a missing permission, not a wrong password: the
+request is not tried again, and `errors.response_error` names the scope. With a basic challenge
+the credentials go along with every request. Credentials go over plain HTTP only to loopback
+or `insecure` registries.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,10 +62,12 @@ def parse_www_authenticate(header: str) -> list[Challenge]:
         pos = scheme.end()
         params: dict[str, str] = {}
         while (param := _PARAM_RE.match(header, pos)) is not None and param.end() > pos:
-            value = param.group(2)
+            name, value = param.group(1).lower(), param.group(2)
             if value.startswith('"'):
                 value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            params[param.group(1).lower()] = value
+            if name == "scope" and name in params:  # repeated: every scope counts
+                value = f"{params[name]} {value}"
+            params[name] = value
             pos = param.end()
         challenges.append(Challenge(scheme.group(1).lower(), params))
     return challenges
@@ -78,7 +90,48 @@ def delete_scope(repository: str) -> str:
 
 
 def _scope_key(scope: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(set(scope)))
+    return tuple(sorted({s for entry in scope for s in entry.split()}))
+
+
+def challenge_scopes(challenge: Challenge) -> tuple[str, ...]:
+    """The scopes a challenge names (`scope="a b"`, or repeated), as a cache key."""
+    return _scope_key([challenge.params.get("scope", "")])
+
+
+def _actions(scopes: Iterable[str]) -> dict[tuple[str, str], set[str]]:
+    """(type, name) -> actions, from scopes like `repository:team/app:pull,push`."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, _, actions = rest.rpartition(":")
+        found.setdefault((kind, name), set()).update(a for a in actions.split(",") if a)
+    return found
+
+
+def covers(asked: Iterable[str], wanted: Iterable[str]) -> bool:
+    """Whether the scopes `asked` for include every action of every scope `wanted`."""
+    have = _actions(asked)
+    return all(
+        actions <= have.get(resource, set()) or "*" in have.get(resource, set())
+        for resource, actions in _actions(wanted).items()
+    )
+
+
+def _needs(scope: str) -> str:
+    """`push on team/app and pull on team/base`, from the scopes of a challenge."""
+    parts = [
+        f"{', '.join(sorted(actions))} on {name}" if kind == "repository" else f"{kind} {name}"
+        for (kind, name), actions in sorted(_actions(scope.split()).items())
+    ]
+    return " and ".join(parts) or "the permission"
+
+
+def missing_scope(response: requests.Response) -> str | None:
+    """The scopes a registry says the request lacked (`error="insufficient_scope"`), if so."""
+    for challenge in parse_www_authenticate(response.headers.get("WWW-Authenticate", "")):
+        if challenge.scheme == "bearer" and challenge.params.get("error") == "insufficient_scope":
+            return " ".join(challenge_scopes(challenge)) or "a scope it does not name"
+    return None
 
 
 def _basic_header(credentials: Credentials) -> str:
@@ -100,6 +153,7 @@ class Authenticating(Transport):
         self._bearer: Challenge | None = None
         self._basic = False
         self._tokens: dict[tuple[str, ...], _Token] = {}
+        self._fetching: dict[tuple[str, ...], threading.Lock] = {}  # one fetch per scope set
 
     def _learn_challenge(self, response: requests.Response) -> None:
         """Remember from the probe of /v2/ how the registry wants us to authenticate."""
@@ -125,35 +179,76 @@ class Authenticating(Transport):
 
     def _answer_challenge(
         self, response: requests.Response, scope: tuple[str, ...], *, sent: str | None
-    ) -> bool:
-        """Learn from a 401 how to authenticate; False if there is nothing new to try."""
+    ) -> tuple[str, ...] | None:
+        """Learn from a 401 how to authenticate: the scopes to send the request again with,
+        or None if there is nothing new to try (then the 401 stands)."""
         challenges = parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
         credentials = self.endpoint.credentials
         for challenge in challenges:
             if challenge.scheme == "bearer" and "realm" in challenge.params:
+                wanted = challenge_scopes(challenge) or _scope_key(scope)
+                refused = sent.removeprefix("Bearer ") if sent else None
+                if (
+                    challenge.params.get("error") == "insufficient_scope"
+                    and refused is not None
+                    and covers(_scope_key(scope), wanted)
+                ):
+                    return None  # it was asked for and not granted: a missing permission
                 with self._lock:
                     self._bearer = challenge
-                    self._tokens.pop(_scope_key(scope), None)
-                self._token(challenge, scope, fresh=True)
-                return True
+                self._token(challenge, wanted, refused=refused)
+                return wanted
         for challenge in challenges:
             if challenge.scheme == "basic" and credentials is not None:
                 if self._basic and sent is not None:
-                    return False  # the credentials were sent and refused
+                    return None  # the credentials were sent and refused
                 self._basic = True
-                return True
-        return False
+                return scope
+        return None
 
-    def _token(self, challenge: Challenge, scope: tuple[str, ...], *, fresh: bool = False) -> str:
+    def _error_for(self, response: requests.Response, what: str) -> RegistryError:
+        """A registry's `insufficient_scope` is a missing permission, named with its scope and
+        the account, never "wrong credentials"; anything else as `Transport` says."""
+        scope = missing_scope(response) if response.status_code == 401 else None
+        if scope is None:
+            return super()._error_for(response, what)
+        credentials = self.endpoint.credentials
+        needs = _needs(scope)
+        said = f"401 insufficient_scope for {scope}{error_detail(response)}"
+        if credentials is None:
+            told = (
+                f"an anonymous client may not do it ({said}): give this registry credentials"
+                f" that may {needs}"
+            )
+        else:
+            told = (
+                f"the account {credentials.username!r} may not do it ({said}); the credentials"
+                f" were accepted, a permission is missing: grant the account {needs}"
+            )
+        return RegistryError(
+            f"{self.host} refused {what}: {told}",
+            host=self.host,
+            kind="denied",
+            status=401,
+        )
+
+    def _token(
+        self, challenge: Challenge, scope: tuple[str, ...], *, refused: str | None = None
+    ) -> str:
+        """A token for `scope`: the cached one unless it expired or is the one `refused`.
+        Parallel callers for one scope set wait for a single fetch."""
         key = _scope_key(scope)
         with self._lock:
-            cached = self._tokens.get(key)
-        if cached is not None and not fresh and cached.expires > time.monotonic():
-            return cached.value
-        token = self._fetch_token(challenge, key)
-        with self._lock:
-            self._tokens[key] = token
-        return token.value
+            fetching = self._fetching.setdefault(key, threading.Lock())
+        with fetching:
+            with self._lock:
+                cached = self._tokens.get(key)
+            if cached is not None and cached.value != refused and cached.expires > time.monotonic():
+                return cached.value
+            token = self._fetch_token(challenge, key)
+            with self._lock:
+                self._tokens[key] = token
+            return token.value
 
     def _fetch_token(self, challenge: Challenge, scope: tuple[str, ...]) -> _Token:
         realm = challenge.params["realm"]

@@ -22,7 +22,7 @@ from typing import Final
 
 import requests
 
-from shipit.registry.auth import pull_scope, push_scope
+from shipit.registry.auth import delete_scope, pull_scope, push_scope
 from shipit.registry.door import Door, join_location, with_query
 from shipit.registry.endpoint import Endpoint
 from shipit.registry.errors import RegistryError
@@ -70,13 +70,24 @@ class BlobApi(Door):
     def _start_upload(
         self, repo: str, *, what: str, mount: str | None = None, mount_from: str | None = None
     ) -> str | None:
-        """Open an upload session and return its URL, or None when the blob was mounted."""
+        """Open an upload session and return its URL, or None when the blob was mounted.
+
+        A mount asks for the source's pull with the target's push. A refused mount is an
+        upload instead: distribution answers 401 `insufficient_scope` when the token lacks the
+        source's pull (registry/handlers/app.go), Harbor 401 for a source project that does not
+        exist (goharbor/harbor#17097), others 403 or 404."""
         target = f"/v2/{repo}/blobs/uploads/"
         scope: tuple[str, ...] = (push_scope(repo),)
         if mount is not None and mount_from is not None:
             target = with_query(target, {"mount": mount, "from": mount_from})
             scope = (push_scope(repo), pull_scope(mount_from))
         response = self._request("POST", target, scope=scope, what=what)
+        if mount is not None and response.status_code in (401, 403, 404):
+            log.debug(
+                "%s refused %s (%d): uploading instead", self.host, what, response.status_code
+            )
+            response.close()
+            return self._start_upload(repo, what=f"an upload to {repo}")
         with response:
             if response.status_code == 201 and mount is not None:
                 return None
@@ -91,13 +102,26 @@ class BlobApi(Door):
             return join_location(response.url, location)
 
     def _cancel_upload(self, url: str, repo: str) -> None:
+        """Cancel an upload session, as far as the account may: distribution asks for the
+        `delete` action on every DELETE, an upload's too (registry/handlers/app.go), so an
+        account that may push but not delete leaves the session to the registry's purge of
+        old uploads. Never an error: nothing depends on it."""
         try:
             response = self._request(
-                "DELETE", url, scope=(push_scope(repo),), what="cancelling an upload", attempts=1
+                "DELETE", url, scope=(delete_scope(repo),), what="cancelling an upload", attempts=1
             )
             response.close()
         except RegistryError as exc:
             log.debug("could not cancel an upload session on %s: %s", self.host, exc)
+            return
+        if response.status_code not in (200, 202, 204, 404):
+            log.debug(
+                "%s kept an upload session of %s (%d to its DELETE): the registry's purge of"
+                " old uploads removes it",
+                self.host,
+                repo,
+                response.status_code,
+            )
 
     def _mount(self, repo: str, digest: str, source_repo: str) -> str | None:
         """Mount `digest` from `source_repo`; None if mounted, else an upload session URL."""

@@ -118,7 +118,8 @@ class Door(Authenticating):
         """Send a request with authentication and retries; the caller checks the status.
 
         `target` is a path under the registry or an absolute URL (an upload Location). A 401 is
-        answered once with (fresh) credentials; transient failures are retried up to `retries`
+        answered once, with a token for the scopes its challenge names (see `auth`), unless
+        it says a permission is missing; transient failures are retried up to `retries`
         times. A body that is not bytes cannot be sent twice: it gets one attempt.
         """
         url = target if "://" in target else self._base_url() + target
@@ -143,8 +144,10 @@ class Door(Authenticating):
             response = self._retrying(send, tries, what)
             if response.status_code != 401 or answered_challenge or not own_host:
                 return response
-            if not self._answer_challenge(response, scope, sent=authorization) or not replayable:
+            wanted = self._answer_challenge(response, scope, sent=authorization)
+            if wanted is None or not replayable:
                 return response
+            scope = wanted  # exactly what the challenge names
             answered_challenge = True
             response.close()
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from tests.support.services import (
     stop_dockerd,
     stop_registry,
 )
+from tests.support.tokenauth import Account, TokenServer, accounts, token_auth_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -93,10 +95,12 @@ def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regis
         auth: tuple[str, str] | None = None,
         port: int | None = None,
         delete: bool = True,
+        auth_config: Mapping[str, object] | None = None,
     ) -> Registry:
         reg = start_registry(
-            tmp_path_factory.mktemp("registry"), tls=tls, auth=auth, port=port, delete=delete
-        )
+            tmp_path_factory.mktemp("registry"), tls=tls, auth=auth, port=port, delete=delete,
+            auth_config=auth_config,
+        )  # fmt: skip
         started.append(reg)
         return reg
 
@@ -123,6 +127,38 @@ def plain_registry(registry_factory: RegistryFactory) -> Registry:
 def tls_registry(registry_factory: RegistryFactory) -> Registry:
     """An HTTPS registry; its certificate is signed by ``ca_file``."""
     return registry_factory(tls=True)
+
+
+@dataclass(frozen=True)
+class TokenRegistry:
+    """A registry with token auth and its token server (tests/support/tokenauth.py)."""
+
+    registry: Registry
+    tokens: TokenServer
+
+    def account(self, name: str) -> Account:
+        return self.tokens.accounts[name]
+
+
+@pytest.fixture(scope="session")
+def token_registry(
+    registry_factory: RegistryFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TokenRegistry]:
+    """distribution 2.8 with `auth: token` and a token server of the tests' own, with three
+    accounts: ``pusher`` (pull, push), ``reader`` (pull) and ``admin`` (pull, push, delete)."""
+    tokens = TokenServer(
+        accounts=accounts(
+            ("pusher", "pull,push"), ("reader", "pull"), ("admin", "pull,push,delete")
+        )
+    ).start()
+    bundle = tokens.write_bundle(tmp_path_factory.mktemp("token-auth") / "bundle.pem")
+    try:
+        yield TokenRegistry(
+            registry=registry_factory(auth_config=token_auth_config(tokens, bundle)),
+            tokens=tokens,
+        )
+    finally:
+        tokens.stop()
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,19 +368,23 @@ def start_registry(
     auth: tuple[str, str] | None = None,
     port: int | None = None,
     delete: bool = True,
+    auth_config: Mapping[str, object] | None = None,
 ) -> Registry:
     """``docker-registry serve CONFIG`` on 127.0.0.1:PORT with its own config and storage.
 
     The registry's files (config, storage, certificates, htpasswd, log) go to a folder of its
     own under workdir. Waits up to 20 s for GET /v2/ to answer 200 or 401. `delete=False`
-    turns deletes off, the registry's own default.
+    turns deletes off, the registry's own default. `auth_config` is the config's `auth:` as
+    it is (token auth: tests/support/tokenauth.py), instead of `auth`'s htpasswd.
     """
     chosen = port
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         p = chosen if chosen is not None else free_port()
         try:
-            return _start_registry(workdir, tls=tls, auth=auth, port=p, delete=delete)
+            return _start_registry(
+                workdir, tls=tls, auth=auth, port=p, delete=delete, auth_config=auth_config
+            )
         except _PortTakenError:
             if attempt == attempts - 1:
                 raise
@@ -392,7 +396,13 @@ class _PortTakenError(ServiceError):
 
 
 def _start_registry(
-    workdir: Path, *, tls: bool, auth: tuple[str, str] | None, port: int, delete: bool = True
+    workdir: Path,
+    *,
+    tls: bool,
+    auth: tuple[str, str] | None,
+    port: int,
+    delete: bool = True,
+    auth_config: Mapping[str, object] | None = None,
 ) -> Registry:
     folder = workdir / f"registry-{port}-{secrets.token_hex(3)}"
     root = folder / "storage"
@@ -423,6 +433,8 @@ def _start_registry(
         htpasswd = folder / "htpasswd"
         _htpasswd(htpasswd, username, password)
         config["auth"] = {"htpasswd": {"realm": "shipit-test", "path": str(htpasswd)}}
+    if auth_config is not None:
+        config["auth"] = dict(auth_config)
     config_file = folder / "config.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 

@@ -12,10 +12,13 @@ import logging
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -42,7 +45,7 @@ from shipit.registry import (
     transport,
     with_query,
 )
-from shipit.registry.auth import _basic_header
+from shipit.registry.auth import _basic_header, challenge_scopes, covers
 from shipit.registry.blobs import _wants_chunks
 from shipit.registry.door import _same_host
 from shipit.registry.oci import DOCKER_FOREIGN_LAYER
@@ -558,7 +561,10 @@ class TestManifestChecks:
         assert manifest.media_type == DOCKER_MANIFEST
 
     def test_put_checks_the_reported_digest(self, serve: Callable[[Route], FakeServer]) -> None:
-        server = serve(scripted(Reply(201, {"Docker-Content-Digest": "sha256:" + "2" * 64})))
+        # the HEAD that asks where the tag points first (404: nowhere yet), then the PUT
+        server = serve(
+            scripted(Reply(404), Reply(201, {"Docker-Content-Digest": "sha256:" + "2" * 64}))
+        )
         with pytest.raises(RegistryError, match="rewrote the manifest"):
             Registry(Endpoint(host=server.host)).put_manifest(
                 "app", "v1", Manifest.from_bytes(MANIFEST)
@@ -615,7 +621,7 @@ class TokenService:
         if self.expire_next:
             self.expire_next = False
             self.valid.discard(token)
-            return self.challenge("repository:app:pull,push")
+            return self.challenge(None if seen.path == "/v2/" else "repository:app:pull,push")
         if seen.path == "/v2/":
             return Reply(200, {}, b"{}")
         if seen.method == "POST" and seen.path == "/v2/app/blobs/uploads/":
@@ -1039,3 +1045,163 @@ def test_a_source_that_breaks_off_midway_restarts_the_upload(
     assert "broke off" in notes[0], notes
     assert "new upload session" in notes[0]
     assert len(target_fake.uploads) == 0  # the broken session was cancelled
+
+
+# --------------------------------------------------------------------------- token scopes
+
+
+class ScopedRegistry:
+    """A registry with token auth that checks scopes as distribution 2.8 does: what each
+    request needs (pull to read, pull and push to write, delete to delete, the source's pull
+    with a mount), a challenge naming it, `error="insufficient_scope"` when a token lacks it,
+    and a token service that grants the intersection of what was asked for and what the
+    account may do (registry/handlers/app.go, docs/spec/auth/token.md)."""
+
+    def __init__(
+        self, allowed: dict[str, set[str]], *, needs_for_head: str = "pull", slow: float = 0.0
+    ) -> None:
+        self.allowed = allowed  # repository -> actions the account `bot` may do
+        self.needs_for_head = needs_for_head
+        self.slow = slow
+        self.asked: list[list[str]] = []
+        self.granted: dict[str, dict[str, set[str]]] = {}
+        self.host = ""
+        self._lock = threading.Lock()
+
+    def _challenge(self, needed: list[str], token: str | None) -> Reply:
+        header = f'Bearer realm="http://{self.host}/token",service="fake"'
+        if needed:
+            header += f',scope="{" ".join(needed)}"'
+        if token is not None:
+            header += ',error="insufficient_scope"'
+        body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+        return Reply(401, {"WWW-Authenticate": header}, body)
+
+    def _needed(self, seen: Seen) -> list[str]:
+        repo = seen.path.removeprefix("/v2/").split("/blobs/")[0].split("/manifests/")[0]
+        if seen.method == "DELETE":
+            return [f"repository:{repo}:delete"]
+        if seen.method in ("GET", "HEAD"):
+            return [f"repository:{repo}:{self.needs_for_head}"]
+        needed = [f"repository:{repo}:pull,push"]
+        if "mount" in seen.query:
+            needed.append(f"repository:{seen.query['from'][0]}:pull")
+        return needed
+
+    def __call__(self, seen: Seen) -> Reply:
+        if seen.path == "/token":
+            scopes = [s for v in seen.query.get("scope", []) for s in v.split()]
+            if self.slow:
+                time.sleep(self.slow)
+            grants: dict[str, set[str]] = {}
+            for scope in scopes:
+                _, name, actions = scope.split(":")
+                grants[name] = set(actions.split(",")) & self.allowed.get(name, set())
+            with self._lock:
+                self.asked.append(scopes)
+                token = f"tok-{len(self.asked)}"
+                self.granted[token] = grants
+            return Reply(200, {}, json.dumps({"token": token, "expires_in": 300}).encode())
+        auth = seen.headers.get("authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
+        grants = self.granted.get(token or "")
+        if grants is None:
+            return self._challenge([] if seen.path == "/v2/" else self._needed(seen), None)
+        if seen.path == "/v2/":
+            return Reply(200, {}, b"{}")
+        needed = self._needed(seen)
+        for scope in needed:
+            _, name, actions = scope.split(":")
+            if not set(actions.split(",")) <= grants.get(name, set()):
+                return self._challenge(needed, token)
+        if seen.method == "POST":
+            if "mount" in seen.query:
+                return Reply(201, {"Location": seen.path})
+            return Reply(202, {"Location": f"{seen.path}{uuid.uuid4()}"})
+        if seen.method == "DELETE":
+            return Reply(204)
+        return Reply(404)
+
+
+def scoped(
+    serve: Callable[[Route], FakeServer], allowed: dict[str, set[str]], **options: Any
+) -> tuple[ScopedRegistry, Registry]:
+    fake = ScopedRegistry(allowed, **options)
+    server = serve(fake)
+    fake.host = server.host
+    creds = Credentials(username="bot", password=SECRET)
+    return fake, Registry(Endpoint(host=server.host, credentials=creds), retries=0)
+
+
+class TestScopes:
+    def test_each_request_asks_for_what_it_needs_and_a_cancel_for_delete(
+        self, serve: Callable[[Route], FakeServer]
+    ) -> None:
+        fake, registry = scoped(serve, {"team/app": {"pull", "push", "delete"}})
+        registry.check_push_access("team/app")
+        assert fake.asked == [[], ["repository:team/app:pull,push"], ["repository:team/app:delete"]]
+
+    def test_a_challenge_is_answered_with_exactly_the_scopes_it_names(
+        self, serve: Callable[[Route], FakeServer]
+    ) -> None:
+        # a registry that wants push even to read (the client cannot know before it asks)
+        fake, registry = scoped(serve, {"team/app": {"pull", "push"}}, needs_for_head="pull,push")
+        assert not registry.has_blob("team/app", "sha256:" + "a" * 64)
+        assert fake.asked == [["repository:team/app:pull"], ["repository:team/app:pull,push"]]
+
+    def test_a_scope_asked_for_and_not_granted_is_a_missing_permission(
+        self, serve: Callable[[Route], FakeServer]
+    ) -> None:
+        fake, registry = scoped(serve, {"team/app": {"pull"}})
+        with pytest.raises(RegistryError) as caught:
+            registry.check_push_access("team/app")
+        error = caught.value
+        assert error.kind == "denied" and error.status == 401
+        assert "the account 'bot' may not do it (401 insufficient_scope for" in str(error)
+        assert "repository:team/app:pull,push" in str(error)
+        assert "grant the account pull, push on team/app" in str(error)
+        assert "credentials of" not in str(error) and SECRET not in str(error)
+        assert fake.asked.count(["repository:team/app:pull,push"]) == 1  # not asked again
+
+    def test_an_account_that_may_not_delete_leaves_the_upload_and_preflight_passes(
+        self, serve: Callable[[Route], FakeServer]
+    ) -> None:
+        fake, registry = scoped(serve, {"team/app": {"pull", "push"}})
+        registry.check_push_access("team/app")  # no error
+        assert fake.asked.count(["repository:team/app:delete"]) == 1
+
+    def test_parallel_requests_fetch_one_token_per_scope_set(
+        self, serve: Callable[[Route], FakeServer]
+    ) -> None:
+        fake, registry = scoped(serve, {"team/app": {"pull"}, "team/other": {"pull"}}, slow=0.2)
+        registry.has_blob("team/app", "sha256:" + "0" * 64)  # the scheme and /v2/ settled
+        fake.asked.clear()
+        digests = ["sha256:" + f"{i:x}" * 64 for i in range(1, 9)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert not any(pool.map(lambda d: registry.has_blob("team/other", d), digests))
+        assert fake.asked == [["repository:team/other:pull"]]
+
+    def test_a_refused_mount_is_an_upload_instead(
+        self, serve: Callable[[Route], FakeServer]
+    ) -> None:
+        fake, registry = scoped(serve, {"team/app": {"pull", "push"}})  # no pull on the source
+        session = registry._mount("team/app", "sha256:" + "b" * 64, "other/src")
+        assert session is not None and "/v2/team/app/blobs/uploads/" in session
+        mounts = [s for s in fake.asked if "repository:other/src:pull" in s]
+        assert len(mounts) == 1  # asked with the mount, refused, not asked again
+
+
+def test_repeated_and_space_separated_scopes_of_a_challenge_all_count() -> None:
+    header = (
+        'Bearer realm="r",scope="repository:a:pull",scope="repository:b:pull repository:c:push"'
+    )
+    (challenge,) = parse_www_authenticate(header)
+    assert challenge_scopes(challenge) == (
+        "repository:a:pull",
+        "repository:b:pull",
+        "repository:c:push",
+    )
+    assert covers(["repository:a:pull,push"], ["repository:a:pull"])
+    assert not covers(["repository:a:pull"], ["repository:a:pull,push"])
+    assert not covers(["repository:a:pull,push"], ["repository:b:pull"])
+    assert covers(["repository:a:*"], ["repository:a:delete"])
