@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
@@ -51,6 +52,31 @@ def _wants_chunks(error: RegistryError) -> bool:
     return error.status in (405, 413, 501) or (
         error.status == 400 and "DIGEST_INVALID" in error.message
     )
+
+
+MIN_UPLOAD_CHUNK: Final = 256 * 1024  # chunks are never made smaller than this
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(MiB|MB|KiB|KB)\b")
+_UNITS: Final = {"MiB": 1024 * 1024, "MB": 1000 * 1000, "KiB": 1024, "KB": 1000}
+
+
+def smaller_chunk(error: RegistryError, size: int, minimum: int = 0) -> int | None:
+    """The chunk size to try after a chunk of `size` bytes was refused as too large, or None.
+
+    GHCR answers a PATCH over 4 MiB with 416 "the request body is too large and exceeds the
+    maximum permissible limit of 4.00MiB" (wasmCloud/wash#268, oras-project/rust-oci-client#37);
+    a proxy in front answers 413. The limit the message names is used, else half the size; never
+    below the registry's `OCI-Chunk-Min-Length` (`minimum`) or MIN_UPLOAD_CHUNK.
+    """
+    if error.status not in (413, 416):
+        return None
+    if error.status == 416 and "too large" not in error.message.lower():
+        return None  # a 416 for an offset or a format: not a matter of size
+    limit = _SIZE_RE.search(error.message)
+    wanted = size // 2
+    if limit is not None:
+        wanted = min(wanted, int(float(limit.group(1)) * _UNITS[limit.group(2)]))
+    wanted = max(wanted, minimum, MIN_UPLOAD_CHUNK)
+    return wanted if wanted < size else None
 
 
 class BlobApi(Door):
@@ -224,6 +250,17 @@ class BlobApi(Door):
                         f"{what} was refused in one request ({error.status}); sending it in chunks"
                     )
                     continue
+                chunk = self._chunk_size
+                smaller = (
+                    None if chunk is None else smaller_chunk(error, chunk, self._chunk_minimum)
+                )
+                if smaller is not None:
+                    self._chunk_size = smaller
+                    self._notify_retry(
+                        f"{what}: a chunk of {chunk} bytes was refused as too large "
+                        f"({error.status}); sending chunks of {smaller} bytes"
+                    )
+                    continue
                 if not error.transient or attempt >= self._retries:
                     raise
                 self._wait_to_retry(
@@ -310,7 +347,9 @@ class BlobApi(Door):
                 attempts=1,
             )
             with response:
-                if response.status_code != 202:
+                # 201, not the spec's 202: Amazon ECR (aws/containers-roadmap#2831; regclient
+                # accepts it too, "Accept a 201 on chunk upload for ECR")
+                if response.status_code not in (201, 202):
                     raise self._error_for(response, what)
                 url = join_location(response.url, response.headers.get("Location") or url)
             offset += len(piece)

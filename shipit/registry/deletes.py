@@ -23,7 +23,7 @@ import requests
 
 from shipit.registry.auth import delete_scope, pull_scope
 from shipit.registry.door import Door
-from shipit.registry.errors import RegistryError, error_detail
+from shipit.registry.errors import RegistryError, error_detail, says_rate_limited
 from shipit.registry.oci import (
     MANIFEST_MEDIA_TYPES,
     TAG_RE,
@@ -101,6 +101,18 @@ class DeleteApi(Door):
                 f"{self.host} does not delete manifests ({status}{detail}): {what} is refused",
                 host=self.host,
                 kind="unsupported",
+                status=status,
+            )
+        if status == 403 and not says_rate_limited(status, detail):
+            # Docker Hub deletes a manifest over the registry API only while no tag points at
+            # it (docker/docs PR #24078, docker/hub-feedback#2360): 403 otherwise
+            who = repr(self.endpoint.credentials.username) if self.endpoint.credentials else None
+            return RegistryError(
+                f"{self.host} refused {what} to {who or 'an anonymous client'} ({status}{detail}):"
+                " the credentials may not delete here, or the registry deletes only manifests no"
+                " tag points at (Docker Hub): remove the tags with the registry's own API first",
+                host=self.host,
+                kind="denied",
                 status=status,
             )
         return self._error_for(response, what)

@@ -102,6 +102,9 @@ def response_error(
     """The error for an unexpected answer to `what`, saying what to do next."""
     status = response.status_code
     detail = error_detail(response)
+    answered = registry_answer_error(status, detail, what, host=host)
+    if answered is not None:
+        return answered
     kind: ErrorKind
     if status == 401:
         kind = "auth"
@@ -175,3 +178,69 @@ def exchange_error(
         return RegistryError(message, host=host, kind="connect"), True
     message = f"the request to {host} failed: {redact(str(exc))[:300]}"
     return RegistryError(message, host=host, kind="protocol"), False
+
+
+# What hosted registries answer where the plain status would mislead (docs/README.md, "Registry
+# compatibility"); read from the answer itself, never from the host name.
+_IMMUTABLE_RE = re.compile(r"\bTAG_INVALID\b|\bimmutable\b", re.IGNORECASE)
+_RATE_LIMIT_RE = re.compile(r"rate.?limit|TOOMANYREQUESTS", re.IGNORECASE)
+
+
+def says_rate_limited(status: int, text: str) -> bool:
+    """A 403 (GitHub's secondary rate limit, sigstore/cosign#3434) or 429 whose body says
+    "rate limit": worth waiting and trying again, not a missing permission."""
+    return status == 429 or (status == 403 and _RATE_LIMIT_RE.search(text) is not None)
+
+
+def registry_answer_error(
+    status: int, detail: str, what: str, *, host: str
+) -> RegistryError | None:
+    """The error for an answer whose code says more than its status, or None.
+
+    - 404 NAME_UNKNOWN: the repository does not exist, and this registry does not create
+      repositories on push (Amazon ECR: regclient#869, aws/containers-roadmap#853);
+    - 400 TAG_INVALID (ECR), 412 (Harbor's immutable tag middleware), or a 403/409 that says
+      "immutable": the tag exists and may not be moved (aws/containers-roadmap#862,
+      goharbor/harbor#9427);
+    - 413 to a manifest: over the size the registry takes (opencontainers/distribution-spec#293);
+    - a 403 that says "rate limit" (GitHub's secondary rate limit): not a permission problem.
+    """
+    said = f"{status}{detail}"
+    if status == 404 and "NAME_UNKNOWN" in detail:
+        return RegistryError(
+            f"{host} has no repository for {what} ({said}): create the repository first; "
+            "this registry does not create repositories on push (Amazon ECR: "
+            "`aws ecr create-repository --repository-name NAME`, or a repository creation "
+            "template for create-on-push)",
+            host=host,
+            kind="not_found",
+            status=status,
+        )
+    immutable = (status == 400 and "TAG_INVALID" in detail) or status == 412
+    if immutable or (status in (403, 409) and _IMMUTABLE_RE.search(detail)):
+        return RegistryError(
+            f"{host} refused {what}: the tag exists already and the repository's tags are "
+            f"immutable ({said}): publish under a new tag (a new version), or delete the tag or "
+            "exclude it from the immutability rule in the registry's settings",
+            host=host,
+            kind="denied",
+            status=status,
+        )
+    if status == 413 and "manifest" in what:
+        return RegistryError(
+            f"{host} refused {what} as too large ({said}): registries need only take manifests "
+            "up to 4 MiB; publish fewer platforms or layers in one manifest, or smaller "
+            "annotations",
+            host=host,
+            kind="unsupported",
+            status=status,
+        )
+    if status == 403 and _RATE_LIMIT_RE.search(detail):
+        return RegistryError(
+            f"{host} is rate limiting {what} ({said}): wait and run again, or authenticate "
+            "for a higher limit",
+            host=host,
+            kind="server",
+            status=status,
+        )
+    return None

@@ -94,7 +94,7 @@ class GrowingUploads(BlobApi):
             attempts=1,
         )
         with response:
-            if response.status_code != 202:
+            if response.status_code not in (201, 202):  # ECR: 201 (aws/containers-roadmap#2831)
                 raise self._error_for(response, what)
             location = response.headers.get("Location")
             if not location:

@@ -4,6 +4,12 @@ Manifests are read and written as bytes, never re-serialised: a read is checked 
 digest the registry reports and the digest it was asked for, and a write fails if the
 registry reports a digest other than that of the bytes sent (a registry that rewrites
 manifests would break every signature). Tags are listed page by page, following the `Link` header.
+
+Writes are idempotent: a tag that already points at the manifest is not written again (a HEAD
+first), since immutable repositories refuse even a PUT of the same digest (Amazon ECR:
+aws/containers-roadmap#862; Harbor's immutability rules). A manifest over `MAX_MANIFEST_BYTES`
+is refused before it is sent (`check_manifest_size`): registries need not take more
+(opencontainers/distribution-spec#293).
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ class ManifestApi(Door):
         if DIGEST_RE.fullmatch(reference) and reference != manifest.digest:
             raise ValueError(f"cannot store manifest {manifest.digest} under digest {reference}")
         what = f"the manifest {repo_ref(repo, reference)}"
+        check_manifest_size(manifest, host=self.host, what=what)
+        current = None
+        if not DIGEST_RE.fullmatch(reference):
+            current = self._points_at(repo, reference, f"where {what} points")
+            if current == manifest.digest:
+                return manifest.digest  # already there: not written again (immutable tags)
         response = self._request(
             "PUT",
             f"/v2/{repo}/manifests/{reference}",
@@ -80,7 +92,15 @@ class ManifestApi(Door):
         )
         with response:
             if response.status_code not in (200, 201):
-                raise self._error_for(response, f"writing {what}")
+                error = self._error_for(response, f"writing {what}")
+                if current is not None and error.kind == "denied" and "immutable" in error.message:
+                    error = RegistryError(
+                        f"{error.message}; the tag points at {current}",
+                        host=self.host,
+                        kind=error.kind,
+                        status=error.status,
+                    )
+                raise error
             reported = response.headers.get("Docker-Content-Digest")
         if reported is not None and reported != manifest.digest:
             raise RegistryError(
@@ -90,6 +110,22 @@ class ManifestApi(Door):
                 kind="protocol",
             )
         return reported or manifest.digest
+
+    def _points_at(self, repo: str, tag: str, what: str) -> str | None:
+        """The digest `repo:tag` points at now (HEAD), None if there is no such tag."""
+        response = self._request(
+            "HEAD",
+            f"/v2/{repo}/manifests/{tag}",
+            scope=(pull_scope(repo),),
+            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+            what=what,
+        )
+        with response:
+            reported = response.headers.get("Docker-Content-Digest", "")
+        # 404, any other answer or no digest in it: unknown, so the PUT goes ahead and its own
+        # answer says what is wrong, if anything
+        ok = response.status_code == 200 and DIGEST_RE.fullmatch(reported)
+        return reported if ok else None
 
     def tags(self, repository: str) -> list[str]:
         """The tags of `repository`, every page of them; [] if the repository does not exist."""
@@ -150,3 +186,18 @@ class ManifestApi(Door):
         except requests.RequestException as exc:
             raise self._transport_error(exc)[0] from exc
         return b"".join(chunks)
+
+
+def check_manifest_size(manifest: Manifest, *, host: str, what: str = "the manifest") -> None:
+    """Refuse a manifest registries need not take (over 4 MiB: opencontainers/distribution-spec
+    #293; regclient refuses to push one too), before anything is sent. A preflight may call it
+    on a plan's manifests as soon as they are known."""
+    size = len(manifest.data)
+    if size > MAX_MANIFEST_BYTES:
+        raise RegistryError(
+            f"{what} for {host} has {size} bytes, more than the {MAX_MANIFEST_BYTES} bytes (4 MiB) "
+            "registries must take: publish fewer platforms or layers in one manifest, or "
+            "smaller annotations",
+            host=host,
+            kind="unsupported",
+        )
