@@ -26,7 +26,13 @@ import urllib3.exceptions
 
 from shipit import __version__
 from shipit.registry.endpoint import Endpoint
-from shipit.registry.errors import RegistryError, exchange_error, redact, response_error
+from shipit.registry.errors import (
+    RegistryError,
+    exchange_error,
+    redact,
+    response_error,
+    says_rate_limited,
+)
 from shipit.registry.retry import is_retryable_status, parse_retry_after, retry_delay
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,15 @@ class Options:
 
 def _sleep(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def _may_pass(response: requests.Response) -> bool:
+    """429 and most 5xx (see `retry`), and a 403 whose body says it is a rate limit (GitHub's
+    secondary rate limit, sigstore/cosign#3434), not a missing permission. Reading the body
+    of a 403 keeps it for whoever reads the answer next."""
+    if response.status_code == 403:
+        return says_rate_limited(403, response.content[:2000].decode("utf-8", "replace"))
+    return is_retryable_status(response.status_code)
 
 
 class _Authorization(requests.auth.AuthBase):
@@ -156,7 +171,7 @@ class Transport:
                     raise error from exc
                 reason = error.message
             else:
-                if not is_retryable_status(response.status_code) or attempt + 1 >= tries:
+                if not _may_pass(response) or attempt + 1 >= tries:
                     return response
                 reason = f"{response.status_code} {response.reason}"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))

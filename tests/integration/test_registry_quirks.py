@@ -167,11 +167,6 @@ def test_ghcr_chunks_over_4_mib_are_refused_and_shipit_sends_smaller_ones(
         assert registry.has_blob("org/hello", layer["digest"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs transport.Transport._retrying to retry a 403 that says rate limit "
-    "(errors.says_rate_limited); transport.py is the lead's",
-)
 def test_ghcr_a_secondary_rate_limit_403_is_retried_not_a_permission_error(
     tmp_path: Path,
     dockerd: Dockerd,
