@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ def flip_first_byte(path: Path) -> None:
         file.write(bytes([first[0] ^ 1]))
 
 
+def flip_mode(path: Path) -> None:
+    """Another mode, whatever the umask made it (chmod 0o600 is no change under umask 077)."""
+    path.chmod(stat.S_IMODE(path.stat().st_mode) ^ stat.S_IXUSR)
+
+
 def test_the_same_inputs_give_the_same_key_whatever_the_file_times(tmp_path: Path) -> None:
     root = context(tmp_path)
     first = key_of(root)
@@ -71,7 +77,7 @@ def test_the_same_inputs_give_the_same_key_whatever_the_file_times(tmp_path: Pat
     [
         lambda root: (root / "src" / "a.txt").write_text("two\n", encoding="utf-8"),
         lambda root: (root / "src" / "new.txt").write_text("", encoding="utf-8"),
-        lambda root: (root / "src" / "a.txt").chmod(0o600),
+        lambda root: flip_mode(root / "src" / "a.txt"),
         lambda root: (root / "src" / "a.txt").unlink(),
         lambda root: (root / "link").symlink_to("src/a.txt"),
         lambda root: (root / "Dockerfile").write_text("FROM scratch\nCOPY src /\n", "utf-8"),

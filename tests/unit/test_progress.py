@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from shipit.log import Console
 from shipit.progress import Shower, Transfer, showing
 
@@ -65,7 +67,12 @@ def test_a_log_gets_a_plain_line_only_when_the_bytes_moved() -> None:
     ]
 
 
-def test_a_terminal_gets_one_line_redrawn_in_place_and_cleared_at_the_end() -> None:
+def test_a_terminal_gets_one_line_redrawn_in_place_and_cleared_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the live line is cut to the terminal's width: a known one, not that of the terminal
+    # (or COLUMNS) pytest runs in
+    monkeypatch.setenv("COLUMNS", "80")
     stream = Tty()
     console = Console({}, stream=stream, color="never")
     transfer = Transfer("push app", clock=Clock())
