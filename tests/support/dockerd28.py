@@ -99,7 +99,10 @@ def _binaries() -> tuple[str, str, str]:
             )
     ip = shutil.which("ip")
     if ip is None:
-        raise ToolMissingError("ip (iproute2) is missing: apt-get install iproute2")
+        raise ToolMissingError(
+            "ip (iproute2) is missing; run scripts/install-tools "
+            f"(as root: bash {REPO / 'scripts' / 'install-tools'})"
+        )
     return str(DOCKERD), str(CONTAINERD), ip
 
 
