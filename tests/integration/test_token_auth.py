@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from shipit.registry import Credentials, Endpoint, Registry
+from shipit.registry import OCI_MANIFEST, Credentials, Endpoint, Manifest, Registry, copy_image
 from tests.integration.conftest import TokenRegistry
 from tests.support.cli import run_shipit
 from tests.support.gitrepo import add_commit, git
 from tests.support.keys import KeyPair, cosign_key_pair
 from tests.support.project import make_project, run_env
-from tests.support.services import Dockerd, tool_path
+from tests.support.services import Dockerd, RegistryFactory, tool_path
+from tests.support.tokenauth import TokenServer, accounts, token_auth_config
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -230,3 +231,40 @@ def test_promote_mounts_across_repositories_and_prune_needs_the_delete_permissio
     with client_as(token_registry, "reader") as reader:
         tags = reader.tags(source)
         assert f"sha-{old_sha}" not in tags and "v2.0.0" in tags
+
+
+def test_a_registry_that_honours_one_scope_a_token_request_still_takes_a_copy(
+    registry_factory: RegistryFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """GitLab's realm and service, and its older token service that honoured only the first
+    `scope` of a request: a mount's token lacks the target's push, the mount is refused
+    (401 insufficient_scope), and the blobs are uploaded instead."""
+    tokens = TokenServer(accounts=accounts(("ci", "pull,push")), gitlab=True).start()
+    try:
+        bundle = tokens.write_bundle(tmp_path_factory.mktemp("gitlab-auth") / "bundle.pem")
+        registry = registry_factory(auth_config=token_auth_config(tokens, bundle))
+        ci = tokens.accounts["ci"]
+        credentials = Credentials(username=ci.username, password=ci.password)
+        with Registry(Endpoint(host=registry.host, credentials=credentials)) as client:
+            layer = client.upload_blob("group/project", b"a layer of the project's image\n")
+            config = client.upload_blob("group/project", b"{}")
+            document = {
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": config.digest, "size": config.size},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                            "digest": layer.digest, "size": layer.size}],
+            }  # fmt: skip
+            manifest = Manifest.from_bytes(json.dumps(document).encode(), OCI_MANIFEST)
+            client.put_manifest("group/project", "v1", manifest)
+            tokens.clear()
+            copy_image(client, "group/project", manifest.digest, client, "group/mirror", ["v1"])
+            assert client.manifest("group/mirror", "v1").digest == manifest.digest
+        mounts = [a for a in tokens.asked if len(a.scope_set) == 2]
+        assert mounts and all(len(a.granted) == 1 for a in mounts)  # the first scope only
+        assert tokens.realm.endswith("/jwt/auth")
+    finally:
+        tokens.stop()

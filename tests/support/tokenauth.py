@@ -17,6 +17,10 @@ What distribution 2.8 checks in a token (registry/auth/token/token.go, verified 
 - `access`: a list of `{type, name, actions}`, which decides what each request may do; every
   DELETE (an upload's cancel too) needs the `delete` action (registry/handlers/app.go).
 
+`gitlab=True` makes it answer as GitLab's does: realm `/jwt/auth`, service
+`container_registry`, and, as older GitLab versions did, only the first `scope` parameter of a
+request honoured (estesp/manifest-tool#53).
+
 Every token request is recorded (account, scopes asked, actions granted), so a test can see
 what a client asked for and how often.
 """
@@ -30,7 +34,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -106,6 +110,7 @@ class TokenServer:
     )
     asked: list[Asked] = field(default_factory=list)
     lifetime: int = TOKEN_LIFETIME
+    gitlab: bool = False  # realm /jwt/auth, service container_registry, the first scope only
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,7 +118,11 @@ class TokenServer:
     def realm(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/token"
+        return f"http://{host!s}:{port}{'/jwt/auth' if self.gitlab else '/token'}"
+
+    @property
+    def service(self) -> str:
+        return "container_registry" if self.gitlab else SERVICE
 
     def write_bundle(self, path: Path) -> Path:
         """The certificate of the signing key, as the registry's `rootcertbundle`."""
@@ -146,7 +155,7 @@ class TokenServer:
         claims = {
             "iss": ISSUER,
             "sub": account.username if account else "",
-            "aud": SERVICE,
+            "aud": self.service,
             "exp": now + self.lifetime,
             "nbf": now - 1,
             "iat": now,
@@ -195,13 +204,15 @@ def _handler(tokens: TokenServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
-            if url.path != "/token":
+            if url.path != urlsplit(tokens.realm).path:
                 self._answer(404, {"errors": [{"code": "NOT_FOUND"}]})
                 return
             query = parse_qsl(url.query, keep_blank_values=True)
-            scopes = [v for k, v in query if k == "scope"]
+            asked_for = [v for k, v in query if k == "scope"]
+            # older GitLab honoured one scope parameter a request (manifest-tool#53)
+            scopes = asked_for[:1] if tokens.gitlab else asked_for
             service = [v for k, v in query if k == "service"]
-            if service and service[0] != SERVICE:
+            if service and service[0] != tokens.service:
                 self._answer(400, {"errors": [{"code": "UNSUPPORTED", "message": "service"}]})
                 return
             account = None
@@ -217,7 +228,7 @@ def _handler(tokens: TokenServer) -> type[BaseHTTPRequestHandler]:
                     return
                 account = found
             token, asked = tokens.token(account, scopes, self.headers.get("User-Agent", ""))
-            tokens.record(asked)
+            tokens.record(replace(asked, scopes=tuple(asked_for)))  # what the client asked
             issued = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             body = {
                 "token": token,
@@ -243,7 +254,7 @@ def token_auth_config(tokens: TokenServer, bundle: Path) -> dict[str, object]:
     return {
         "token": {
             "realm": tokens.realm,
-            "service": SERVICE,
+            "service": tokens.service,
             "issuer": ISSUER,
             "rootcertbundle": str(bundle),
         }
