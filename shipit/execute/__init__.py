@@ -94,6 +94,7 @@ def _execute(run: RunState) -> RunResult:
                     engines.prepare(images, console)
                     if engines.needs_daemon(images):  # not when every builder is elsewhere
                         preflight.check_daemon(engines.daemon, console)
+                        engines.check_sdk(images)  # platforms its classic builder cannot build
                     registries.result()
             ready = prepare_all(
                 run, images, engines=engines, access=access, workdir=workdir, stack=stack,

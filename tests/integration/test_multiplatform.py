@@ -43,8 +43,9 @@ BUILDKIT_STEPS = (
     "RUN --mount=type=cache,target=/cache echo warm >> /cache/runs && cp /cache/runs /cacheruns",
     "RUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /toklen",
 )
-# the classic builder (engine: sdk) cannot take an ARG before a FROM scratch stage's first file
-# step for a foreign platform (Docker 20.10); this shape works for both platforms
+# a shape the classic builder (engine: sdk) builds for both platforms as it is written; the
+# ones it needs shipit's help for (an ARG before a FROM scratch stage's first file step, a FROM
+# image) are test_sdk_platforms.py's
 SDK_DOCKERFILE = """\
 FROM scratch
 COPY busybox-amd64 busybox-arm64 /bin/

@@ -4,13 +4,19 @@
   `Builder` interface every engine implements;
 - sdk.py: `engine: sdk`, docker-py's classic builder (the default);
 - buildx.py: `engine: buildx`, BuildKit through `docker buildx build`;
+- buildah.py: `engine: buildah`, the buildah CLI with no daemon, into an OCI layout;
 - contexts.py: a docker context as the builder (`builder:`): how its builds run and which
   daemon it loads into;
 - dockerfile.py, bases.py: the images a build starts from (its Dockerfile's `FROM` and
   `COPY --from`) and the digests each engine resolved them to, for the provenance.
 
+- classic_platforms.py: what the classic builder does with platforms, what the SDK engine
+  sends so that each platform builds, and what it refuses.
+
 `prepare` runs in preflight, before anything is built: it finds buildx (with the install
-hint when it is missing) and asks each builder where its images will come back, all at once.
+hint when it is missing) and asks each builder where its images will come back, all at once;
+`check_sdk` then asks the run's daemon whether its classic builder can build every platform
+the SDK engine's images name.
 """
 
 from __future__ import annotations
@@ -19,13 +25,23 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from shipit import proc
 from shipit.docker_api import Daemon, DaemonError
 from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import ImagePlan
+from shipit.stages.build.buildah import BUILDAH_HINT, BuildahBuilder
 from shipit.stages.build.buildx import BuildxBuilder
+from shipit.stages.build.classic_platforms import refusal
 from shipit.stages.build.contexts import uses_containerd_store
-from shipit.stages.build.images import Builder, BuiltImage, PlatformImage, local_name, platform_slug
+from shipit.stages.build.images import (
+    Builder,
+    BuiltImage,
+    PlatformImage,
+    local_name,
+    platform_args,
+    platform_slug,
+)
 from shipit.stages.build.memo import BuildMemo
 from shipit.stages.build.probes import (
     EMULATION_HINT,
@@ -53,12 +69,14 @@ class Engines:
 
     The run's own daemon (DOCKER_HOST) is connected to only when something needs it: the
     SDK engine, or a buildx builder that loads its images into it. A run whose builders are
-    elsewhere (a docker context, a remote or Kubernetes builder) works without one.
+    elsewhere (a docker context, a remote or Kubernetes builder) or that builds with buildah
+    works without one.
     """
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self._docker: str | None = None
+        self._buildah: str | None = None
         self._builders: dict[str | None, BuilderInfo] = {}
         self._daemons: dict[str | None, Daemon] = {}
 
@@ -77,6 +95,8 @@ class Engines:
     def needs_daemon(self, images: Sequence[ImagePlan]) -> bool:
         """Whether any image is built, or read back, through the run's own daemon."""
         for image in images:
+            if image.build.engine == "buildah":
+                continue  # no daemon at all
             if image.build.engine != "buildx":
                 return True
             info = self._builders.get(image.build.builder)
@@ -90,7 +110,10 @@ class Engines:
 
     def prepare(self, images: Sequence[ImagePlan], console: Console) -> None:
         """Check every buildx builder the images name answers and can build their platforms;
-        say where images come back."""
+        say where images come back. buildah, when an image uses it, is found (with the install
+        hint when it is missing)."""
+        if self._buildah is None and any(i.build.engine == "buildah" for i in images):
+            self._buildah = proc.find_tool("buildah", self.env, hint=BUILDAH_HINT)
         wanted = list(
             dict.fromkeys(
                 image.build.builder
@@ -113,6 +136,42 @@ class Engines:
                     " nothing was built",
                     hint=EMULATION_HINT,
                 )
+
+    def check_sdk(self, images: Sequence[ImagePlan]) -> None:
+        """Refuse, before anything is built, a platform that the run's daemon's classic builder
+        cannot build of an SDK-engine image's Dockerfile (classic_platforms.refusal)."""
+        wanted = [i for i in images if i.build.engine == "sdk" and i.build.platforms]
+        if not wanted:
+            return
+        try:
+            info = self.daemon.describe()
+        except DaemonError as exc:
+            raise StageError("preflight", str(exc)) from None
+        for image in wanted:
+            settings = image.build
+            try:
+                text = (Path(settings.context) / settings.dockerfile).read_text(
+                    encoding="utf-8", errors="replace"
+                )
+            except OSError:
+                continue  # the build says what is wrong
+            for platform in settings.platforms:
+                reason = refusal(
+                    info,
+                    text,
+                    args={**platform_args(platform), **settings.build_args},
+                    target=settings.target,
+                    platforms=(platform,),
+                    context=Path(settings.context),
+                    dockerfile=settings.dockerfile,
+                )
+                if reason is not None:
+                    raise StageError(
+                        "preflight",
+                        f"image {image.name}: {reason}; nothing was built",
+                        hint="set `engine: buildx` for this image: BuildKit builds each"
+                        " platform from its own base, variant included",
+                    )
 
     def _inspect(self, wanted: list[str | None], console: Console) -> None:
         """`docker buildx version`, every builder's `inspect` and, on a guess, `docker info` of
@@ -156,6 +215,11 @@ class Engines:
 
     def builder(self, image: ImagePlan, workdir: Path) -> Builder:
         settings = image.build
+        if settings.engine == "buildah":
+            if self._buildah is None:
+                raise RuntimeError("Engines.prepare() was not called for this image")  # a bug
+            workdir.mkdir(parents=True, exist_ok=True)
+            return BuildahBuilder(self._buildah, self.env, workdir)
         if settings.engine != "buildx":
             cache = ExportCache.from_env(self.env)
             return SdkBuilder(self.daemon, BuildMemo(cache.root / "builds") if cache else None)

@@ -5,9 +5,18 @@ no secrets, no cache export (the spec refuses those under `engine: sdk`). Severa
 are built one after another, each with `platform=` (through the daemon's emulation for a
 foreign CPU) and BuildKit's TARGET* build args, without the build cache (the classic
 builder's cache ignores the platform, so it would hand one platform's layers to the next),
-and each gets a local name of its own. Seen with Docker 20.10: in a `FROM scratch` stage, an
-`ARG` before the first step that adds files makes a foreign-platform build fail ("does not
-match the specified platform"); BuildKit has neither problem.
+and each gets a local name of its own.
+
+For a platform that is not the daemon's own, the classic builder alone gets the platform
+wrong (classic_platforms.py has why, from moby's source): a step after `FROM scratch` is
+recorded under the daemon's platform, so a later COPY fails ("does not match the specified
+platform", Docker 20.10 and 28 alike), and a `FROM image` stage can run on another platform's
+image of that name. So before each such build its stages are given bases of the platform:
+an empty image of it instead of `scratch` when a step comes before the first COPY/ADD, the
+image pulled for the platform (classic store) or its platform's manifest alone (containerd
+store); the Dockerfile sent names them, and the build context stays the user's. The image
+built is the one the Dockerfile gives (same layers, config and history) with the platform's
+architecture. What the daemon cannot build at all is refused in preflight (`Engines.check_sdk`).
 
 Right after each platform's build, the images its Dockerfile builds on are looked up in the
 daemon (image inspect: `RepoDigests` for the registry digest, `Id`), for the provenance; this
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from shipit.docker_api import BuildRequest, Daemon, DaemonError, StreamError
@@ -25,6 +35,7 @@ from shipit.errors import StageError
 from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
+from shipit.stages.build.classic_platforms import BaseUnavailable, PlatformBases
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
 from shipit.stages.build.memo import BuildMemo, step_ids
 from shipit.stages.build.probes import EMULATION_HINT
@@ -36,6 +47,7 @@ class SdkBuilder:
     def __init__(self, daemon: Daemon, memo: BuildMemo | None = None) -> None:
         self.daemon = daemon
         self.memo = memo
+        self.platform_bases = PlatformBases(daemon)
 
     def build(self, image: ImagePlan, console: Console) -> BuiltImage:
         platforms: tuple[str | None, ...] = image.build.platforms or (None,)
@@ -69,11 +81,13 @@ class SdkBuilder:
         )
         with console.group(title):
             args = dict(request.build_args or {})
-            key = self._memo_key(request, settings)
+            text = _dockerfile_text(settings)
+            key = self._memo_key(request, text)
             recalled = self._recalled(key, args, settings, local_ref, console)
             if recalled is None:
+                sent = self._for_platform(request, text, image.name, console)
                 log, steps = step_ids(_build_log(console))
-                image_id = self._send(request, image.name, platform, log)
+                image_id = self._send(sent, image.name, platform, log)
                 bases = self._bases(args, settings)  # after the build: it may have pulled one
                 if key is not None and self.memo is not None:
                     self.memo.keep(key, image_id, steps, _ids(bases))
@@ -133,16 +147,30 @@ class SdkBuilder:
         self.daemon.tag(image_id, repository, tag)
         return image_id, looked[-1]  # recall checked the bases before it answered
 
-    def _memo_key(self, request: BuildRequest, settings: BuildSettings) -> str | None:
-        if self.memo is None:
+    def _memo_key(self, request: BuildRequest, text: str | None) -> str | None:
+        if self.memo is None or text is None:
             return None
-        try:
-            text = (Path(settings.context) / settings.dockerfile).read_text(
-                encoding="utf-8", errors="replace"
-            )
-        except OSError:
-            return None  # the build says what is wrong
         return self.memo.key(request, text, self.daemon.host)
+
+    def _for_platform(
+        self, request: BuildRequest, text: str | None, name: str, console: Console
+    ) -> BuildRequest:
+        """The request as sent: for a platform, its stages start from images of that
+        platform (classic_platforms.py), and the build pulls nothing (that is done)."""
+        if request.platform is None or text is None:
+            return request
+        try:
+            changed = self.platform_bases.dockerfile(
+                text,
+                args=request.build_args or {},
+                target=request.target,
+                platform=request.platform,
+                pull=request.pull,
+                log=console.write,
+            )
+        except (DaemonError, BaseUnavailable) as exc:
+            raise StageError("build", f"image {name} ({request.platform}): {exc}") from None
+        return replace(request, dockerfile_text=changed, pull=False)
 
     def _bases(self, args: dict[str, str], settings: BuildSettings) -> tuple[BaseImage, ...]:
         """The images the build started from, as the daemon holds them now."""
@@ -169,6 +197,15 @@ def _build_log(console: Console) -> Callable[[str], None]:
             console.write(line)
 
     return show
+
+
+def _dockerfile_text(settings: BuildSettings) -> str | None:
+    try:
+        return (Path(settings.context) / settings.dockerfile).read_text(
+            encoding="utf-8", errors="replace"
+        )
+    except OSError:
+        return None  # the build says what is wrong
 
 
 def _ids(bases: tuple[BaseImage, ...]) -> dict[str, str | None]:
