@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from shipit.registry import Endpoint, Registry
-from tests.support.buildkit import busybox, busybox_context
+from tests.support.buildkit import busybox, busybox_context, unbuildable_platform
 from tests.support.cli import run_shipit
 from tests.support.gitrepo import git
 from tests.support.project import make_project, run_env
@@ -115,14 +115,16 @@ def test_a_builder_that_does_not_answer_fails_preflight_naming_it(
 def test_a_platform_without_an_emulator_is_named_before_the_build(
     tmp_path: Path, dockerd: Dockerd, registry: RunningRegistry, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # this machine's binfmt_misc has qemu-aarch64 only: buildx lists what it can build
-    image = "  name: app\n  engine: buildx\n  platforms: [linux/amd64, linux/riscv64]\n"
+    # one this machine's builder cannot build, whatever binfmt_misc holds (riscv64 where only
+    # qemu-aarch64 is registered; with every emulator, one QEMU has none for)
+    platform = unbuildable_platform(dockerd.host)
+    image = f"  name: app\n  engine: buildx\n  platforms: [linux/amd64, {platform}]\n"
     code, err = run(
         project(tmp_path, registry, image, ("RUN true",)), run_env(dockerd.host, tmp_path), capsys
     )
     assert code == 1
     assert (
-        "cannot build linux/riscv64" in err
+        f"cannot build {platform} (" in err
         and "linux/amd64" not in err.split("cannot build")[1].split("(")[0]
     )
     assert "qemu-user-static" in err and "shipit matrix --by platform" in err

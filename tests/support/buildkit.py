@@ -9,6 +9,7 @@ A missing piece is a ToolMissingError that names the install script; tests never
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -29,6 +30,23 @@ BUSYBOX = {
 _ELF_MACHINE = {"amd64": 62, "arm64": 183}
 # what `uname -m` says on each
 UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
+# The platforms BuildKit looks for an emulator of (moby/buildkit util/archutil runs a tiny
+# static binary of each; `docker buildx inspect` lists those that ran), with the name of
+# qemu-user-static's binfmt_misc entry for each (qemu-NAME): what a machine with only some of
+# those entries registered cannot build.
+EMULATED = {
+    "linux/riscv64": "riscv64",
+    "linux/ppc64le": "ppc64le",
+    "linux/s390x": "s390x",
+    "linux/mips64le": "mips64el",
+    "linux/mips64": "mips64",
+    "linux/loong64": "loongarch64",
+    "linux/arm/v7": "arm",
+    "linux/arm/v6": "arm",
+}
+# A platform no builder lists and nothing emulates: QEMU has no user-mode Itanium target
+# (no qemu-ia64 in any qemu-user-static), so no binfmt_misc entry runs its binaries.
+NO_EMULATOR = "linux/ia64"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +54,7 @@ class Emulation:
     """A binfmt_misc handler that runs another CPU's binaries through QEMU."""
 
     handler: Path  # e.g. /proc/sys/fs/binfmt_misc/qemu-aarch64
-    interpreter: Path  # /usr/libexec/qemu-binfmt/aarch64-binfmt-P -> qemu-aarch64-static
+    interpreter: Path  # /usr/libexec/qemu-binfmt/aarch64-binfmt-P -> qemu-aarch64-static (Debian)
     flags: (
         str  # "PF" from Debian: F opens the interpreter at registration, so it works in containers
     )
@@ -69,7 +87,10 @@ def arm64_emulation() -> Emulation:
     fields = dict(line.split(" ", 1) for line in lines[1:] if " " in line)
     flags = fields.get("flags:", "").strip()
     interpreter = Path(fields.get("interpreter", ""))
-    if lines[:1] != ["enabled"] or "F" not in flags or not interpreter.is_file():
+    # With F the kernel opened the interpreter at registration: its path need not exist here
+    # (tonistiigi/binfmt, as docker/setup-qemu-action runs it, registers one from its own
+    # container); running arm64 code below is the proof that counts.
+    if lines[:1] != ["enabled"] or "F" not in flags:
         raise ToolMissingError(
             f"{handler} says {lines[:1]}, flags {flags!r}, interpreter {interpreter}: arm64 "
             f"binaries cannot run in containers; {INSTALL_HINT}"
@@ -142,3 +163,43 @@ def buildx_plugin() -> Path:
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise ToolMissingError(f"the buildx plugin {path} is missing; {INSTALL_HINT}")
     return path
+
+
+def builder_platforms(host: str) -> tuple[str, ...]:
+    """The platforms `docker buildx inspect` says the default builder of the daemon at host
+    builds (natively or through binfmt_misc), as listed (`*` marks dropped)."""
+    done = docker_at(host, "buildx", "inspect", timeout=120)
+    if done.returncode != 0:
+        raise ToolMissingError(
+            f"docker buildx inspect failed: {done.stderr.strip()}; {INSTALL_HINT}"
+        )
+    found: list[str] = []
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Platforms":
+            found += [p.strip().rstrip("*") for p in value.split(",") if p.strip()]
+    return tuple(found)
+
+
+def unbuildable_platform(host: str) -> str:
+    """A platform the default builder of the daemon at host cannot build, by what this machine
+    says: the first of EMULATED that `docker buildx inspect` does not list and no enabled
+    binfmt_misc entry emulates; when there is none (every qemu-user-static entry registered),
+    NO_EMULATOR, once neither the builder nor binfmt_misc names its architecture."""
+    listed = builder_platforms(host)
+    entries = {}
+    for entry in sorted(BINFMT.iterdir()) if BINFMT.is_dir() else []:
+        with contextlib.suppress(OSError):  # `register` cannot be read
+            entries[entry.name] = entry.read_text()
+    enabled = {name for name, text in entries.items() if text.startswith("enabled")}
+    for platform, qemu in EMULATED.items():
+        if platform not in listed and f"qemu-{qemu}" not in enabled:
+            return platform
+    arch = NO_EMULATOR.split("/")[1]
+    handlers = [name for name, text in entries.items() if arch in name or arch in text]
+    if NO_EMULATOR in listed or handlers:
+        raise AssertionError(
+            f"no platform this machine cannot build: the builder lists {', '.join(listed)};"
+            f" binfmt_misc entries naming {arch}: {', '.join(handlers)}"
+        )
+    return NO_EMULATOR
