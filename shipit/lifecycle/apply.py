@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from shipit.lifecycle.capabilities import Capabilities, placeholder, probe
+from shipit.lifecycle.apis import DeletePath
+from shipit.lifecycle.capabilities import Capabilities, placeholder
 from shipit.lifecycle.records import Action, RepositoryPlan, short
 from shipit.registry import Registry, RegistryError
 
@@ -35,13 +36,15 @@ class Outcome:
     done: bool
     skipped: str | None = None
     error: str | None = None
+    note: str | None = None  # done, with what the registry left to its garbage collection
 
     @property
     def status(self) -> str:
         if self.action.action == "keep":
             return "kept"
         if self.done:
-            return "deleted" if self.action.action == "delete" else "untagged"
+            said = "deleted" if self.action.action == "delete" else "untagged"
+            return f"{said} ({self.note})" if self.note else said
         return f"skipped: {self.skipped}" if self.skipped else f"failed: {self.error}"
 
 
@@ -60,9 +63,12 @@ class RepositoryResult:
         )
 
 
-def apply_plan(client: Registry, plan: RepositoryPlan, *, parallel: int) -> RepositoryResult:
-    """Carry out `plan` in its registry (see the module docstring); never raises for the
-    registry's failures: the result says what was done and what was not."""
+def apply_plan(
+    client: Registry, path: DeletePath, plan: RepositoryPlan, *, parallel: int
+) -> RepositoryResult:
+    """Carry out `plan` in its registry (see the module docstring), deleting through `path`
+    (the registry API or the vendor's); never raises for the registry's failures: the
+    result says what was done and what was not."""
     work = [a for a in plan.actions if a.action != "keep"]
     kept = [Outcome(action=a, done=True) for a in plan.actions if a.action == "keep"]
     if plan.error is not None:
@@ -70,8 +76,7 @@ def apply_plan(client: Registry, plan: RepositoryPlan, *, parallel: int) -> Repo
     if not work:
         return RepositoryResult(plan=plan, outcomes=tuple(kept))
     try:
-        caps = probe(
-            client,
+        caps = path.probe(
             plan.repository,
             registry=plan.registry,
             tags_too=any(a.action == "untag" for a in work),
@@ -82,7 +87,7 @@ def apply_plan(client: Registry, plan: RepositoryPlan, *, parallel: int) -> Repo
     except RegistryError as error:
         return _nothing(plan, kept, work, f"{plan.registry}: {error}")
     units = _units(work)
-    runner = _Runner(client, plan, caps, moved)
+    runner = _Runner(client, path, plan, caps, moved)
     done = [o for unit in units for o in runner.run(unit)]  # one at a time: see the docstring
     return RepositoryResult(plan=plan, outcomes=tuple(kept + done), capabilities=caps)
 
@@ -151,9 +156,14 @@ class _Runner:
     """Carries out one unit at a time (several threads share it: it keeps no state)."""
 
     def __init__(
-        self, client: Registry, plan: RepositoryPlan, caps: Capabilities, moved: Mapping[str, str]
+        self,
+        client: Registry,
+        path: DeletePath,
+        plan: RepositoryPlan,
+        caps: Capabilities,
+        moved: Mapping[str, str],
     ) -> None:
-        self.client, self.plan, self.caps, self.moved = client, plan, caps, moved
+        self.client, self.path, self.plan, self.caps, self.moved = client, path, plan, caps, moved
         self.repository = plan.repository
 
     def run(self, unit: list[Action]) -> list[Outcome]:
@@ -188,25 +198,26 @@ class _Runner:
     def _delete(self, unit: Sequence[Action]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         for index, action in enumerate(unit):
+            tags = tuple(t for t, d in sorted(self.plan.tags.items()) if d == action.digest)
             try:
-                self.client.delete_manifest(self.repository, action.digest)  # False: gone already
+                note = self.path.delete_manifest(self.repository, action.digest, tags)
             except RegistryError as error:
                 outcomes.append(Outcome(action=action, done=False, error=str(error)))
                 why = f"not tried after {short(action.digest)} failed"
                 outcomes += [Outcome(action=a, done=False, error=why) for a in unit[index + 1 :]]
                 return outcomes
-            outcomes.append(Outcome(action=action, done=True))
+            outcomes.append(Outcome(action=action, done=True, note=note))
         return outcomes
 
     def _untag(self, action: Action) -> Outcome:
         tag = action.tags[0]
         try:
             if self.caps.tag_delete:
-                self.client.delete_tag(self.repository, tag)
-            else:
+                self.path.delete_tag(self.repository, tag)
+            else:  # moved onto a placeholder, which is then deleted by digest
                 stand_in = placeholder(self.client, self.repository)
                 self.client.put_manifest(self.repository, tag, stand_in)
-                self.client.delete_manifest(self.repository, stand_in.digest)
+                self.path.delete_manifest(self.repository, stand_in.digest, (tag,))
             if self.client.manifest_digest(self.repository, action.digest) != action.digest:
                 return Outcome(action=action, done=False, error=f"{short(action.digest)} is gone")
         except RegistryError as error:

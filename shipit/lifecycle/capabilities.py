@@ -9,7 +9,9 @@ placeholder is stored under a probe tag and the tag alone is deleted: the regist
 DELETE only if the answer is 202 and the placeholder itself is still there afterwards.
 Otherwise a tag is removed by pushing a placeholder onto it and deleting that by digest.
 
-Docker Hub and GHCR do not delete over the registry API at all; they are not probed.
+Docker Hub and GHCR do not delete over the registry API (GHCR: 405 UNSUPPORTED; Docker Hub
+only untagged digests); prune reaches them through their own APIs (`lifecycle.apis`), and a
+spec that says `api: registry` for them is told so here without a probe.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ PLACEHOLDER_KEY: Final = "dev.shipit.placeholder"
 
 VENDOR_HINTS: Final = {
     "ghcr.io": (
-        "GHCR does not delete over the registry API: delete package versions with GitHub's"
-        " REST API (DELETE /user/packages/container/NAME/versions/ID, or the orgs/ path)"
+        "GHCR does not delete over the registry API: leave out `api: registry` (or say"
+        " `api: github`) to delete package versions through GitHub's Packages REST API"
     ),
     "docker.io": (
-        "Docker Hub does not delete over the registry API: delete tags with Docker Hub's own"
-        " API or its web interface"
+        "Docker Hub deletes only untagged digests over the registry API: leave out"
+        " `api: registry` (or say `api: dockerhub`) to delete tags through Docker Hub's API"
     ),
 }
 _HUB_HOSTS: Final = ("docker.io", "index.docker.io", "registry-1.docker.io")
@@ -75,12 +77,18 @@ def placeholder(client: Registry, repository: str) -> Manifest:
     return Manifest.from_bytes(data, OCI_MANIFEST)
 
 
-def probe(client: Registry, repository: str, *, registry: str, tags_too: bool) -> Capabilities:
-    """Whether `repository` can be pruned, and how a tag is removed there (see above)."""
+def vendor_hint(client: Registry) -> str | None:
+    """Why the distribution API cannot delete on this host (GHCR, Docker Hub), if so."""
     host = client.endpoint.host.lower()
     vendor = "docker.io" if host in _HUB_HOSTS else host if host in VENDOR_HINTS else None
-    if vendor is not None:
-        return Capabilities(deletes=False, message=f"{registry}: {VENDOR_HINTS[vendor]}")
+    return VENDOR_HINTS[vendor] if vendor is not None else None
+
+
+def probe(client: Registry, repository: str, *, registry: str, tags_too: bool) -> Capabilities:
+    """Whether `repository` can be pruned, and how a tag is removed there (see above)."""
+    hint = vendor_hint(client)
+    if hint is not None:
+        return Capabilities(deletes=False, message=f"{registry}: {hint}")
     first = placeholder(client, repository)
     client.put_manifest(repository, first.digest, first)
     try:

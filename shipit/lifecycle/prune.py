@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shipit.errors import ShipitError, UsageError
+from shipit.lifecycle.apis import DeletePath, open_path
 from shipit.lifecycle.apply import RepositoryResult, apply_plan
 from shipit.lifecycle.inventory import read_holdings
 from shipit.lifecycle.limit import DeleteLimit, refusal_hint, refusals
@@ -47,12 +48,26 @@ class PruneResult:
 
 
 class Clients:
-    """One registry client per spec registry url (credentials resolved and masked)."""
+    """One registry client per spec registry url (credentials resolved and masked), and the
+    path deletes take there (`lifecycle.apis`)."""
 
     def __init__(self, env: Mapping[str, str], console: Console) -> None:
         self.env, self.console = env, console
         self._open: dict[str, Registry] = {}
+        self._paths: dict[str, DeletePath] = {}
         self._lock = threading.Lock()
+
+    def path(self, registry: SpecRegistry, image: Image) -> DeletePath:
+        """How deletes are done in `registry`: its own API, or the vendor's."""
+        with self._lock:
+            if registry.url not in self._paths:
+                client = self._get(registry, image)
+                retry = _retry_line(self.console, registry.url)
+                try:
+                    self._paths[registry.url] = open_path(registry, client, self.env, retry)
+                except RegistryError as error:  # an API that shipit will not send a token to
+                    raise UsageError(f"registry {registry.url}: {error}") from None
+            return self._paths[registry.url]
 
     def get(self, registry: SpecRegistry, image: Image) -> Registry:
         with self._lock:
@@ -77,6 +92,8 @@ class Clients:
         return self._open[registry.url]
 
     def close(self) -> None:
+        for path in self._paths.values():
+            path.close()
         for client in self._open.values():
             client.close()
 
@@ -115,6 +132,7 @@ def make_plan(
                 continue
             actions = decide(holdings, policy, protected, when)
             goes = any(a.action != "keep" for a in actions)
+            path = clients.path(registry, image)
             repositories.append(
                 RepositoryPlan(
                     image=image.name,
@@ -124,6 +142,8 @@ def make_plan(
                     tags=dict(holdings.tags),
                     actions=actions,
                     warnings=idle_rules(holdings, policy) if goes else (),
+                    api=path.api,
+                    blocked=path.check(repository) if goes else None,
                 )
             )
     return PrunePlan(spec=str(spec.path), made=when, repositories=tuple(repositories))
@@ -161,7 +181,10 @@ def apply(
         deletes = repository.count("delete") + repository.count("untag")
         with console.group(f"prune {repository.ref}: {counted(deletes, 'change')}"):
             result = apply_plan(
-                clients.get(registry, image), repository, parallel=image.push.parallel
+                clients.get(registry, image),
+                clients.path(registry, image),
+                repository,
+                parallel=image.push.parallel,
             )
             if result.error:
                 console.error(result.error)

@@ -124,6 +124,8 @@ class RepositoryPlan:
     actions: tuple[Action, ...]
     error: str | None = None  # the inventory failed: nothing is done here
     warnings: tuple[str, ...] = ()  # keep rules that picked no tag, where something goes
+    api: str = "registry"  # how deletes are done: registry | github | gitlab | dockerhub
+    blocked: str | None = None  # why deletes cannot work there, as far as a read can tell
 
     @property
     def ref(self) -> str:
@@ -141,6 +143,8 @@ class RepositoryPlan:
             "actions": [a.to_json() for a in self.actions],
             "error": self.error,
             "warnings": list(self.warnings),
+            "api": self.api,
+            "blocked": self.blocked,
         }
 
     @classmethod
@@ -155,6 +159,8 @@ class RepositoryPlan:
             actions=tuple(Action.from_json(a) for a in data.get("actions") or ()),
             error=str(data["error"]) if data.get("error") else None,
             warnings=tuple(str(w) for w in data.get("warnings") or ()),
+            api=str(data.get("api") or "registry"),
+            blocked=str(data["blocked"]) if data.get("blocked") else None,
         )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shipit.lifecycle.apis import NAMES
 from shipit.lifecycle.limit import DeleteLimit, Refusal, refusal_hint
 from shipit.lifecycle.records import Action, PrunePlan, RepositoryPlan, short_tag
 from shipit.log import PLAIN, Style
@@ -133,6 +134,7 @@ def _outcome(outcome: Outcome) -> dict[str, Any]:
         "status": outcome.status,
         "skipped": outcome.skipped,
         "error": outcome.error,
+        "note": outcome.note,
     }
 
 
@@ -153,7 +155,9 @@ def _totals(repo: RepositoryPlan) -> str:
     if repo.error:
         return f"{repo.ref} ({repo.registry}): {repo.error}"
     counts = ", ".join(f"{a} {repo.count(a)}" for a in ("keep", "delete", "untag"))
-    return f"{repo.ref} ({repo.registry}): {counts}"
+    through = "" if repo.api == "registry" else f" through {NAMES[repo.api]}"
+    line = f"{repo.ref} ({repo.registry}): {counts}{through}"
+    return f"{line}; --apply cannot delete here: {repo.blocked}" if repo.blocked else line
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], style: Style) -> str:

@@ -59,6 +59,8 @@ class Registry:
     password_env: str | None = None
     insecure: bool = False
     ca_file: Path | None = None
+    api: str | None = None  # how prune deletes: github | gitlab | dockerhub | registry
+    api_url: str | None = None  # that API's base URL
     location: Location | None = field(default=None, compare=False)
 
     def repository(self, image_name: str) -> str:

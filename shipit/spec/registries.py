@@ -1,8 +1,10 @@
 """The `registries:` list: where an image goes (top level, or an image's own list).
 
 Each item is a short `host/namespace` string or a mapping with `url`, `username`,
-`password_env` (the name of a variable holding the secret, never the secret), `insecure`
-and `ca_file`. A bare namespace means Docker Hub, as in `docker`.
+`password_env` (the name of a variable holding the secret, never the secret), `insecure`,
+`ca_file`, and for `shipit prune`: `api` (how it deletes: `github`, `gitlab`, `dockerhub`, or
+`registry`, the distribution API; left out, it follows from the host) and `api_url` (that
+API's base URL). A bare namespace means Docker Hub, as in `docker`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _HOST = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9-]+)*(?::\d+)?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEYS = ("url", "username", "password_env", "insecure", "ca_file")
+_KEYS = ("url", "username", "password_env", "insecure", "ca_file", "api", "api_url")
+APIS = ("github", "gitlab", "dockerhub", "registry")
+_API_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
 
 def read_registries(r: Reader, node: Node | None, image_node: Node) -> tuple[Registry, ...] | None:
@@ -63,11 +67,14 @@ def _registry(r: Reader, node: Node) -> Registry | None:
             r.error(node, "`password_env` needs a `username` too")
         ca_file = r.field(entries, "ca_file", lambda n: r.existing_file(n, "ca_file"), None)
         insecure = r.field(entries, "insecure", lambda n: r.boolean(n, "insecure"), False)
+        api = r.field(entries, "api", lambda n: r.choice(n, "api", APIS), None)
+        api_url = r.field(entries, "api_url", lambda n: _api_url(r, n), None)
     else:
         url = _url(r, node)
         username = password_env = None
         ca_file = None
         insecure = False
+        api = api_url = None
     if url is None:
         return None
     host, _, namespace = url.partition("/")
@@ -79,6 +86,8 @@ def _registry(r: Reader, node: Node) -> Registry | None:
         password_env=password_env,
         insecure=insecure,
         ca_file=ca_file,
+        api=api,
+        api_url=api_url,
         location=r.loc(node),
     )
 
@@ -105,6 +114,14 @@ def _url(r: Reader, node: Node) -> str | None:
         r.error(node, f"{shown(rest)} is not a valid namespace for registry {first}")
         return None
     return f"{first.lower()}/{rest.lower()}" if rest else first.lower()
+
+
+def _api_url(r: Reader, node: Node) -> str | None:
+    text = r.string(node, "api_url")
+    if text is not None and not _API_URL.fullmatch(text):
+        r.error(node, f"api_url {shown(text)} must be an http(s) URL, like https://api.github.com")
+        return None
+    return text.rstrip("/") if text else text
 
 
 def _env_name(r: Reader, node: Node) -> str | None:

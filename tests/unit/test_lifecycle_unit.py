@@ -210,8 +210,8 @@ def test_a_spec_without_retention_prunes_nothing_and_says_so(
 
 @pytest.mark.parametrize(
     ("host", "says"),
-    [("ghcr.io", "GitHub's REST API"), ("docker.io", "Docker Hub's own API"),
-     ("index.docker.io", "Docker Hub's own API")],
+    [("ghcr.io", "GitHub's Packages REST API"), ("docker.io", "Docker Hub's API"),
+     ("index.docker.io", "Docker Hub's API")],
 )  # fmt: skip
 def test_registries_that_delete_only_through_their_own_api_are_not_probed(
     host: str, says: str
