@@ -65,9 +65,36 @@ def host_path() -> str:
     return os.pathsep.join(p for p in entries if not (Path(p).parent / "pyvenv.cfg").exists())
 
 
+# How this machine reaches its package index, which the jobs' `pip install` needs: pip's
+# index settings and the proxies, wherever the machine keeps them (pip reads its global
+# configuration files itself; these are the ones set in the environment).
+INDEX_SETTINGS = (
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_TRUSTED_HOST",
+    "PIP_CERT",
+    "PIP_CLIENT_CERT",
+    "PIP_CONFIG_FILE",
+    "PIP_CONSTRAINT",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_RETRIES",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+)
+
+
 def runner_env(home: Path) -> dict[str, str]:
-    """gitlab-ci-local's environment, which its shell jobs inherit: nothing of ours."""
-    return {"PATH": host_path(), "HOME": str(home), "LANG": "C.UTF-8"}
+    """gitlab-ci-local's environment, which its shell jobs inherit: nothing of ours but the
+    way to the machine's package index."""
+    index = {name: os.environ[name] for name in INDEX_SETTINGS if name in os.environ}
+    return {"PATH": host_path(), "HOME": str(home), "LANG": "C.UTF-8", **index}
 
 
 def gitlab_ci_local(
