@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from shipit.docker_api import BuildRequest, Daemon
-from shipit.registry import Manifest, Registry
+from shipit.registry import Descriptor, Manifest, Registry
 from tests.support.buildkit import UNAME, busybox, docker_at
 from tests.support.cli import run_shipit
 from tests.support.gitrepo import git
@@ -84,10 +84,13 @@ def project_with(root: Path, spec: str, dockerfile: str, **files: str) -> Path:
     return project
 
 
-def spec_for(registry: RunningRegistry, namespace: str, platforms: tuple[str, ...]) -> str:
+def spec_for(
+    registry: RunningRegistry, namespace: str, platforms: tuple[str, ...], *, pull: bool = False
+) -> str:
     return (
         f"version: 1\nregistries: [{registry.host}/{namespace}]\n"
         f"image:\n  name: app\n  platforms: [{', '.join(platforms)}]\n"
+        f"  pull: {'true' if pull else 'false'}\n"
     )
 
 
@@ -102,6 +105,12 @@ def built_platforms(report: Path) -> tuple[str, dict[str, str]]:
     """The tag `shipit run` pushed and each platform's manifest digest, from its report."""
     [image] = json.loads(report.read_text())["images"]
     return image["tags"][0], {p["platform"]: p["digest"] for p in image["platforms"]}
+
+
+def diff_id(client: Registry, repository: str, layer: Descriptor) -> str:
+    """The digest of a layer's tar, as an image config's diff ids name it."""
+    with client._open_blob(repository, layer) as response:
+        return "sha256:" + hashlib.sha256(gzip.decompress(response.content)).hexdigest()
 
 
 def run_as(daemon: str, ref: str, platform: str, *command: str) -> str:
@@ -204,16 +213,22 @@ def test_a_from_scratch_image_with_an_arg_before_its_copy_builds_for_both_platfo
         assert run_as(daemon, ref, platform) == UNAME[arch_of(platform)]
 
 
+@pytest.mark.parametrize("pull", [False, True], ids=["held", "pull"])
 def test_its_twin_on_a_base_image_builds_each_platform_on_that_platforms_base(
-    tmp_path: Path, daemon: str, registry: RunningRegistry, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    daemon: str,
+    registry: RunningRegistry,
+    pull: bool,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """With `pull: false` the daemon holds the base for the other platform when the second
+    build starts (the first one pulled it); with `pull: true` every build pulls it."""
     namespace = f"twin{os.urandom(3).hex()}"
     client = registry_client(registry)
     push_base(client, f"{namespace}/base", "1")
     base = f"{registry.host}/{namespace}/base:1"
-    project = project_with(
-        tmp_path / "p", spec_for(registry, namespace, PLATFORMS), FROM_IMAGE.format(base=base)
-    )
+    spec = spec_for(registry, namespace, PLATFORMS, pull=pull)
+    project = project_with(tmp_path / "p", spec, FROM_IMAGE.format(base=base))
     report = tmp_path / "report.json"
     code, _, err = run_shipit(
         ["run", "-C", str(project), "--report", str(report)], capsys, run_env(daemon, tmp_path)
@@ -234,6 +249,45 @@ def test_its_twin_on_a_base_image_builds_each_platform_on_that_platforms_base(
         # the steps ran on this platform's base, as this platform
         said = run_as(daemon, ref, platform, "/bin/busybox", "cat", "/work/base", "/work/ran")
         assert said.split() == [platform, UNAME[arch_of(platform)]]
+
+
+def test_a_copy_right_after_from_image_takes_the_layers_of_that_platforms_base(
+    tmp_path: Path, daemon: str, registry: RunningRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A COPY straight after `FROM image`, the foreign platform built first (the daemon holds
+    nothing of the base yet): each image's layers start with its own platform's base layer."""
+    namespace = f"copy{os.urandom(3).hex()}"
+    client = registry_client(registry)
+    push_base(client, f"{namespace}/base", "1")
+    base_layers = {}  # platform -> the digest of its base layer's tar (its diff id)
+    for child in client.manifest(f"{namespace}/base", "1").children():
+        [_, layer] = client.manifest(f"{namespace}/base", child.digest).blobs()
+        base_layers[child.platform] = diff_id(client, f"{namespace}/base", layer)
+    dockerfile = (
+        f"FROM {registry.host}/{namespace}/base:1\n"
+        "COPY busybox-amd64 busybox-arm64 /opt/\n"
+        'CMD ["/bin/busybox", "uname", "-m"]\n'
+    )
+    order = tuple(reversed(PLATFORMS))  # linux/arm64 first
+    project = project_with(tmp_path / "p", spec_for(registry, namespace, order), dockerfile)
+    report = tmp_path / "report.json"
+    code, _, err = run_shipit(
+        ["run", "-C", str(project), "--report", str(report)], capsys, run_env(daemon, tmp_path)
+    )
+    assert code == 0, err
+    tag, platforms = built_platforms(report)
+    repository = f"{namespace}/app"
+    for platform, digest in platforms.items():
+        # the first layer is this platform's base layer, and the config says so too
+        [_, first, _copied] = client.manifest(repository, digest).blobs()
+        config, _ = config_of(client, repository, digest)
+        assert diff_id(client, repository, first) == base_layers[platform]
+        assert config["rootfs"]["diff_ids"][0] == base_layers[platform]
+        assert config["architecture"] == arch_of(platform)
+        ref = f"{registry.host}/{repository}:{tag}"
+        said = run_as(daemon, ref, platform, "/bin/busybox", "cat", "/etc/base-platform")
+        assert said == platform
+        assert run_as(daemon, ref, platform) == UNAME[arch_of(platform)]
 
 
 def test_a_platform_whose_variant_the_containerd_store_drops_is_refused_before_the_build(

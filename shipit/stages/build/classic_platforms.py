@@ -40,9 +40,12 @@ What the SDK engine does for a build for a platform that is not the daemon's own
   architecture.
 - A stage `FROM image`, on the classic store: when the daemon holds another platform under
   that name, the name is pulled for the platform first. On the containerd store, when the name
-  holds other platforms too, the stage starts from its platform's manifest alone: a record of
-  that manifest is loaded (an OCI layout with one index entry; the daemon has its content) and
-  its id replaces the name.
+  is an image of several platforms (an index), the stage starts from its platform's manifest
+  alone: a record of that manifest is loaded (an OCI layout with one index entry; the daemon
+  has its content) and its id replaces the name. (Seen here with 28.5: a COPY right after
+  `FROM index` for arm64 fails with "content ... not found" when the daemon lacks the amd64
+  content, and when it has it, the image's manifest lists the amd64 layers under a config
+  whose diff ids are arm64's.)
 - With `pull`, every image the Dockerfile names is pulled for the platform first (the build
   then pulls nothing: it could not pull an id).
 - Stages `FROM --platform=...`, stages on an earlier stage and `COPY --from=` are left as
@@ -204,8 +207,8 @@ class PlatformBases:
                     swaps[start.stage] = pinned
                     log(
                         f"stage {start.stage + 1} (FROM {start.base}) starts from its {platform}"
-                        f" manifest alone, {pinned[:19]}: the daemon holds other platforms of"
-                        " it, and the classic builder would take its own for the steps"
+                        f" manifest alone, {pinned[:19]}: of an image of several platforms, the"
+                        " classic builder takes the daemon's own for the steps"
                     )
             elif not pull:
                 self._classic_image(start.base, platform, log)
@@ -241,25 +244,27 @@ class PlatformBases:
 
     def _manifest_alone(self, name: str, platform: str, *, pulled: bool, own: bool) -> str | None:
         """On the containerd store: the id of a record of `name`'s manifest for `platform`
-        alone, when the name holds other platforms too (else None: every step takes it).
-        The daemon's own platform needs none: its steps take that one."""
+        alone (None when `name` is that manifest already). The daemon's own platform needs
+        none: the steps' containers and the parent's layers are taken for it."""
         if own:
             return None
         found = self._manifests(name)
-        if found is None or _manifest_for(found, platform) is None:
+        if found is None or _manifest_for(found[1], platform) is None:
             if pulled:
                 raise BaseUnavailable(f"{name} has no {platform} image in the daemon")
             self._pull(name, platform, why="the daemon does not hold it for that platform")
             found = self._manifests(name)
-        mine = _manifest_for(found or [], platform)
-        if mine is None:
+        mine = _manifest_for(found[1] if found else [], platform)
+        if found is None or mine is None:
             raise BaseUnavailable(f"{name} pulled for {platform} has no {platform} image")
-        others = [m for m in found or [] if m is not mine and _available_image(m)]
-        if not others:
+        descriptor = mine["Descriptor"]
+        if found[0] == descriptor.get("digest"):
             return None
-        return self.daemon.load(manifest_record(mine["Descriptor"]), platform)
+        return self.daemon.load(manifest_record(descriptor), platform)
 
-    def _manifests(self, name: str) -> list[Mapping[str, Any]] | None:
+    def _manifests(self, name: str) -> tuple[str, list[Mapping[str, Any]]] | None:
+        """The image's id and each platform's manifest, or None when the daemon has no
+        image of that name."""
         try:
             inspected = self.daemon.inspect(name, manifests=True)
         except DaemonError:
@@ -269,7 +274,7 @@ class PlatformBases:
             raise BaseUnavailable(
                 f"the daemon does not list the platforms of {name} (API 1.48, Docker 28, does)"
             )
-        return [m for m in listed if isinstance(m, dict)]
+        return str(inspected.get("Id")), [m for m in listed if isinstance(m, dict)]
 
 
 def _manifest_for(manifests: list[Mapping[str, Any]], platform: str) -> Mapping[str, Any] | None:
