@@ -61,13 +61,14 @@ class BuildSettings:
     labels: Mapping[str, str]
     pull: bool
     cache_from: tuple[str, ...]
-    engine: str = "sdk"  # sdk | buildx
+    engine: str = "sdk"  # sdk | buildx | buildah
     builder: str | None = None  # buildx: a builder or docker context
     secrets: tuple[BuildSecret, ...] = ()
     ssh: tuple[str, ...] = ()
     cache_to: tuple[str, ...] = ()
     network: str | None = None
     no_cache: bool = False
+    isolation: str | None = None  # buildah: the spec's; None: BUILDAH_ISOLATION, else chroot
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,7 @@ class BuildSettings:
             "ssh": list(self.ssh),
             "network": self.network,
             "no_cache": self.no_cache,
+            "isolation": self.isolation,
         }
 
 
@@ -301,6 +303,7 @@ def _build_settings(
         cache_to=options.cache_to,
         network=options.network,
         no_cache=options.no_cache,
+        isolation=options.isolation,
     )
 
 

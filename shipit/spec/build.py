@@ -1,13 +1,19 @@
 """How an image is built: the engine and its BuildKit keys (DESIGN section 8).
 
 `engine: sdk` (the default) is docker-py's classic builder; `engine: buildx` is BuildKit
-through `docker buildx build`. The keys only BuildKit has (`builder`, `secrets`, `ssh`,
-`cache_to`, and `type=` cache sources) and a Dockerfile that needs BuildKit (a `# syntax=`
-line, `RUN --mount`, heredocs, `--link`) are located errors under `sdk` that say to set
-`engine: buildx`. `platform: X` is shorthand for `platforms: [X]`.
+through `docker buildx build`; `engine: buildah` is the buildah CLI, with no daemon. The keys
+only BuildKit has (`builder`, `secrets`, `ssh`, `cache_to`, and `type=` cache sources) and a
+Dockerfile that needs BuildKit (a `# syntax=` line, `RUN --mount`, heredocs, `--link`) are
+located errors under `sdk` that say to set `engine: buildx`. Under `buildah`, what buildah
+cannot do is a located error too: `builder`, a cache that is not a registry repository, and
+the Dockerfile syntax Debian 12's buildah 1.28 refuses (heredocs, which it misreads as
+instructions, `COPY`/`ADD --link`, `--parents`, `--exclude`, `ADD --checksum`,
+`--keep-git-dir`, `RUN --network`, `--security`; it does build `RUN --mount`). `isolation`
+(chroot, oci, rootless: how buildah runs `RUN` steps) is buildah's alone.
+`platform: X` is shorthand for `platforms: [X]`.
 
-`engine`, `builder`, `platforms`/`platform` and `network` may stand at the top of the spec as
-defaults for every image (an image's own replaces them whole).
+`engine`, `builder`, `platforms`/`platform`, `network` and `isolation` may stand at the top of
+the spec as defaults for every image (an image's own replaces them whole).
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ from shipit.spec.paths import shown
 from shipit.spec.records import BuildOptions, BuildSecret
 from shipit.spec.sections import inherited
 
-ENGINES: Final = ("sdk", "buildx")
+ENGINES: Final = ("sdk", "buildx", "buildah")
 NETWORKS: Final = ("default", "none", "host")
-INHERITED: Final = ("engine", "builder", "platforms", "platform", "network")
+# buildah build --isolation (buildah-build(1)): chroot works in an unprivileged container
+ISOLATIONS: Final = ("chroot", "oci", "rootless")
+INHERITED: Final = ("engine", "builder", "platforms", "platform", "network", "isolation")
 KEYS: Final = (*INHERITED, "secrets", "ssh", "cache_from", "cache_to", "no_cache")
 BUILDKIT_ONLY: Final = ("builder", "secrets", "ssh", "cache_to")
+BUILDX_ONLY: Final = ("builder",)  # what buildah has no equivalent of
 MAX_DOCKERFILE: Final = 1024 * 1024  # read this much of a Dockerfile to look for BuildKit syntax
 
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?")
@@ -47,6 +56,16 @@ _BUILDKIT_SYNTAX: Final = (
     (re.compile(r"^\s*(ADD)\s+(?:--\S+\s+)*(--(?:checksum|keep-git-dir))\b", re.IGNORECASE),
      "{0} {1}"),
 )  # fmt: skip
+# what buildah 1.28 (Debian 12) refuses or misreads, checked with it: heredocs are taken for
+# instructions ("Unknown instruction"), the flags are refused ("COPY only supports the
+# --chmod=<permissions> --chown=<uid:gid> and the --from=<image|stage> flags", "RUN only
+# supports the --mount flag")
+_BUILDAH_REFUSES: Final = (
+    _BUILDKIT_SYNTAX[2],
+    (re.compile(r"^\s*(RUN)\s+(?:--\S+\s+)*(--(?:network|security))\b", re.IGNORECASE),
+     "{0} {1}"),
+    *_BUILDKIT_SYNTAX[3:],
+)  # fmt: skip
 
 
 def read_build(
@@ -59,6 +78,7 @@ def read_build(
     """The image's build options; `dockerfile` (when it exists) is checked under `sdk`."""
     own = _own_or_top(top, entries)
     engine = r.field(own, "engine", lambda n: r.choice(n, "engine", ENGINES), "sdk")
+    isolation = r.field(own, "isolation", lambda n: r.choice(n, "isolation", ISOLATIONS), None)
     options = BuildOptions(
         engine=engine,
         builder=r.field(own, "builder", lambda n: r.string(n, "builder"), None),
@@ -69,9 +89,14 @@ def read_build(
         cache_to=r.field(entries, "cache_to", lambda n: _caches(r, n, "cache_to"), ()),
         network=r.field(own, "network", lambda n: r.choice(n, "network", NETWORKS), None),
         no_cache=r.field(entries, "no_cache", lambda n: r.boolean(n, "no_cache"), False),
+        isolation=isolation if engine == "buildah" else None,  # a top default: buildah's
     )
     if engine == "sdk":
         _check_sdk(r, image, {**own, **entries}, options, dockerfile)
+    if engine == "buildah":
+        _check_buildah(r, image, {**own, **entries}, options, dockerfile)
+    elif "isolation" in entries:
+        r.error(entries["isolation"], "`isolation` is buildah's: set `engine: buildah`")
     return options
 
 
@@ -224,15 +249,75 @@ def _check_sdk(
             )
 
 
-def buildkit_syntax(dockerfile: Path) -> tuple[int, str] | None:
-    """The first line of `dockerfile` that only BuildKit understands, and what it is."""
+def _check_buildah(
+    r: Reader,
+    image: Node,
+    entries: Mapping[str, Node],
+    options: BuildOptions,
+    dockerfile: Path | None,
+) -> None:
+    """Under `engine: buildah`: what buildah cannot do is an error at its place."""
+    hint = "buildah cannot do it: set `engine: buildx`"
+    for key in BUILDX_ONLY:
+        if key in entries:
+            r.error(entries[key], f"`{key}` is buildx's; {hint}")
+    for key in ("cache_from", "cache_to"):
+        for entry in getattr(options, key):
+            if buildah_cache(entry) is None:
+                r.error(
+                    entries[key],
+                    f"{key} {shown(entry)}: buildah caches in a registry repository only"
+                    " (`REGISTRY/REPOSITORY` or `type=registry,ref=...`); set `engine: buildx`"
+                    " for other caches",
+                )
+    if options.network == "none" and options.isolation in (None, "chroot"):
+        r.error(
+            entries["network"],
+            "`network: none` needs `isolation: oci` (or rootless) under buildah: its chroot"
+            " isolation, shipit's default, runs RUN steps on the host's network and buildah"
+            " refuses any other with it",
+        )
+    if dockerfile is not None:
+        found = buildkit_syntax(dockerfile, _BUILDAH_REFUSES)
+        if found is not None:
+            line, what = found
+            r.error(
+                entries.get("dockerfile") or image,
+                f"{dockerfile.name} line {line} uses {what}, which buildah 1.28 (Debian 12)"
+                " does not build; set `engine: buildx`",
+            )
+
+
+def buildah_cache(entry: str) -> str | None:
+    """The repository buildah's `--cache-from`/`--cache-to` take for a cache entry: the entry
+    itself (`ghcr.io/acme/api-cache`), or the `ref` of a `type=registry` one (BuildKit's
+    spelling, so one spec works under both engines; `mode=` is ignored: buildah keeps every
+    layer); None for any other kind of cache."""
+    if "=" not in entry:
+        return entry if entry.strip() and "," not in entry else None
+    fields = {}
+    for part in entry.split(","):
+        key, _, value = part.partition("=")
+        fields[key.strip()] = value.strip()
+    if fields.get("type") != "registry" or not fields.get("ref"):
+        return None
+    if set(fields) - {"type", "ref", "mode"}:
+        return None
+    return fields["ref"]
+
+
+def buildkit_syntax(
+    dockerfile: Path, patterns: tuple[tuple[re.Pattern[str], str], ...] = _BUILDKIT_SYNTAX
+) -> tuple[int, str] | None:
+    """The first line of `dockerfile` that matches one of `patterns` (by default: what only
+    BuildKit understands), and what it is."""
     try:
         with dockerfile.open("rb") as handle:
             text = handle.read(MAX_DOCKERFILE).decode("utf-8", errors="replace")
     except (OSError, ValueError):
         return None  # unreadable: the build itself will say so
     for number, line in enumerate(text.splitlines(), start=1):
-        for pattern, what in _BUILDKIT_SYNTAX:
+        for pattern, what in patterns:
             if match := pattern.search(line):
                 words = [g.upper() if g.isalpha() else g.lower() for g in match.groups()]
                 return number, what.format(*words)

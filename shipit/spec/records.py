@@ -190,7 +190,7 @@ class BuildSecret:
 class BuildOptions:
     """The engine and the BuildKit keys of DESIGN section 8."""
 
-    engine: str = "sdk"  # sdk | buildx
+    engine: str = "sdk"  # sdk | buildx | buildah
     builder: str | None = None  # buildx: a builder name or docker context
     platforms: tuple[str, ...] = ()  # empty: the builder's own platform
     secrets: tuple[BuildSecret, ...] = ()
@@ -199,6 +199,7 @@ class BuildOptions:
     cache_to: tuple[str, ...] = ()
     network: str | None = None  # default | none | host
     no_cache: bool = False
+    isolation: str | None = None  # buildah: chroot | oci | rootless
 
 
 @dataclass(frozen=True, kw_only=True)

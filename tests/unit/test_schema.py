@@ -35,6 +35,8 @@ VALID += [
     "image: {name: a, secrets: {tok: {env: TOK}, rc: {file: .netrc}}, ssh: [default],"
     " cache_to: [type=inline], network: none, no_cache: true, builder: farm}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a, platform: linux/arm64/v8}\n",
+    "version: 1\nregistries: [a.io/b]\nengine: buildah\nisolation: oci\n"
+    "image: {name: a, secrets: {tok: {env: TOK}}, cache_to: [a.io/b/cache], network: none}\n",
 ]
 INVALID = [
     "version: 1\nregistries: [a.io/b]\nimage: {name: a, engine: kaniko}\n",
@@ -43,6 +45,7 @@ INVALID = [
     "version: 1\nregistries: [a.io/b]\nimage: {name: a, engine: buildx, secrets: {t: s3cret}}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a, engine: buildx, secrets: {t: {value: x}}}\n",
     "version: 1\nregistries: [a.io/b]\nimage: {name: a, network: bridge}\n",
+    "version: 1\nregistries: [a.io/b]\nimage: {name: a, engine: buildah, isolation: vm}\n",
     "registries: [a.io/b]\nimage: {name: app}\n",  # no version
     "version: 2\nregistries: [a.io/b]\nimage: {name: app}\n",
     "version: 1\nregistries: [a.io/b]\n",  # no image

@@ -1,0 +1,306 @@
+"""The daemonless engine: the buildah CLI through the subprocess door, no Docker anywhere.
+
+For CI runners that cannot run a privileged Docker daemon (Kubernetes executors, shared
+runners). Each platform is one `buildah build` into buildah's own storage, then one
+`buildah push --format oci` of that image into an OCI image layout in the run's work folder;
+from there the image goes on as buildx's layouts do: Trivy reads the layout (`--input`), and
+shipit's own client uploads its compressed layers as they are, assembles the index of
+several platforms itself (one digest in every registry), signs by digest, then tags.
+
+What the command lines rely on (buildah-build(1) and buildah-push(1) of buildah 1.28, the
+version Debian 12 ships; each flag checked on it):
+
+- `--isolation chroot` unless the spec says `isolation:` (or, with no spec key,
+  BUILDAH_ISOLATION does): chroot needs no privilege to create namespaces, so it works in an
+  unprivileged CI container; it runs `RUN` steps on the host's network ("reusing the host's
+  control group, network, IPC, and PID namespaces"), and buildah refuses any `--network`
+  other than host with it ("cannot set --network other than host with --isolation chroot"),
+  which the spec turns into a located error for `network: none`.
+- `--layers`: intermediate images are kept, so a rebuild is answered from them (as `docker
+  build`'s cache), and `--cache-from`/`--cache-to` (a registry repository) are "ignored
+  unless --layers is specified".
+- Build args as `--build-arg NAME` with the value in the child's environment (buildah reads
+  a value left out from there), secrets as `--secret id=ID,type=env,env=VAR` or
+  `id=ID,type=file,src=FILE`: never a value on a command line. The type is always named:
+  without it buildah 1.28 takes `src` for an environment variable whenever one of that name
+  exists (containers/buildah#5282, reproduced here: the secret comes out empty).
+- `--pull=always` for `pull: true` (Docker's `--pull`: pull even when the image is there),
+  else `--pull=false` ("only pull the image if not present").
+- `--format oci` for the build and the push (so BUILDAH_FORMAT cannot turn it into Docker's
+  v2s2), `--iidfile` for the image id, and `buildah push --digestfile` for the manifest's
+  digest in the layout: never read from the log.
+- Storage: buildah's own default (containers-storage.conf(5): /var/lib/containers/storage
+  for root), or what CONTAINERS_STORAGE_CONF names; shipit passes the run's environment
+  through and picks no storage of its own. The built image keeps its name there (as
+  `docker build` leaves it in the daemon), under the first ref, plus the platform with
+  several.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final
+
+from shipit import proc
+from shipit.errors import StageError
+from shipit.log import Console
+from shipit.plan import BuildSettings, ImagePlan
+from shipit.spec.build import buildah_cache
+from shipit.stages.build.bases import BaseImage, dockerfile_bases, resolve_bases
+from shipit.stages.build.buildx import secret_values
+from shipit.stages.build.images import (
+    BuiltImage,
+    PlatformImage,
+    local_name,
+    platform_args,
+    platform_slug,
+)
+from shipit.stages.build.probes import EMULATION_HINT, PROBE_TIMEOUT
+from shipit.stages.export import ExportError
+from shipit.stages.layout import platform_manifests
+
+BUILD_TIMEOUT: Final = 6 * 3600.0
+PUSH_TIMEOUT: Final = 3600.0
+BUILDAH_HINT: Final = (
+    "install buildah (Debian/Ubuntu: `apt-get install buildah`; Fedora: `dnf install buildah`),"
+    " or use shipit's own image, which has it"
+)
+DEFAULT_ISOLATION: Final = "chroot"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class BuildahBuilder:
+    """Builds with `buildah build`, one platform at a time, into one OCI layout."""
+
+    def __init__(self, buildah: str, env: Mapping[str, str], workdir: Path) -> None:
+        self.buildah = buildah
+        self.env = env
+        self.workdir = workdir
+
+    def build(self, image: ImagePlan, console: Console) -> BuiltImage:
+        chosen: tuple[str | None, ...] = image.build.platforms or (None,)
+        many = len(chosen) > 1
+        layout = self.workdir / "oci"
+        return BuiltImage(
+            platforms=tuple(
+                self._platform(image, platform, layout, console, many=many) for platform in chosen
+            )
+        )
+
+    def _platform(
+        self, image: ImagePlan, platform: str | None, layout: Path, console: Console, *, many: bool
+    ) -> PlatformImage:
+        settings = image.build
+        slug = platform_slug(platform)
+        iidfile = self.workdir / f"iid-{slug}"
+        digestfile = self.workdir / f"digest-{slug}"
+        tag = local_name(image, platform if many else None)
+        argv, child = build_command(
+            self.buildah, settings, platform, tag=tag, iidfile=iidfile, env=self.env
+        )
+        secrets = secret_values(settings, self.env)
+        which = f" for {platform}" if platform else ""
+        steps = StepTracker()
+        with console.group(f"build {image.name} {image.version.text} with buildah{which}"):
+            try:
+                proc.stream(
+                    argv,
+                    env=child,
+                    on_line=steps.line_handler(console),
+                    secrets=secrets,
+                    timeout=BUILD_TIMEOUT,
+                )
+            except proc.CommandError as exc:
+                raise StageError("build", steps.failure(image.name, which, exc)) from None
+            image_id = _read_digest(iidfile, image.name, "--iidfile", prefix="sha256:")
+            try:
+                proc.run(
+                    push_command(self.buildah, image_id, layout, slug, digestfile),
+                    env=child,
+                    timeout=PUSH_TIMEOUT,
+                )
+            except proc.CommandError as exc:
+                raise StageError(
+                    "build", f"image {image.name}{which}: buildah push to {layout} failed: {exc}"
+                ) from None
+            digest = _read_digest(digestfile, image.name, "push --digestfile")
+            try:
+                [found] = platform_manifests(layout, digest)
+            except (ExportError, ValueError) as exc:
+                raise StageError("build", f"image {image.name}{which}: {exc}") from None
+            if platform is not None and found.platform != platform:
+                raise StageError(
+                    "build",
+                    f"image {image.name}: buildah built {found.platform}, not {platform}",
+                    hint=EMULATION_HINT,
+                )
+            console.write(f"built {image.name}{which}: {image_id} (manifest {digest})")
+        return PlatformImage(
+            platform=platform,
+            layout=layout,
+            manifest=digest,
+            bases=self._bases(settings, platform),
+        )
+
+    def _bases(self, settings: BuildSettings, platform: str | None) -> tuple[BaseImage, ...]:
+        names = dockerfile_bases(
+            settings, settings.build_args, automatic=platform_args(platform), buildkit=False
+        )
+        return resolve_bases(names, platform, {}, self._inspect)
+
+    def _inspect(self, name: str) -> dict[str, object] | None:
+        """A base image as buildah's storage holds it, in the shape of Docker's inspect
+        (`RepoDigests`, `Id`) that bases.py reads; an image named `localhost/...` was made
+        here, so its digest is no registry's."""
+        argv = [self.buildah, "inspect", "--type", "image", name]
+        result = proc.run(argv, env=self.env, timeout=PROBE_TIMEOUT, check=False)
+        if result.returncode != 0:
+            return None
+        try:
+            document = json.loads(result.stdout)
+        except ValueError:
+            return None
+        return inspect_record(name, document)
+
+
+def inspect_record(name: str, document: object) -> dict[str, object] | None:
+    """`buildah inspect --type image NAME` as the record bases.py reads."""
+    if not isinstance(document, dict):
+        return None
+    found: dict[str, object] = {}
+    image_id = document.get("FromImageID")
+    if isinstance(image_id, str) and re.fullmatch(r"[0-9a-f]{64}", image_id):
+        found["Id"] = f"sha256:{image_id}"
+    digest = document.get("FromImageDigest")
+    repository = name.partition("@")[0]
+    if ":" in repository.rpartition("/")[2]:
+        repository = repository.rpartition(":")[0]
+    if (
+        isinstance(digest, str)
+        and _DIGEST.fullmatch(digest)
+        and not repository.startswith("localhost/")
+    ):
+        found["RepoDigests"] = [f"{repository}@{digest}"]
+    return found
+
+
+def build_command(
+    buildah: str,
+    settings: BuildSettings,
+    platform: str | None,
+    *,
+    tag: str,
+    iidfile: Path,
+    env: Mapping[str, str],
+) -> tuple[list[str], dict[str, str]]:
+    """The `buildah build` argv of one platform and the child's environment.
+
+    Values that could be secret never go into argv (see the module docstring). Flags as
+    buildah-build(1) of buildah 1.28 documents them.
+    """
+    child = dict(env)
+    argv = [buildah, "build", "--format", "oci", "--layers", "--iidfile", str(iidfile)]
+    # --isolation: chroot, oci or rootless; BUILDAH_ISOLATION is read when the flag is absent
+    isolation = settings.isolation or (None if env.get("BUILDAH_ISOLATION") else DEFAULT_ISOLATION)
+    if isolation:
+        argv += ["--isolation", isolation]
+    argv += ["--file", str(Path(settings.context) / settings.dockerfile), "--tag", tag]
+    if platform:
+        argv += ["--platform", platform]
+    if settings.target:
+        argv += ["--target", settings.target]
+    for name, value in settings.build_args.items():
+        child[name] = value  # --build-arg NAME: the value comes from the environment
+        argv += ["--build-arg", name]
+    for name, value in settings.labels.items():
+        argv += ["--label", f"{name}={value}"]
+    for secret in settings.secrets:
+        # --secret id=ID,type=env,env=VAR | id=ID,type=file,src=PATH (the type named: #5282)
+        source = f"type=env,env={secret.env}" if secret.env else f"type=file,src={secret.file}"
+        argv += ["--secret", f"id={secret.id},{source}"]
+    for entry in settings.ssh:
+        argv += ["--ssh", entry]  # --ssh default|id[=socket|key[,key]]
+    argv += cache_flags(settings)
+    if settings.network and settings.network != "default":
+        argv += ["--network", settings.network]  # none | host (default: private, or chroot's)
+    if settings.no_cache:
+        argv.append("--no-cache")
+    # --pull=always: pull even when present; =false: "only pull the image if not present"
+    argv.append("--pull=always" if settings.pull else "--pull=false")
+    argv.append(settings.context)
+    return argv, child
+
+
+def cache_flags(settings: BuildSettings) -> list[str]:
+    """`--cache-from`/`--cache-to` with the registry repository of each cache entry (they
+    need `--layers`, which the build always has)."""
+    flags = []
+    for flag, entries in (("--cache-from", settings.cache_from), ("--cache-to", settings.cache_to)):
+        for entry in entries:
+            repository = buildah_cache(entry)
+            if repository is None:  # the spec refused it already: a bug if it comes here
+                raise ValueError(f"{entry!r} is no cache buildah can use")
+            flags += [flag, repository]
+    return flags
+
+
+def push_command(
+    buildah: str, image_id: str, layout: Path, name: str, digestfile: Path
+) -> list[str]:
+    """`buildah push` of one built image into the OCI layout `layout`, under `name` (each
+    platform its own entry of the layout's index.json), its manifest digest to `digestfile`."""
+    return [
+        buildah, "push", "--format", "oci", "--digestfile", str(digestfile), "--quiet",
+        image_id, f"oci:{layout}:{name}",
+    ]  # fmt: skip
+
+
+def _read_digest(path: Path, name: str, what: str, *, prefix: str = "") -> str:
+    try:
+        text = prefix + path.read_text(encoding="utf-8").strip().removeprefix(prefix)
+    except OSError as exc:
+        raise StageError("build", f"image {name}: buildah wrote no {what} file: {exc}") from None
+    if not _DIGEST.fullmatch(text):
+        raise StageError("build", f"image {name}: buildah's {what} file holds no digest")
+    return text
+
+
+class StepTracker:
+    """Names the failing step from buildah's log: `STEP 4/6: RUN make`, then `Error: building
+    at STEP "RUN make": while running runtime: exit status 2`."""
+
+    _STEP = re.compile(r"^STEP (\d+/\d+): (.*)$")
+    _ERROR = re.compile(r'^Error: building at STEP "(.*)": (.*)$')
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.failed: tuple[str, str] | None = None
+
+    def line_handler(self, console: Console) -> Callable[[str], None]:
+        def handle(line: str) -> None:
+            if match := self._STEP.match(line):
+                self.last = match[2]
+            elif (match := self._ERROR.match(line)) and self.failed is None:
+                self.failed = (match[1], match[2])
+            if line.strip():
+                console.write(line)
+
+        return handle
+
+    def failure(self, name: str, which: str, exc: proc.CommandError) -> str:
+        if exc.timed_out:
+            return f"image {name}: buildah did not finish within {BUILD_TIMEOUT / 3600:.0f} h"
+        if self.failed is not None:
+            step, reason = self.failed
+            text = f"image {name}{which}: step {step} failed: {reason}"
+        elif self.last is not None:
+            tail = (exc.result.stderr or exc.result.stdout).strip().splitlines()
+            text = f"image {name}{which}: step {self.last} failed: {tail[-1] if tail else ''}"
+        else:
+            text = f"image {name}{which}: buildah failed: {exc}"
+        if "exec format error" in exc.result.stdout + exc.result.stderr:
+            text += f"; a binary of another CPU could not run: {EMULATION_HINT}"
+        return text
