@@ -246,3 +246,54 @@ def test_a_failing_step_is_named_and_nothing_is_pushed(
     assert json.loads(report.read_text())["status"] == "failed"
     for reg in two:
         assert registry_client(reg).tags(f"{namespace}/app") == []
+
+
+def test_a_registry_cache_written_by_one_run_answers_the_next_one_on_fresh_storage(
+    tmp_path: Path,
+    two: tuple[RunningRegistry, RunningRegistry],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plain = two[0]
+    namespace = f"bc{os.urandom(3).hex()}"
+    cache = f"{plain.host}/{namespace}/cache"
+    # plain HTTP for buildah's own pulls and pushes of the cache: a registries.conf of the
+    # test's own (containers-registries.conf(5), CONTAINERS_REGISTRIES_CONF)
+    registries_conf = tmp_path / "registries.conf"
+    registries_conf.write_text(
+        f'[[registry]]\nlocation = "{plain.host}"\ninsecure = true\n', encoding="utf-8"
+    )
+    spec = f"""\
+version: 1
+registries: [{plain.host}/{namespace}]
+image:
+  name: app
+  engine: buildah
+  cache_from: [type=registry,ref={cache}]
+  cache_to: [{cache}]
+"""
+    # a step whose output differs on every run unless the cache answers it; no ARG before the
+    # first COPY: buildah 1.28 never finds such a stage's steps in a registry cache (checked)
+    dockerfile = (
+        "FROM scratch\nCOPY busybox-amd64 /bin/busybox\n"
+        'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+        "RUN head -c 16 /dev/urandom | od -x > /nonce\n"
+    )
+    project = with_busybox(make_project(tmp_path / "project", spec, dockerfile=dockerfile))
+    nonces = []
+    for attempt in ("first", "second"):
+        storage = Storage(tmp_path / f"containers-{attempt}")
+        try:
+            report = tmp_path / f"{attempt}.json"
+            env = env_for(tmp_path, storage, CONTAINERS_REGISTRIES_CONF=str(registries_conf))
+            code, _, err = run_shipit(
+                ["run", "-C", str(project), "--report", str(report), "-v"], capsys, env
+            )
+        finally:
+            storage.remove()
+        assert code == 0, err
+        if attempt == "second":
+            assert "Cache pulled from remote" in err, err
+        [image] = json.loads(report.read_text())["images"]
+        registry = registry_client(plain)
+        nonces.append(file_in_image(registry, f"{namespace}/app", image["digest"], "nonce"))
+    assert nonces[0] is not None and nonces[0] == nonces[1]
