@@ -253,7 +253,9 @@ def _rows(
 
     for digest in _roots_in_order(graph, holdings):
         emit(digest)
-    for digest in sorted(graph.nodes):  # what no root leads to: attachments of a missing image
+    # what no root leads to (attachments of a missing image): an index before what it lists,
+    # as deletes go top first (Docker Hub refuses to delete a manifest an index lists)
+    for digest in sorted(graph.nodes, key=lambda d: (d in graph.parent, d)):
         emit(digest)
     return rows
 

@@ -32,6 +32,7 @@ from tests.support.history import History, copy_repository, make_history, snapsh
 from tests.support.keys import KeyPair, cosign_key_pair
 from tests.support.services import Dockerd, RegistryFactory, garbage_collect, tool_path
 from tests.support.services import Registry as RunningRegistry
+from tests.support.vendors import GITLAB_ROLES, start_dockerhub, start_github, start_gitlab
 
 pytestmark = pytest.mark.timeout(2400)
 
@@ -47,6 +48,9 @@ class World:
     mixed: RunningRegistry  # a copy, pruned next to `no_deletes`
     searched: RunningRegistry  # a copy, pruned with patterns that grep would read
     limited: RunningRegistry  # a copy, for the limit on what one --apply deletes
+    github: RunningRegistry  # a copy behind the GHCR and GitHub API emulation
+    gitlab: RunningRegistry  # a copy behind GitLab's
+    dockerhub: RunningRegistry  # a copy behind Docker Hub's
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +68,15 @@ def world(
 ) -> World:
     main = registry_factory()
     history = make_history(tmp_path_factory.mktemp("history"), main.host, keys, dockerd.host)
-    copies = [registry_factory(delete=False), *(registry_factory() for _ in range(4))]
+    copies = [registry_factory(delete=False), *(registry_factory() for _ in range(7))]
     with Registry(Endpoint(host=main.host)) as source:
         for copy in copies:
             with Registry(Endpoint(host=copy.host)) as target:
                 assert copy_repository(source, target, REPO) > 20
     return World(
         history=history, main=main, no_deletes=copies[0], moved=copies[1], mixed=copies[2],
-        searched=copies[3], limited=copies[4],
+        searched=copies[3], limited=copies[4], github=copies[5], gitlab=copies[6],
+        dockerhub=copies[7],
     )  # fmt: skip
 
 
@@ -542,6 +547,147 @@ def test_apply_refuses_to_delete_more_than_half_until_max_delete_allows_it(
     )
     assert code == 2 and "'half' is not a number of images" in err
     client.close()
+
+
+# -- prune through the vendors' own APIs (emulations: tests/support/vendors.py) ---------------
+
+
+def vendor_entry(host: str, api: str, api_url: str, username: str, variable: str) -> str:
+    """A registry entry of the spec (a YAML flow mapping) that deletes through `api`."""
+    return (
+        f"{{url: {host}/history, api: {api}, api_url: '{api_url}', username: {username},"
+        f" password_env: {variable}}}"
+    )
+
+
+def expect_the_policy(world: World, client: Registry, dry_run: DryRun) -> None:
+    """Exactly the policy's set is gone: every tag of a deleted image, the `sha-` tags that no
+    rule keeps; what stays keeps its tags and pulls for both platforms."""
+    history = world.history
+    [repository] = dry_run.plan["repositories"]
+    kept_tags = {t for r in repository["actions"] if r["action"] == "keep" for t in r["tags"]}
+    assert set(snapshot(client, REPO)) == kept_tags
+    for tag in sorted(kept_tags):
+        if tag_subject(tag) is None:
+            assert pull_everything(client, tag) == ["linux/amd64", "linux/arm64"], tag
+    assert all(present(client, d) for d in images_of(history, KEPT))
+
+
+def test_prune_on_ghcr_deletes_package_versions_through_githubs_api(
+    world: World, dry_run: DryRun, keys: KeyPair, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = world.history
+    tokens = {"ghp_reader": {"read:packages"}, "ghp_deleter": {"read:packages", "delete:packages"}}
+    github = start_github(world.github, owner="history", owner_kind="org", tokens=tokens)
+    try:
+        entry = vendor_entry(github.host, "github", github.url, "bot", "GH_TOKEN")
+        spec = history.write_spec(history.project / "ghcr.yml", [entry])
+        args = ["prune", "-C", str(history.project), "-f", spec.name]
+        env = {**history.env, "GH_TOKEN": "ghp_reader"}
+        code, table, err = run_shipit(args, capsys, env)
+        assert code == 0, err
+        assert "through GitHub's Packages API; --apply cannot delete here:" in table
+        assert "without delete:packages" in table
+        with Registry(Endpoint(host=world.github.host)) as backend:
+            before = snapshot(backend, REPO)
+            code, _out, err = run_shipit([*args, "--apply"], capsys, env)
+            assert code == 1, err
+            assert "refuses to delete package versions" in err and "403" in err
+            assert snapshot(backend, REPO) == before  # nothing deleted
+            assert [c.status for c in github.calls if c.method == "DELETE"] == [403]  # the probe
+            github.calls.clear()
+            github.registry_calls.clear()
+            env["GH_TOKEN"] = "ghp_deleter"
+            report = history.project.parent / "ghcr-report.json"
+            code, out, err = run_shipit([*args, "--apply", "--report", str(report)], capsys, env)
+            assert code == 0, err + out
+            expect_the_policy(world, backend, dry_run)
+            deleted = {d for d in images_of(history, DELETED) if not present(backend, d)}
+            assert deleted == images_of(history, DELETED)
+            assert not any(present(backend, d) for d in dry_run.deleted_attachments)
+        # every deletion went through the REST API: GHCR's registry API refuses (405)
+        deletes = [c for c in github.calls if c.method == "DELETE"]
+        assert deletes and all(c.status == 204 for c in deletes)
+        assert not [c for c in github.registry_calls if c.method == "DELETE"]
+        document = json.loads(report.read_text(encoding="utf-8"))
+        assert document["repositories"][0]["api"] == "github"
+        build = history.build("v1.3.2")
+        verified = cosign_verify(keys, f"{world.github.host}/{REPO}@{build.digest}", "bundle")
+        assert verified.returncode == 0, verified.stderr
+    finally:
+        github.stop()
+
+
+def test_prune_on_gitlab_deletes_tags_through_its_registry_api(
+    world: World, dry_run: DryRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = world.history
+    tokens = {"glpat-reporter": GITLAB_ROLES["reporter"], "glpat-dev": GITLAB_ROLES["developer"]}
+    gitlab = start_gitlab(
+        world.gitlab, project_path="history/app", project_id=42, tokens=tokens
+    )  # a job token of some versions: no registry `delete` action (registry_deletes=False)
+    try:
+        entry = vendor_entry(gitlab.host, "gitlab", gitlab.api_url, "bot", "GL_TOKEN")
+        spec = history.write_spec(history.project / "gitlab.yml", [entry])
+        args = ["prune", "-C", str(history.project), "-f", spec.name]
+        env = {**history.env, "GL_TOKEN": "glpat-reporter"}
+        with Registry(Endpoint(host=world.gitlab.host)) as backend:
+            before = snapshot(backend, REPO)
+            code, _out, err = run_shipit([*args, "--apply"], capsys, env)
+            assert code == 1, err
+            assert "refuses to delete tags" in err and "403" in err
+            after = snapshot(backend, REPO)
+            probe = {t for t in after if t.startswith("shipit-probe-")}
+            assert {t: d for t, d in after.items() if t not in probe} == before
+            assert [c.status for c in gitlab.calls if c.method == "DELETE"] == [403]  # the probe
+            gitlab.calls.clear()
+            env["GL_TOKEN"] = "glpat-dev"
+            report = history.project.parent / "gitlab-report.json"
+            code, out, err = run_shipit([*args, "--apply", "--report", str(report)], capsys, env)
+            assert code == 0, err + out
+            # the refused probe's tag: the next plan deletes it, no rule keeps it
+            assert not [t for t in snapshot(backend, REPO) if t.startswith("shipit-probe-")]
+            expect_the_policy(world, backend, dry_run)
+            # the tags went; what they left untagged waits for GitLab's garbage collection
+            # (the first `main` build, untagged already, was never copied here)
+            copied = images_of(history, ("v1.2.0", "v1.3.0", "pr-5"))
+            assert all(present(backend, d) for d in copied)
+        [done] = json.loads(report.read_text(encoding="utf-8"))["repositories"]
+        notes = [o["note"] for o in done["outcomes"] if o["note"]]
+        assert notes and all("GitLab's garbage collection" in n for n in notes)
+        assert {c.status for c in gitlab.calls if c.method == "DELETE"} == {200}
+    finally:
+        gitlab.stop()
+
+
+def test_prune_on_docker_hub_deletes_tags_through_hub_then_untagged_digests(
+    world: World, dry_run: DryRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = world.history
+    accounts = {
+        "bot": ("hub-secret", {"read", "write", "delete"}),
+        "rw": ("rw-secret", {"read", "write"}),
+    }
+    hub = start_dockerhub(world.dockerhub, accounts=accounts)
+    try:
+        entry = vendor_entry(hub.host, "dockerhub", hub.api_url, "bot", "HUB_PASSWORD")
+        spec = history.write_spec(history.project / "hub.yml", [entry])
+        args = ["prune", "-C", str(history.project), "-f", spec.name]
+        env = {**history.env, "HUB_PASSWORD": "hub-secret"}
+        code, table, err = run_shipit(args, capsys, env)
+        assert code == 0, err
+        assert "through Docker Hub's API" in table and "cannot delete here" not in table
+        report = history.project.parent / "hub-report.json"
+        with Registry(Endpoint(host=world.dockerhub.host)) as backend:
+            code, out, err = run_shipit([*args, "--apply", "--report", str(report)], capsys, env)
+            assert code == 0, err + out
+            expect_the_policy(world, backend, dry_run)
+            assert not any(present(backend, d) for d in images_of(history, DELETED))
+            assert not any(present(backend, d) for d in dry_run.deleted_attachments)
+        assert {c.status for c in hub.calls if c.method == "DELETE"} == {204}
+        assert "hub-secret" not in out + err + report.read_text(encoding="utf-8")
+    finally:
+        hub.stop()
 
 
 # -- promote -------------------------------------------------------------------------------------

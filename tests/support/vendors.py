@@ -467,11 +467,17 @@ class GithubEmulation(Emulation):
         if wrong_kind or (owner is not None and owner.lower() != self.owner.lower()):
             return _json(404, {"message": "Not Found", "documentation_url": GITHUB_DOCS})
         repo = f"{self.owner}/{unquote(package)}"
+        answer = _json(404, {"message": "Not Found", "documentation_url": GITHUB_DOCS})
         if method == "GET" and version is None:
-            return self._list(path, repo, query, self.tokens[token])
-        if method == "DELETE" and version is not None:
-            return self._delete(repo, int(version), self.tokens[token])
-        return _json(404, {"message": "Not Found", "documentation_url": GITHUB_DOCS})
+            answer = self._list(path, repo, query, self.tokens[token])
+        elif method == "DELETE" and version is not None:
+            answer = self._delete(repo, int(version), self.tokens[token])
+        # a personal access token (classic; prefix ghp_, GitHub's token formats) gets its scopes
+        # in X-OAuth-Scopes on every answer (docs.github.com, "Scopes for OAuth apps"); a
+        # GITHUB_TOKEN (an installation token, ghs_) does not
+        if token.startswith("ghp_"):
+            answer.headers["X-OAuth-Scopes"] = ", ".join(sorted(self.tokens[token]))
+        return answer
 
     def _denied(self) -> Answer:
         # a token without the permission: GitHub answers a GITHUB_TOKEN that lacks it "Resource
