@@ -130,7 +130,7 @@ def test_ci_files_use_the_action_and_template_as_declared(name: str) -> None:
                         assert set(step.get("with", {})) <= inputs, path
         else:
             jobs = {k: v for k, v in document.items() if isinstance(v, dict) and k != "variables"}
-            templates = {".shipit", ".shipit-leg", ".shipit-merge"}
+            templates = {".shipit", ".shipit-leg", ".shipit-merge", ".shipit-buildah"}
             assert any(
                 job.get("extends") in templates or key == "shipit" for key, job in jobs.items()
             )
