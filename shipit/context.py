@@ -189,6 +189,7 @@ def resolve(
         )
     default_branch = ci.default_branch or git.origin_head or "main"
     source = ci.source_url or _https_url(git.origin_url)
+    epoch = source_date_epoch(env)
     return Context(
         provider=ci.provider,
         event=event,
@@ -198,7 +199,7 @@ def resolve(
         pr=pr,
         sha=sha,
         head_sha=head or sha,
-        commit_time=ci.commit_time or git.commit_time,
+        commit_time=epoch or ci.commit_time or git.commit_time,
         default_branch=default_branch,
         build_number=ci.build_number,
         source_url=source,
@@ -207,9 +208,26 @@ def resolve(
         tags=git.tags,
         history=git.history,
         env=dict(env),
-        now=now,
+        now=epoch or now,
         repo_root=git.root,
     )
+
+
+def source_date_epoch(env: Mapping[str, str]) -> datetime | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org), when set: the time of the source, which
+    then stands for the commit's time (`date()`, the created label) and the clock (`now()`)."""
+    text = env.get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH must be a number of seconds since 1970, not '{text}'",
+            hint="e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)",
+        )
+    try:
+        return datetime.fromtimestamp(int(text), tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise UsageError(f"SOURCE_DATE_EPOCH {text} is out of range") from None
 
 
 def _local(git: GitFacts) -> _Ci:

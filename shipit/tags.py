@@ -12,10 +12,11 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import semver
 
-from shipit import templates
+from shipit import pep440, templates
 from shipit.context import Context
 from shipit.errors import Problem, SpecError
 from shipit.spec import Image, TagRule
@@ -55,11 +56,11 @@ def slug(ref_name: str) -> str:
 def template_values(ctx: Context, version: Version, image_name: str) -> dict[str, Any]:
     """The names every template can read (DESIGN section 3)."""
 
-    def date(fmt: str = "%Y%m%d") -> str:
-        return ctx.commit_time.strftime(fmt)
+    def date(fmt: str = "%Y%m%d", tz: str = "UTC") -> str:
+        return ctx.commit_time.astimezone(ZoneInfo(tz)).strftime(fmt)
 
-    def now(fmt: str = "%Y%m%d") -> str:
-        return ctx.now.strftime(fmt)
+    def now(fmt: str = "%Y%m%d", tz: str = "UTC") -> str:
+        return ctx.now.astimezone(ZoneInfo(tz)).strftime(fmt)
 
     return {
         "version": version.text,
@@ -101,14 +102,17 @@ def derive_tags(image: Image, ctx: Context, version: Version) -> tuple[str, ...]
     suffix = _render_flavor(image, flavor.suffix, values)
     inputs = _Inputs(ctx=ctx, version=version, values=values, known=known, floating=flavor.floating)
     candidates: list[_Candidate] = []
+    latest_from_rule = False
     for order, rule in enumerate(image.tags):
         if rule.enable is not None and not _render_bool(rule, rule.enable, values):
             continue
-        for raw_value in _produce(rule, inputs):
+        made = _produce(rule, inputs)
+        for raw_value in made:
             tag = _finish(rule, raw_value, prefix, suffix, values)
             candidates.append(_Candidate(rule.priority, order, tag))
+        latest_from_rule = latest_from_rule or (bool(made) and _rule_brings_latest(rule, inputs))
     ordered = [c.tag for c in sorted(candidates, key=lambda c: (-c.priority, c.order))]
-    if _wants_latest(image, version, known):
+    if latest_from_rule or _wants_latest(image, version, known):
         latest = (
             (prefix if flavor.prefix_on_latest else "")
             + "latest"
@@ -135,6 +139,22 @@ def _wants_latest(image: Image, version: Version, known: list[semver.Version]) -
     if image.flavor.floating == "always":
         return True
     return _is_highest(version.core, known, scope=())
+
+
+def _rule_brings_latest(rule: TagRule, inputs: _Inputs) -> bool:
+    """A rule with `latest: true` that made a tag brings `latest`, unless it tagged a
+    prerelease (semver, pep440) or, for semver, a release older than a known one."""
+    if not rule.latest:
+        return False
+    if rule.type == "semver":
+        parsed = _semver_subject(rule, inputs)
+        if parsed is None or parsed[0].prerelease:
+            return False
+        return inputs.floating == "always" or _is_highest(parsed[0], inputs.known, scope=())
+    if rule.type == "pep440":
+        subject = _pep440_subject(rule, inputs)
+        return subject is not None and subject[0].is_final
+    return True
 
 
 def _is_highest(
@@ -191,20 +211,26 @@ def _produce(rule: TagRule, inputs: _Inputs) -> list[str]:
     return _PRODUCERS[rule.type](rule, inputs)
 
 
-def _semver(rule: TagRule, inputs: _Inputs) -> list[str]:
-    ctx, version, values = inputs.ctx, inputs.version, inputs.values
+def _semver_subject(rule: TagRule, inputs: _Inputs) -> tuple[semver.Version, str] | None:
+    """The version a semver rule tags, and its text as written; None when it tags nothing."""
+    ctx, version = inputs.ctx, inputs.version
     if rule.value is not None:
-        text = _render(rule, rule.value, values)
+        text = _render(rule, rule.value, inputs.values)
         try:
-            parsed = semver.Version.parse(text.removeprefix("v"))
+            return semver.Version.parse(text.removeprefix("v")), text
         except ValueError:
             raise TagError(rule, f"value {text!r} is not a semantic version") from None
-        raw = text
-    elif ctx.event == "tag" and version.is_release:
-        parsed = version.core.replace(build=version.build)
-        raw = version.raw or version.text
-    else:
+    if ctx.event == "tag" and version.is_release:
+        return version.core.replace(build=version.build), version.raw or version.text
+    return None
+
+
+def _semver(rule: TagRule, inputs: _Inputs) -> list[str]:
+    values = inputs.values
+    subject = _semver_subject(rule, inputs)
+    if subject is None:
         return []
+    parsed, raw = subject
     pattern = rule.pattern or "{{version}}"
     used = templates.names(pattern)
     if parsed.prerelease and not used & {"version", "raw"}:
@@ -223,6 +249,41 @@ def _semver(rule: TagRule, inputs: _Inputs) -> list[str]:
         "raw": raw,
     }
     return [_render(rule, pattern, semver_values)]
+
+
+def _pep440_subject(rule: TagRule, inputs: _Inputs) -> tuple[pep440.Pep440, str] | None:
+    """The PEP 440 version a pep440 rule tags (its `value`, else the git tag being built)."""
+    if rule.value is not None:
+        text = _render(rule, rule.value, inputs.values)
+    elif inputs.ctx.event == "tag" and inputs.ctx.tag:
+        text = inputs.ctx.tag
+    else:
+        return None
+    parsed = pep440.parse(text)
+    return (parsed, text) if parsed is not None else None
+
+
+def _pep440(rule: TagRule, inputs: _Inputs) -> list[str]:
+    """Like semver, for PEP 440 versions: a pre-, post- or dev-release gets its full
+    (normalized) version only; `{{raw}}` is the tag as written. Not checked for floating
+    backwards: PEP 440 tags are not read as releases."""
+    subject = _pep440_subject(rule, inputs)
+    if subject is None:
+        return []
+    parsed, raw = subject
+    pattern = rule.pattern or "{{version}}"
+    pep_values = {
+        **inputs.values,
+        "version": str(parsed),
+        "major": parsed.major,
+        "minor": parsed.minor,
+        "patch": parsed.patch,
+        "prerelease": "",
+        "raw": raw,
+    }
+    if not parsed.is_final and templates.names(pattern) != {"raw"}:
+        return [str(parsed)]  # not final: only ever its full version, or the tag as written
+    return [_render(rule, pattern, pep_values)]
 
 
 def _ref(rule: TagRule, inputs: _Inputs) -> list[str]:
@@ -275,6 +336,7 @@ def _raw(rule: TagRule, inputs: _Inputs) -> list[str]:
 
 _PRODUCERS: Final[Mapping[str, Callable[[TagRule, _Inputs], list[str]]]] = {
     "semver": _semver,
+    "pep440": _pep440,
     "ref": _ref,
     "sha": _sha,
     "schedule": _schedule,

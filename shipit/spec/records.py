@@ -18,7 +18,7 @@ SPEC_VERSION: Final = 1
 STAGES: Final = ("build", "scan", "push", "sign")
 SEVERITIES: Final = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
 SCANNERS: Final = ("vuln", "secret", "misconfig", "license")
-TAG_TYPES: Final = ("semver", "ref", "sha", "schedule", "edge", "match", "raw")
+TAG_TYPES: Final = ("semver", "pep440", "ref", "sha", "schedule", "edge", "match", "raw")
 REF_EVENTS: Final = ("branch", "tag", "pr")
 
 # Names every template may read (DESIGN section 3). `semver` patterns also get `raw`.
@@ -38,6 +38,7 @@ DEFAULT_RELEASE_PATTERN: Final = r"v?(?P<version>\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+
 DEFAULT_PRIORITY: Final = {
     "schedule": 1000,
     "semver": 900,
+    "pep440": 900,
     "match": 800,
     "edge": 700,
     "ref": 600,
@@ -87,6 +88,7 @@ class TagRule:
     length: int = 7
     group: str = "0"
     branch: str | None = None
+    latest: bool = False  # this rule's tag brings `latest` along (not a prerelease's)
 
     def describe(self) -> str:
         extra = f" event={self.event}" if self.event else ""

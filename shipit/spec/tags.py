@@ -31,9 +31,10 @@ from shipit.spec.records import (
 from shipit.spec.sections import Mergeable, Section
 
 _GROUP_NUMBER = re.compile(r"[0-9]{1,3}")  # more groups than that is not a tag pattern
-_COMMON_RULE_KEYS = ("type", "enable", "priority", "prefix", "suffix")
+_COMMON_RULE_KEYS = ("type", "enable", "priority", "prefix", "suffix", "latest")
 _RULE_KEYS: Final = {
     "semver": ("pattern", "value"),
+    "pep440": ("pattern", "value"),
     "ref": ("event",),
     "sha": ("format", "length"),
     "schedule": ("pattern",),
@@ -96,7 +97,7 @@ def _tag_rule(r: Reader, node: Node) -> TagRule | None:
 
 
 def _rule_fields(r: Reader, node: Node, entries: Mapping[str, Node], rule_type: str) -> TagRule:
-    names = SEMVER_NAMES if rule_type == "semver" else TEMPLATE_NAMES
+    names = SEMVER_NAMES if rule_type in ("semver", "pep440") else TEMPLATE_NAMES
 
     def text(key: str, *, allow_empty: bool = False, template: bool = True) -> str | None:
         value_node = entries.get(key)
@@ -128,6 +129,7 @@ def _rule_fields(r: Reader, node: Node, entries: Mapping[str, Node], rule_type: 
         ),
         group=r.field(entries, "group", lambda n: r.string(n, "group"), "0"),
         branch=text("branch", template=False),
+        latest=r.field(entries, "latest", lambda n: r.boolean(n, "latest"), False),
     )
 
 
