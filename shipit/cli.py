@@ -270,8 +270,14 @@ def validate(ctx: click.Context, /, **_: Any) -> int:
 @cli.command()
 @shared_options
 @click.option("--force", is_flag=True, help="Write over an existing spec.")
+@click.option(
+    "--from",
+    "source",
+    metavar="FILE",
+    help="Translate this GitHub workflow or .gitlab-ci.yml (the original is left untouched).",
+)
 @click.pass_context
-def init(ctx: click.Context, /, *, force: bool, **_: Any) -> int:
+def init(ctx: click.Context, /, *, force: bool, source: str | None, **_: Any) -> int:
     """Write a starter shipit.yml for the repository in -C (or at -f).
 
     The registry comes from the CI variables or the git remote: GitHub (GITHUB_REPOSITORY_OWNER,
@@ -284,13 +290,29 @@ def init(ctx: click.Context, /, *, force: bool, **_: Any) -> int:
     stderr. An existing spec is kept unless --force is given.
 
     \b
+    With --from FILE, the spec translates an existing pipeline instead (docker/metadata-action,
+    build-push-action, login-action, trivy-action and cosign steps of a GitHub workflow; the
+    docker/podman build, tag and push lines of a .gitlab-ci.yml): the pipeline rewritten to
+    run shipit is written beside FILE, and a report says what was translated, what was not
+    (with its line) and what changes.
+
+    \b
     Examples:
       shipit init
       shipit init -C services/api --force
+      shipit init --from .github/workflows/docker.yml
     """
     from shipit import init as init_mod  # noqa: PLC0415
 
     options, env, console = _options(ctx)
+    if source is not None:
+        from shipit import migrate  # noqa: PLC0415
+
+        path = Path(source) if Path(source).is_absolute() else options.directory / source
+        migration = migrate.migrate(path, options.spec_path, env, force=force)
+        if console.verbosity >= 0:
+            click.echo(migration.text(), err=True)
+        return 0
     result = init_mod.init(
         options.directory,
         options.spec_path,
