@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shipit import gather
+from shipit import containers_config, gather
 from shipit import spec as spec_mod
 from shipit.context import Context, Overrides
 from shipit.errors import UsageError
@@ -57,7 +57,8 @@ def load_spec(options: Options, env: Mapping[str, str]) -> Spec:
         raise UsageError(f"-C {shown(str(options.directory))} {exc}") from None
     if not is_folder:
         raise UsageError(f"-C {options.directory}: no such folder")
-    return spec_mod.load(options.spec_path, env)
+    # a registry that registries.conf marks insecure is as if the spec said `insecure: true`
+    return containers_config.with_insecure(spec_mod.load(options.spec_path, env), env)
 
 
 def load_context(options: Options, env: Mapping[str, str], spec: Spec) -> Context:

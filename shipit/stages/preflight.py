@@ -1,9 +1,11 @@
 """Preflight: before a minute is spent building, the daemon answers and every registry
 answers `/v2/` and accepts our credentials for a push to the image's repository.
 
-Credentials, in order: the spec's `username` + `password_env`, else the docker config
-(`auths`, `credsStore`, `credHelpers`), else anonymous. Every password found is registered
-with the console's masking filter at once.
+Credentials, in order: the spec's `username` + `password_env`, else the first file of the
+containers tools' lookup order with an entry for the registry (containers_config: their
+auth.json files, then the docker config with its `credsStore` and `credHelpers`), else
+anonymous; with -v the file is named. Every password found is registered with the console's
+masking filter at once.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from shipit import docker_api, spec
+from shipit import containers_config, docker_api, log, spec
 from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import ImagePlan
 from shipit.registry import Credentials, Endpoint, Registry, RegistryError
+
+_log = log.get(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,9 +42,11 @@ def credentials_for(registry: spec.Registry, env: Mapping[str, str]) -> Credenti
                 f" (the spec takes the password for {registry.username} from it)",
             )
         return Credentials(username=registry.username or "", password=password)
-    found = docker_api.config_auth(registry.host, env)
+    found = containers_config.find_auth(registry.url, env)
     if found is None:
+        _log.debug("registry %s: no credentials found, anonymous", registry.url)
         return None
+    _log.debug("registry %s: credentials of %s from %s", registry.url, found.username, found.source)
     return Credentials(username=found.username, password=found.password)
 
 
