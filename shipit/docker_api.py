@@ -6,6 +6,16 @@ mapping it is given. Streams from the daemon are read chunk by chunk and an erro
 stream is a failure, even when the HTTP status said 200 (docker-py reports build and push
 errors that way). shipit never pushes through the daemon: it exports the image once
 (`save`) and uploads it itself (see stages/push.py).
+
+Podman's Docker API (`podman system service`) answers too: `describe` says so (its version's
+components name "Podman Engine"), and `build` speaks it where it differs. Its compat build
+handler reads `networkmode` as buildah's own policy, "NetworkDefault", "NetworkDisabled" or
+"NetworkEnabled" (anything else is NetworkDefault), and runs RUN steps in the host's network
+namespace unless told otherwise (podman v4.3.1 pkg/api/handlers/compat/images_build.go,
+`parseNetworkConfigurationPolicy` and the `nsoptions` default); buildah v1.28's run_linux.go
+`configureNamespaces` gives a NetworkDisabled step a network namespace of its own with no
+network in it. So `network: none` is sent to Podman as "NetworkDisabled". Its log names steps
+`STEP n/N: ...` where Docker's says `Step n/N : ...`.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import docker
 import docker.auth
@@ -34,7 +44,8 @@ from docker.utils.build import PatternMatcher, create_archive, exclude_paths
 from shipit import log
 
 _log = log.get(__name__)
-_STEP = re.compile(r"^Step (\d+/\d+) : (.*)$")
+_STEP = re.compile(r"^(?:Step (\d+/\d+) :|STEP (\d+/\d+):) (.*)$")  # Docker's, Podman's
+_PODMAN: Final = "Podman Engine"  # the version's component that names Podman
 _PIPE_CHUNK = 1024 * 1024
 _PIPE_DEPTH = 8
 
@@ -78,6 +89,7 @@ class DaemonInfo:
     containerd_store: bool  # images in containerd (Docker 24+ with the snapshotter feature)
     os: str = "linux"  # the daemon's own platform
     arch: str = "amd64"
+    podman: bool = False  # Podman's Docker API (`podman system service`), builds by buildah
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,16 +166,7 @@ class Daemon:
             "buildargs": dict(request.build_args or {}),
             "labels": dict(request.labels or {}),
         }
-        if request.target:
-            kwargs["target"] = request.target
-        if request.platform:
-            kwargs["platform"] = request.platform
-        if request.cache_from:
-            kwargs["cache_from"] = list(request.cache_from)
-        if request.no_cache:
-            kwargs["nocache"] = True
-        if request.network:
-            kwargs["network_mode"] = request.network
+        kwargs.update(self._options(request))
         try:
             pipe.start()
             stream = self._client.api.build(**kwargs)
@@ -181,6 +184,23 @@ class Daemon:
             ) from None
         finally:
             pipe.abandon()
+
+    def _options(self, request: BuildRequest) -> dict[str, Any]:
+        """The build's optional parameters, as docker-py names them."""
+        found: dict[str, Any] = {}
+        if request.target:
+            found["target"] = request.target
+        if request.platform:
+            found["platform"] = request.platform
+        if request.cache_from:
+            found["cache_from"] = list(request.cache_from)
+        if request.no_cache:
+            found["nocache"] = True
+        if request.network and not self.describe().podman:
+            found["network_mode"] = request.network
+        elif request.network == "none":  # Podman: buildah's own policy (see the module)
+            found["network_mode"] = "NetworkDisabled"
+        return found
 
     def containerd_store(self) -> bool:
         """Whether the daemon keeps images in containerd (Docker 24+ with the
@@ -206,6 +226,7 @@ class Daemon:
                 containerd_store=_snapshotter(info),
                 os=str(version.get("Os") or "linux"),
                 arch=str(version.get("Arch") or "amd64"),
+                podman=_is_podman(version),
             )
         return self._info
 
@@ -390,6 +411,11 @@ def platform_object(platform: str) -> dict[str, str]:
     return found
 
 
+def _is_podman(version: Mapping[str, Any]) -> bool:
+    components = version.get("Components") or []
+    return any(isinstance(c, dict) and c.get("Name") == _PODMAN for c in components)
+
+
 def _snapshotter(info: Mapping[str, Any]) -> bool:
     status = info.get("DriverStatus") or []
     return any(
@@ -556,7 +582,7 @@ def _read_build(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], No
                 if line.strip():
                     on_line(line)
                     if match := _STEP.match(line.strip()):
-                        step = f"step {match.group(1)} ({match.group(2)})"
+                        step = f"step {match.group(1) or match.group(2)} ({match.group(3)})"
         aux = chunk.get("aux")
         if isinstance(aux, dict) and isinstance(aux.get("ID"), str):
             image_id = aux["ID"]

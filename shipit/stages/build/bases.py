@@ -4,7 +4,9 @@ The names come from the Dockerfile (dockerfile.py); each builder then says which
 one had: the SDK engine by the daemon's image inspect right after each platform's build
 (`RepoDigests` of the image's repository, and its `Id`), buildx from BuildKit's progress
 (`FROM NAME@DIGEST` for every image it pulled), else from the builder's daemon the same way.
-An image known only locally (never pushed or pulled) has no registry digest.
+An image known only locally (never pushed or pulled) has no registry digest. Podman fills
+`RepoDigests` for images that never were in a registry (a digest of the manifest it would
+write), so on Podman they are not read at all: a base has a digest only when its name pins one.
 """
 
 from __future__ import annotations
@@ -66,9 +68,12 @@ def normalize_ref(name: str) -> str:
     return f"{repository}:{tag or 'latest'}"
 
 
-def base_from_inspect(name: str, inspected: Mapping[str, Any] | None) -> BaseImage:
+def base_from_inspect(
+    name: str, inspected: Mapping[str, Any] | None, *, repo_digests: bool = True
+) -> BaseImage:
     """What a daemon's image inspect says of a base image: the registry digest of its
-    repository (RepoDigests) and its id; a name already holding a digest keeps that one."""
+    repository (RepoDigests, unless `repo_digests` is false: Podman's are invented) and its
+    id; a name already holding a digest keeps that one."""
     full = normalize_ref(name)
     pinned = full.partition("@")[2] or None
     if inspected is None:
@@ -77,7 +82,7 @@ def base_from_inspect(name: str, inspected: Mapping[str, Any] | None) -> BaseIma
     if not pinned:
         repository = repository.rpartition(":")[0]  # the tag goes: RepoDigests have none
     digest = pinned
-    for entry in inspected.get("RepoDigests") or []:
+    for entry in (inspected.get("RepoDigests") or []) if repo_digests else []:
         if not isinstance(entry, str) or "@" not in entry:
             continue
         entry_repository, _, entry_digest = normalize_ref(entry).partition("@")

@@ -57,6 +57,20 @@ containerd store, a platform whose variant is not its architecture's default (li
 linux/amd64/v2) with any step but COPY and ADD, since that step's image has no variant (the
 next COPY fails, and the image would not be of that platform); and a build context whose
 `.dockerignore` leaves nowhere to put a changed Dockerfile.
+
+On Podman (`DaemonInfo.podman`) the builder is buildah, which has none of the above: it gives
+every step the build's platform and takes `FROM image` for it (podman 4.3 checks a local
+image's platform and pulls the build's when it differs). But buildah 1.28's layer cache does
+not tell platforms apart: a step is taken from the cache when the parent's top layer and the
+history match, whatever the architecture (measured here: a linux/amd64 build of `FROM scratch`,
+`LABEL`, `COPY` took every step, and so the architecture, from an earlier linux/arm64 build,
+and an empty base image of another platform did not change that). So on Podman every
+`FROM scratch` stage, for any platform the daemon's own included, starts from an empty image
+of its platform whose history holds one empty entry naming it ("shipit: an empty linux/arm64
+base"): each platform's steps then have a history of their own, and the cache hands no
+platform another's steps. The image built has that one entry more in its history; its layers
+and config are the Dockerfile's. `FROM image` stages are left as they are (their parents'
+layers differ by platform).
 """
 
 from __future__ import annotations
@@ -122,6 +136,18 @@ def starts(text: str, args: Mapping[str, str], target: str | None) -> tuple[Star
     return tuple(found)
 
 
+def scratch_stages(text: str, args: Mapping[str, str], target: str | None) -> tuple[int, ...]:
+    """The stages of a build (every one up to the target) that start `FROM scratch` (pure)."""
+    every = stages(text, args)
+    return tuple(
+        index
+        for index, stage in enumerate(built_stages(every, target))
+        if stage.platform is None
+        and stage.base.lower() == "scratch"
+        and stage_index(every, stage.base, before=index) is None
+    )
+
+
 def refusal(
     info: DaemonInfo,
     text: str,
@@ -134,6 +160,15 @@ def refusal(
 ) -> str | None:
     """Why this daemon's classic builder cannot build one of `platforms` of this Dockerfile,
     whatever the SDK engine sends; None when it can (see the module)."""
+    if info.podman:  # buildah builds every platform; only a FROM scratch stage is changed
+        try:
+            if scratch_stages(text, args, target) and not dockerfile_replaceable(
+                context, dockerfile
+            ):
+                return unreplaceable_dockerfile(context)
+        except OSError:
+            return None
+        return None
     foreign = [p for p in platforms if not is_own(info, p)]
     if not foreign:
         return None
@@ -187,6 +222,10 @@ class PlatformBases:
         """The Dockerfile to build instead of `text` for `platform`, or None when `text` is
         fine as it is. Pulls what needs pulling; DaemonError or BaseUnavailable when it cannot."""
         info = self.daemon.describe()
+        if info.podman:
+            return self._podman(
+                text, args=args, target=target, platform=platform, pull=pull, log=log
+            )
         if pull:
             for name in base_images(text, args, target=target, buildkit=False):
                 self._pull(name, platform, why="`pull` is set")
@@ -213,6 +252,33 @@ class PlatformBases:
             elif not pull:
                 self._classic_image(start.base, platform, log)
         return with_bases(text, swaps) if swaps else None
+
+    def _podman(
+        self,
+        text: str,
+        *,
+        args: Mapping[str, str],
+        target: str | None,
+        platform: str,
+        pull: bool,
+        log: Callable[[str], None],
+    ) -> str | None:
+        """On Podman: every FROM scratch stage starts from the marked empty image of
+        `platform` (see the module)."""
+        found = scratch_stages(text, args, target)
+        if not found:
+            return None
+        if pull:  # the build then pulls nothing: buildah refuses to pull an id
+            for name in base_images(text, args, target=target, buildkit=False):
+                self._pull(name, platform, why="`pull` is set")
+        key = f"{platform} marked"
+        if key not in self._empty:
+            self._empty[key] = self.daemon.load(empty_image(platform, marked=True))
+        log(
+            f"FROM scratch starts from an empty {platform} image, {self._empty[key][:19]}:"
+            " buildah's layer cache does not tell platforms apart"
+        )
+        return with_bases(text, dict.fromkeys(found, self._empty[key]))
 
     def _pull(self, name: str, platform: str, *, why: str) -> None:
         try:
@@ -338,10 +404,19 @@ def _api(version: str) -> tuple[int, ...]:
         return (0,)
 
 
-def empty_image(platform: str) -> bytes:
+def empty_image(platform: str, *, marked: bool = False) -> bytes:
     """An image archive that `docker load` takes on both stores (Docker's manifest.json and an
-    OCI layout): one image of no layer, no history and no config, for `platform` (pure)."""
-    config = _json({**_config_platform(platform), "rootfs": {"type": "layers", "diff_ids": []}})
+    OCI layout): one image of no layer, no history and no config, for `platform` (pure).
+    `marked`: its history holds one empty entry naming the platform (for Podman, see the
+    module)."""
+    history = [{"created_by": f"shipit: an empty {platform} base", "empty_layer": True}]
+    config = _json(
+        {
+            **_config_platform(platform),
+            "rootfs": {"type": "layers", "diff_ids": []},
+            **({"history": history} if marked else {}),
+        }
+    )
     config_digest = _digest(config)
     manifest = _json(
         {

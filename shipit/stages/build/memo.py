@@ -19,6 +19,9 @@ It is not used (the build is sent as always) with `no_cache`, with `pull` (the b
 moved in its registry), with `cache_from`, or when the Dockerfile ADDs a URL (the builder
 fetches it again every time). The records are small files in shipit's cache folder
 (`builds/`, see `stages.export_cache`): the image id, the steps' ids, the bases' ids.
+
+On Podman (buildah builds) a step's image shows as `--> <11 hex>` rather than ` ---> <12 hex>`;
+both are read, and a step is held when an image id starts with it.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from shipit.stages.export_cache import remove, write_atomically
 
 _KEEP: Final = 200  # records; the ones used least recently go first
 _READ: Final = 1 << 20
-_STEP_ID: Final = re.compile(r"^ ---> ([0-9a-f]{12})$")
+_STEP_ID: Final = re.compile(r"^(?: ---> ([0-9a-f]{12})|--> ([0-9a-f]{11}))$")  # Docker, Podman
 _ADD_URL: Final = re.compile(r"^\s*ADD\s+(--\S+\s+)*(https?|git)(://|@)", re.IGNORECASE | re.M)
 
 
@@ -89,7 +92,7 @@ class BuildMemo:
             held = daemon.image_ids()
         except DaemonError:
             return None
-        short = {x.removeprefix("sha256:")[:12] for x in held}
+        short = {x.removeprefix("sha256:")[:n] for x in held for n in {len(s) for s in steps}}
         if image_id not in held or not all(step in short for step in steps):
             remove(path)  # pruned: the builder would not walk the same steps
             return None
@@ -128,7 +131,7 @@ def step_ids(on_line: Callable[[str], None]) -> tuple[Callable[[str], None], lis
 
     def read(line: str) -> None:
         if match := _STEP_ID.match(line):
-            found.append(match.group(1))
+            found.append(match.group(1) or match.group(2))
         on_line(line)
 
     return read, found

@@ -18,6 +18,14 @@ store); the Dockerfile sent names them, and the build context stays the user's. 
 built is the one the Dockerfile gives (same layers, config and history) with the platform's
 architecture. What the daemon cannot build at all is refused in preflight (`Engines.check_sdk`).
 
+On Podman (`podman system service`; its builder is buildah, not the classic builder) the same
+requests work, with what classic_platforms.py says of its cache: every `FROM scratch` stage
+starts from a marked empty image of its platform. Its step lines are read for failures and the
+memo, `network: none` is sent as Podman's own value (docker_api), and its `RepoDigests` are
+not taken as registry digests (bases.py). Each platform is one build request (Podman before
+5.2 does not split a comma-separated platform), with rm and forcerm (docker-py's default
+leaves every step's container in Podman's storage).
+
 Right after each platform's build, the images its Dockerfile builds on are looked up in the
 daemon (image inspect: `RepoDigests` for the registry digest, `Id`), for the provenance; this
 happens per platform because the classic store holds one platform of a tag at a time.
@@ -156,15 +164,20 @@ class SdkBuilder:
         self, request: BuildRequest, text: str | None, name: str, console: Console
     ) -> BuildRequest:
         """The request as sent: for a platform, its stages start from images of that
-        platform (classic_platforms.py), and the build pulls nothing (that is done)."""
-        if request.platform is None or text is None:
+        platform (classic_platforms.py), and the build pulls nothing (that is done). On
+        Podman, also without a platform (its FROM scratch stages: the daemon's own)."""
+        if text is None:
             return request
         try:
+            info = self.daemon.describe()
+            platform = request.platform or (f"{info.os}/{info.arch}" if info.podman else None)
+            if platform is None:
+                return request
             changed = self.platform_bases.dockerfile(
                 text,
                 args=request.build_args or {},
                 target=request.target,
-                platform=request.platform,
+                platform=platform,
                 pull=request.pull,
                 log=console.write,
             )
@@ -173,19 +186,23 @@ class SdkBuilder:
         return replace(request, dockerfile_text=changed, pull=False)
 
     def _bases(self, args: dict[str, str], settings: BuildSettings) -> tuple[BaseImage, ...]:
-        """The images the build started from, as the daemon holds them now."""
+        """The images the build started from, as the daemon holds them now (Podman's
+        RepoDigests are not registry digests: bases.py)."""
+        trusted = not self.daemon.describe().podman
         found = []
         for name in dockerfile_bases(settings, args, automatic={}, buildkit=False):
             try:
                 inspected = self.daemon.inspect(name)
             except DaemonError:
                 inspected = None
-            found.append(base_from_inspect(name, inspected))
+            found.append(base_from_inspect(name, inspected, repo_digests=trusted))
         return tuple(found)
 
 
 _NOISE = re.compile(
-    r"^( ---> (Running in |Using cache$|[0-9a-f]{12}$|$)|Removing intermediate container )"
+    r"^( ---> (Running in |Using cache$|[0-9a-f]{12}$|$)|Removing intermediate container "
+    r"|--> (Using cache [0-9a-f]{64}$|[0-9a-f]{11}$)|COMMIT |Getting image source signatures$"
+    r"|Copying (blob|config) |Writing manifest to image destination$|Storing signatures$)"
 )
 
 
