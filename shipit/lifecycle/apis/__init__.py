@@ -15,11 +15,12 @@ deletes a manifest or a tag.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
-from shipit.lifecycle.capabilities import Capabilities
-from shipit.registry import DOCKER_HUB_HOSTS, Registry
+from shipit.lifecycle.capabilities import Capabilities, placeholder
+from shipit.registry import DOCKER_HUB_HOSTS, Registry, RegistryError
 from shipit.spec import Registry as SpecRegistry
 
 DEFAULT_URLS: Final = {
@@ -55,6 +56,35 @@ class DeletePath(Protocol):
         """Remove `tag` alone; False where the path has no such call."""
 
     def close(self) -> None: ...
+
+
+def probe_with_tag(
+    client: Registry,
+    repository: str,
+    *,
+    registry: str,
+    name: str,
+    remove: Callable[[str, str], object],
+    permissions: str,
+    status: int,
+) -> Capabilities:
+    """Whether a path that deletes tags (GitLab, Docker Hub) may: a placeholder of its own is
+    pushed under a probe tag and `remove(tag, digest)` takes it away. Where that is refused,
+    the probe tag stays (nothing else may remove it) and the message says so."""
+    stand_in = placeholder(client, repository)
+    tag = f"shipit-probe-{secrets.token_hex(6)}"
+    client.put_manifest(repository, tag, stand_in)
+    try:
+        remove(tag, stand_in.digest)
+    except RegistryError as error:
+        message = (
+            f"{registry}: {name} refuses to delete ({error}); nothing was deleted there (its"
+            f" probe tag {tag} stays, for the next prune that may): give it {permissions}"
+        )
+        return Capabilities(deletes=False, delete_status=error.status, message=message)
+    return Capabilities(
+        deletes=True, delete_status=status, tag_delete=True, tag_delete_status=status
+    )
 
 
 def api_of(registry: SpecRegistry, env: Mapping[str, str]) -> str:

@@ -12,12 +12,12 @@ permission (Docker's personal access token docs).
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Callable
 from urllib.parse import quote
 
-from shipit.lifecycle.capabilities import Capabilities, placeholder
+from shipit.lifecycle.apis import probe_with_tag
+from shipit.lifecycle.capabilities import Capabilities
 from shipit.lifecycle.rest import ApiError, Rest
 from shipit.registry import Registry, RegistryError
 
@@ -83,18 +83,11 @@ class DockerHubPath:
         return None
 
     def probe(self, repository: str, *, registry: str, tags_too: bool) -> Capabilities:
-        stand_in = placeholder(self.client, repository)
-        tag = f"shipit-probe-{secrets.token_hex(6)}"
-        self.client.put_manifest(repository, tag, stand_in)
-        try:
-            self.delete_manifest(repository, stand_in.digest, (tag,))
-        except RegistryError as error:
-            message = (
-                f"{registry}: {self.rest.name} refuses to delete ({error}); nothing was deleted"
-                f" there: give it {PERMISSIONS}"
-            )
-            return Capabilities(deletes=False, delete_status=error.status, message=message)
-        return Capabilities(deletes=True, delete_status=204, tag_delete=True, tag_delete_status=204)
+        return probe_with_tag(
+            self.client, repository, registry=registry, name=self.rest.name,
+            remove=lambda tag, digest: self.delete_manifest(repository, digest, (tag,)),
+            permissions=PERMISSIONS, status=204,
+        )  # fmt: skip
 
     def delete_tag(self, repository: str, tag: str) -> bool:
         self._login()

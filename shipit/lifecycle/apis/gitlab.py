@@ -24,12 +24,12 @@ garbage collection, and the report says so.
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
-from shipit.lifecycle.capabilities import Capabilities, placeholder
+from shipit.lifecycle.apis import probe_with_tag
+from shipit.lifecycle.capabilities import Capabilities
 from shipit.lifecycle.rest import ApiError, Rest
 from shipit.registry import Registry, RegistryError
 
@@ -125,19 +125,14 @@ class GitlabPath:
         return None
 
     def probe(self, repository: str, *, registry: str, tags_too: bool) -> Capabilities:
-        stand_in = placeholder(self.client, repository)
-        tag = f"shipit-probe-{secrets.token_hex(6)}"
-        self.client.put_manifest(repository, tag, stand_in)
-        try:
+        def remove(tag: str, digest: str) -> None:
             self.delete_tag(repository, tag)
-        except RegistryError as error:
-            message = (
-                f"{registry}: {self.rest.name} refuses to delete tags ({error}); nothing was"
-                f" deleted there: give it {PERMISSIONS}"
-            )
-            return Capabilities(deletes=False, delete_status=error.status, message=message)
-        self._delete_untagged(repository, stand_in.digest)
-        return Capabilities(deletes=True, delete_status=200, tag_delete=True, tag_delete_status=200)
+            self._delete_untagged(repository, digest)
+
+        return probe_with_tag(
+            self.client, repository, registry=registry, name=self.rest.name, remove=remove,
+            permissions=PERMISSIONS, status=200,
+        )  # fmt: skip
 
     def delete_tag(self, repository: str, tag: str) -> bool:
         self.rest.call(
