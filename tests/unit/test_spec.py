@@ -337,7 +337,7 @@ def test_yaml_syntax_errors_are_located(project: Path) -> None:
         ),
         (
             "version: 1\nregistries: [a.io/b]\nimage: {name: a, tags: [{value: x}]}\n",
-            "3:25: a tag rule needs a `type` (semver, ref, sha, schedule, edge, match, raw)",
+            "3:25: a tag rule needs a `type` (semver, pep440, ref, sha, schedule, edge, match, raw)",
         ),
         (
             "version: 1\nregistries: [a.io/b]\nimage: {name: a, tags: [{type: ref}]}\n",
