@@ -51,6 +51,7 @@ class World:
     github: RunningRegistry  # a copy behind the GHCR and GitHub API emulation
     gitlab: RunningRegistry  # a copy behind GitLab's
     dockerhub: RunningRegistry  # a copy behind Docker Hub's
+    github_moved: RunningRegistry  # a copy behind GitHub's, for the limit and a moved tag
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def world(
 ) -> World:
     main = registry_factory()
     history = make_history(tmp_path_factory.mktemp("history"), main.host, keys, dockerd.host)
-    copies = [registry_factory(delete=False), *(registry_factory() for _ in range(7))]
+    copies = [registry_factory(delete=False), *(registry_factory() for _ in range(8))]
     with Registry(Endpoint(host=main.host)) as source:
         for copy in copies:
             with Registry(Endpoint(host=copy.host)) as target:
@@ -76,7 +77,7 @@ def world(
     return World(
         history=history, main=main, no_deletes=copies[0], moved=copies[1], mixed=copies[2],
         searched=copies[3], limited=copies[4], github=copies[5], gitlab=copies[6],
-        dockerhub=copies[7],
+        dockerhub=copies[7], github_moved=copies[8],
     )  # fmt: skip
 
 
@@ -614,6 +615,47 @@ def test_prune_on_ghcr_deletes_package_versions_through_githubs_api(
         build = history.build("v1.3.2")
         verified = cosign_verify(keys, f"{world.github.host}/{REPO}@{build.digest}", "bundle")
         assert verified.returncode == 0, verified.stderr
+    finally:
+        github.stop()
+
+
+def test_through_githubs_api_the_limit_and_a_moved_tag_hold_as_on_the_registry_api(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = world.history
+    tokens = {"ghp_deleter": {"read:packages", "delete:packages"}}
+    github = start_github(world.github_moved, owner="history", owner_kind="org", tokens=tokens)
+    try:
+        entry = vendor_entry(github.host, "github", github.url, "bot", "GH_TOKEN")
+        env = {**history.env, "GH_TOKEN": "ghp_deleter"}
+        greedy = history.write_spec(history.project / "ghcr-greedy.yml", [entry], GREEDY)
+        client = Registry(Endpoint(host=world.github_moved.host))
+        before = snapshot(client, REPO)
+        args = ["prune", "-C", str(history.project), "-f", greedy.name, "--apply"]
+        code, _out, err = run_shipit(args, capsys, env)
+        assert code == 1 and "prune --apply refused, nothing was deleted" in err
+        assert snapshot(client, REPO) == before
+        assert not [c for c in github.calls if c.method == "DELETE"]  # not even a probe
+
+        spec = history.write_spec(history.project / "ghcr-moved.yml", [entry])
+        args = ["prune", "-C", str(history.project), "-f", spec.name]
+        code, out, err = run_shipit([*args, "--json"], capsys, env)
+        assert code == 0, err
+        plan = history.project.parent / "ghcr-moved-plan.json"
+        plan.write_text(out, encoding="utf-8")
+        old = history.build("pr-5")
+        client.put_manifest(REPO, "pr-5", client.manifest(REPO, "pr-6"))  # a new push of PR 5
+        report = history.project.parent / "ghcr-moved-report.json"
+        apply = [*args, "--apply", "--plan", str(plan), "--report", str(report)]
+        code, out, err = run_shipit(apply, capsys, env)
+        assert code == 1, err  # something planned was not done
+        assert all(present(client, d) for d in images_of(history, ("pr-5",)))  # skipped, not lost
+        assert client.manifest_digest(REPO, "pr-5") == history.build("pr-6").digest
+        assert not present(client, history.build("v1.2.0").digest)  # the rest was done
+        [done] = json.loads(report.read_text(encoding="utf-8"))["repositories"]
+        skipped = {o["digest"]: o["skipped"] for o in done["outcomes"] if o["skipped"]}
+        assert set(skipped) == {old.digest, *old.platforms.values()}
+        client.close()
     finally:
         github.stop()
 
