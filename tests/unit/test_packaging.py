@@ -68,3 +68,9 @@ def test_python_dash_m_shipit_answers_help_and_version() -> None:
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert expect in done.stdout
+
+
+def test_the_wheel_carries_the_lock_it_was_tested_with(wheel: Path) -> None:
+    """The GitLab include installs a release's dependencies from the lock in its wheel."""
+    carried = zipfile.ZipFile(wheel).read("shipit/shipit.lock")
+    assert carried == (ROOT / "requirements" / "shipit.lock").read_bytes()
