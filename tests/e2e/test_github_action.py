@@ -13,19 +13,18 @@ itself), `--no-cache-server`, no artifact server (none without `--artifact-serve
 ACT_DISABLE_VERSION_CHECK (no call home), the event from a JSON file (`-e`). act copies the
 repository into $HOME/.cache/act/<random>/hostexecutor and deletes it at the end, so
 everything the test reads afterwards is written to absolute paths outside it. pip reads
-PIP_NO_INDEX and PIP_FIND_LINKS (a wheelhouse of shipit's build backend and dependencies,
-downloaded once into .cache/e2e-wheelhouse), so the action's own `pip install` needs no index.
+PIP_NO_INDEX and PIP_FIND_LINKS: a folder of the wheels requirements/*.lock pin
+(tests/support/wheelhouse.py, downloaded once into .cache/locked-wheels), so the action
+installs offline, and from the lock: its log shows `pip install --require-hashes --no-deps
+-r requirements/shipit.lock`, and a wheel the lock does not name could not be installed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,11 @@ import requests
 from shipit.cli import main
 from tests.support.gitrepo import git, make_repo
 from tests.support.services import REPO, Dockerd, Registry, stop_process, tool_path
+from tests.support.wheelhouse import locked_wheels, runner_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ACT_TIMEOUT = 600.0  # seconds for one `act` run; then it is stopped by PID
-DOWNLOAD_TIMEOUT = 300.0
-WHEELHOUSE = REPO / ".cache" / "e2e-wheelhouse"
 RELEASE = "v1.2.3"
 MANIFEST_TYPES = ", ".join(
     [
@@ -56,68 +54,11 @@ MANIFEST_TYPES = ", ".join(
 # -- the wheelhouse ------------------------------------------------------------------------
 
 
-def _requirements() -> list[str]:
-    """What installing shipit from source needs: its build backend and its dependencies."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    return [*project["build-system"]["requires"], *project["project"]["dependencies"]]
-
-
-def _runner_python() -> str:
-    """MAJOR.MINOR of the python3 on PATH: the interpreter the action will use."""
-    done = subprocess.run(
-        ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return done.stdout.strip()
-
-
 @pytest.fixture(scope="session")
 def wheelhouse() -> Path:
-    """Wheels for shipit's build backend and dependencies (`pip download`) for the python3
-    on PATH, kept between sessions in .cache/e2e-wheelhouse and fetched again only when the
-    requirements in pyproject.toml or that Python's version change."""
-    requirements = _requirements()
-    python = _runner_python()
-    key = hashlib.sha256(json.dumps([requirements, python]).encode()).hexdigest()
-    stamp = WHEELHOUSE / ".stamp"
-    if stamp.is_file() and stamp.read_text(encoding="utf-8") == key:
-        return WHEELHOUSE
-    partial = WHEELHOUSE.with_name(f"{WHEELHOUSE.name}.{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--only-binary=:all:",
-                "--python-version",
-                python,
-                "--dest",
-                str(partial),
-                *requirements,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=DOWNLOAD_TIMEOUT,
-            check=False,
-        )
-        assert done.returncode == 0, (
-            f"pip download of shipit's requirements failed:\n{done.stdout}\n{done.stderr}"
-        )
-        (partial / ".stamp").write_text(key, encoding="utf-8")
-        shutil.rmtree(WHEELHOUSE, ignore_errors=True)
-        partial.rename(WHEELHOUSE)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return WHEELHOUSE
+    """The locked wheels (shipit's dependencies, its build backend, Trivy) for the python3 on
+    PATH, the interpreter the action uses."""
+    return locked_wheels(runner_python())
 
 
 # -- the repository act runs -----------------------------------------------------------------
@@ -172,6 +113,7 @@ def copy_action(dest: Path) -> None:
     dest.mkdir(parents=True)
     for name in ("action.yml", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(REPO / "requirements", dest / "requirements")
     shutil.copytree(
         REPO / "shipit", dest / "shipit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
@@ -318,8 +260,11 @@ def test_the_action_releases_under_act_and_sets_its_outputs(
     code, log = run_act(repo, write_event(tmp_path / "event.json", repo), env, tmp_path / "act.log")
     assert code == 0, f"act failed ({code}); its log:\n{_tail(tmp_path / 'act.log', 150)}"
 
-    # the action installed shipit once and reused it for its second use in the job
+    # the action installed shipit once, from the lock, and reused it for its second use
     assert log.count("installed earlier in this job") == 1, log
+    locked = "+ pip install --require-hashes --no-deps -r requirements/shipit.lock"
+    assert log.count(locked) == 1, log
+    assert log.count("+ pip install --no-deps --no-build-isolation") == 1, log
     assert "+ shipit run --report" in log and "--dry-run" in log
 
     outputs = json.loads(outputs_file.read_text(encoding="utf-8"))

