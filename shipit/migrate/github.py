@@ -338,7 +338,9 @@ def _build(given: Mapping[str, str], report: Report, line: int | None) -> dict[s
                 image[simple[key]] = value
         elif key == "platforms":
             platforms = [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
-            image["platform"] = platforms[0] if len(platforms) == 1 else platforms
+            image.update(
+                {"platform": platforms[0]} if len(platforms) == 1 else {"platforms": platforms}
+            )
         elif key == "build-args":
             image["build_args"] = dict(item.split("=", 1) for item in _lines(value) if "=" in item)
         elif key in ("tags", "push", "labels"):

@@ -283,14 +283,14 @@ def _build(args: list[str], report: Report, line: int | None, job: str) -> dict[
             build["dockerfile"] = value
         elif arg == "--build-arg" and value and "=" in value:
             key, _, val = value.partition("=")
-            build.setdefault("build_args", {})[key] = _VAR.sub(
-                lambda m: "${" + (m.group(1) or m.group(2)) + "}", val
-            )
+            build.setdefault("build_args", {})[key] = _VAR.sub(_build_arg, val)
         elif arg == "--target":
             build["target"] = value
         elif arg == "--platform" and value:
             platforms = value.split(",")
-            build["platform"] = platforms[0] if len(platforms) == 1 else platforms
+            build.update(
+                {"platform": platforms[0]} if len(platforms) == 1 else {"platforms": platforms}
+            )
         elif arg == "--label" and value and "=" in value:
             key, _, val = value.partition("=")
             build.setdefault("labels", {})[key] = val
@@ -307,6 +307,12 @@ def _build(args: list[str], report: Report, line: int | None, job: str) -> dict[
         build["dockerfile"] = build["dockerfile"][len(context.rstrip("/")) + 1 :]
     report.done(f"job {job}: build of {context}", line)
     return build
+
+
+def _build_arg(m: re.Match[str]) -> str:
+    """A variable in a build arg: shipit's name for it, else the variable from the environment."""
+    name = m.group(1) or m.group(2)
+    return "{{ " + _NAMES[name] + " }}" if name in _NAMES else "${" + name + "}"
 
 
 def _spec(
