@@ -1,9 +1,9 @@
-"""The README's "Distributed builds" section holds workflows a user can paste: the GitHub one
+"""docs/distributed.md holds workflows a user can paste: the GitHub one
 passes GitHub's workflow schema and zizmor (only shipit's own `OWNER/shipit@v1` placeholder
 is unpinned), the GitLab one passes GitLab's schema, and the three say the same as the
 example that the end-to-end tests run (examples/multi-platform): the same jobs, the same
 action inputs and templates, and a leg matrix that is what `shipit matrix --by platform
---format gitlab` prints for the README's spec.
+--format gitlab` prints for the page's spec.
 """
 
 from __future__ import annotations
@@ -21,21 +21,19 @@ from tests.support.cli import run_shipit
 from tests.support.gitrepo import make_repo
 from tests.support.services import REPO
 
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "distributed.md"
 EXAMPLE = REPO / "examples" / "multi-platform"
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def section() -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.index("## Distributed builds\n")
-    return text[start : text.index("\n## ", start + 1)]
+    return PAGE.read_text(encoding="utf-8")
 
 
 def block(marker: str) -> str:
     found = [b for b in re.findall(r"```yaml\n(.*?)```", section(), flags=re.S) if marker in b]
-    assert len(found) == 1, f"README: expected one yaml block with {marker!r}"
+    assert len(found) == 1, f"docs/distributed.md: expected one yaml block with {marker!r}"
     return found[0]
 
 
@@ -83,7 +81,7 @@ def test_the_gitlab_pipeline_is_valid_and_is_the_examples(
         assert mine.pop("parallel", None) is not None or name == "merge"
         theirs.pop("parallel", None)
         assert mine == theirs, name
-    # the leg matrix is what shipit prints for the README's spec
+    # the leg matrix is what shipit prints for the page's spec
     repo = tmp_path / "repo"
     make_repo(repo)
     (repo / "shipit.yml").write_text(block("platforms: [linux/amd64, linux/arm64]"))

@@ -93,7 +93,7 @@ def cosign_flags() -> list[str]:
 
 
 def verify_attestation(public: Path, ref: str) -> subprocess.CompletedProcess[str]:
-    """Plain `cosign verify-attestation`, as a consumer runs it (the README's command)."""
+    """Plain `cosign verify-attestation`, as a consumer runs it (the command docs/signing.md gives)."""
     argv = [tool_path("cosign"), "verify-attestation", "--type", "slsaprovenance1"]
     argv += ["--key", str(public), *cosign_flags(), ref]
     return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)

@@ -82,7 +82,9 @@ def test_the_dev_lock_has_the_extras_and_the_same_pins_as_the_others(
 ) -> None:
     extras = PROJECT["project"]["optional-dependencies"]
     dev = locks["dev"]
-    assert_locked([*extras["test"], *extras["tools"]], dev, "the test and tools extras")
+    assert_locked(
+        [*extras["test"], *extras["tools"], *extras["docs"]], dev, "the test, tools and docs extras"
+    )
     assert_locked(PROJECT["project"]["dependencies"], dev, "[project] dependencies")
     for name in ("shipit", "build", "trivy"):
         for pin in locks[name].values():

@@ -18,7 +18,7 @@ DATA = Path(__file__).parent.parent / "data" / "metadata_action_corpus.yaml"
 CORPUS: dict[str, Any] = yaml.safe_load(DATA.read_text(encoding="utf-8"))
 CASES: list[dict[str, Any]] = CORPUS["cases"]
 RUN = [c for c in CASES if "skip" not in c]
-# Every case that publishes other tags than metadata-action, and why (the README lists them).
+# Every case that publishes other tags than metadata-action, and why (docs/tags.md lists them).
 DIFFERENT: dict[str, str] = {
     "push/push17": "shipit drops a trailing '-' (mytag-tag-, mytag-baseref- from empty values)",
     "release/release02": "shipit drops a trailing '-' (baseref- from an empty {{base_ref}})",
