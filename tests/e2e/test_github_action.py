@@ -321,7 +321,13 @@ def test_without_python3_the_action_says_what_to_do(tmp_path: Path) -> None:
         },
     )
     env = act_env(tmp_path / "home", str(bin_dir))
-    code, log = run_act(repo, write_event(tmp_path / "event.json", repo), env, tmp_path / "act.log")
+    event = write_event(tmp_path / "event.json", repo)
+    code, log = run_act(repo, event, env, tmp_path / "act.log")
+    if code != 0 and "python3 was not found" not in log and "Failure - Main Install shipit" in log:
+        # act streams a step's output while the step runs; of a step that prints one line and
+        # exits within milliseconds it once showed no line at all (a loaded machine, this
+        # test's only failure): run the job again, and the second run must say it
+        code, log = run_act(repo, event, env, tmp_path / "act-again.log")
     assert code != 0, log
     assert "python3 was not found on PATH" in log, log
     assert "actions/setup-python" in log
