@@ -180,7 +180,7 @@ def _ready(
         scans=tuple(_scan_report(image, leg) for leg in legs.values() if leg.scan is not None),
     )
     # the legs built on runners of their own: no base images are known here (their provenance
-    # lists the source and the legs' platforms; see the README's Provenance section)
+    # lists the source and the legs' platforms; see docs/provenance.md)
     built = BuiltImage(platforms=tuple(PlatformImage(platform=p.platform) for p in parts))
     now = datetime.now(UTC)
     return Ready(

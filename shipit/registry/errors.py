@@ -180,7 +180,7 @@ def exchange_error(
     return RegistryError(message, host=host, kind="protocol"), False
 
 
-# What hosted registries answer where the plain status would mislead (docs/README.md, "Registry
+# What hosted registries answer where the plain status would mislead (docs/registries.md, "Registry
 # compatibility"); read from the answer itself, never from the host name.
 _IMMUTABLE_RE = re.compile(r"\bTAG_INVALID\b|\bimmutable\b", re.IGNORECASE)
 _RATE_LIMIT_RE = re.compile(r"rate.?limit|TOOMANYREQUESTS", re.IGNORECASE)
