@@ -1,32 +1,43 @@
 """Fan-out benchmark: build and push one image, shipit against the plain tools, in one run.
 
 The image: a static busybox and three layers of random bytes (`--mb` each, 48 by default:
-about 153 MB; random bytes do not compress, the worst case). Every tool builds from a warm
-cache (each builds once before the first round), and every measurement pushes to registries
-of its own, started fresh for the round (new processes, new storage), so no registry holds a
-layer already; each row's registries listen on the same ports every round, as CI pushes to
-the same registries run after run (so shipit's spec, which is in the build context, is the
-same each round too). Measured from outside, per round, in an order that turns from round to round:
+about 153 MB; random bytes do not compress, the worst case). Every measurement pushes to
+registries of its own, started fresh for the round (new processes, new storage), so no
+registry holds a layer already; each row's registries listen on the same ports every round,
+as CI pushes to the same registries run after run (so shipit's spec, which is in the build
+context, is the same each round too). Measured from outside, per round, in an order that
+turns from round to round:
 
-  docker build + push x1   `docker build` (BuildKit, cached) then `docker push` to 1 registry
-  docker loop x3           the same build, then `docker push` to 3 registries, one after another
-  buildx --push x1         `docker buildx build --push` to 1 registry (build-push-action's way)
-  shipit buildx x3         `shipit run --skip scan --skip sign`, `engine: buildx`, 3 registries
-  shipit sdk x3            the same with `engine: sdk` (the classic builder, context re-sent)
+  docker one x1       `docker build` (BuildKit) then `docker push` to 1 registry
+  shell loop x3       the same build, then `docker push` to 3 registries, one after another
+  buildx --push x3    `docker buildx build --push` with the 3 registries' tags in one command
+                      (how a build-push-action user reaches three registries)
+  shipit buildx x3    `shipit run --skip scan --skip sign`, `engine: buildx`, 3 registries
+  shipit sdk x3       the same with `engine: sdk` (the classic builder, context re-sent)
+  shipit buildah x3   the same with `engine: buildah` (daemonless; storage of the run's own)
 
-Prints every round (and the 1-minute load average when it started), the medians, each
-median's ratio to the first row, shipit's stages (from its log groups) and shipit's peak
-memory (VmHWM of the shipit process, read from /proc while it runs). Every shipit run must
-end with one digest in all three registries.
+The matrix: each image store (`--store`: bookworm's dockerd 20.10 on the classic store, and a
+dockerd 28 on the containerd image store started beside it, tests/support/dockerd28.py)
+times each cache state (`--cache`):
+
+  warm   every tool built the image once before the first round, and shipit pushed it once
+         (its export cache and build memo hold it), as on a runner that built it before
+  cold   before every measurement (not timed): `docker builder prune -af`, every image
+         removed from the daemon, buildah's storage emptied, and shipit given an empty cache
+         folder, as on a fresh hosted runner
+
+Prints every round (and the 1-minute load average when it started), then per cell the
+medians with each one's ratio to docker's one push, to the shell loop and to `buildx --push`,
+shipit's stages (from its log groups) and its peak memory (VmHWM of the shipit process, read
+from /proc while it runs); at the end the whole matrix as ratios. Every shipit run must end
+with one digest in all three registries.
 
     .venv/bin/python -m benchmarks.push_fanout [--rounds 5] [--mb 48] [--only ROW ...]
-        [--store classic|containerd] [--export-cache on|off]
+        [--store classic containerd] [--cache warm cold]
 
-It starts its own dockerd if none answers, and stops exactly what it started, by PID. With
-`--store containerd` every row runs against a dockerd 28 on the containerd image store that
-it starts beside the other on sockets and folders of its own (tests/support/dockerd28.py):
-there `docker push` sends the stored gzipped layers as they are, and buildx writes shipit an
-OCI layout instead of going through `docker save`.
+It starts daemons of its own (a dockerd 20.10 and a dockerd 28, each with its own folders,
+sockets and bridge: the cold rows empty their images and build caches), and stops exactly what
+it started, by PID.
 """
 
 from __future__ import annotations
@@ -53,10 +64,12 @@ from tests.support.gitrepo import git, make_repo  # noqa: E402
 
 SHIPIT = str(Path(sys.executable).parent / "shipit")
 LOCAL = "fanout-bench:local"
-ROWS = ("docker build + push x1", "docker loop x3", "buildx --push x1", "shipit buildx x3",
-        "shipit sdk x3")  # fmt: skip
-REGISTRIES = {ROWS[0]: 1, ROWS[1]: 3, ROWS[2]: 1, ROWS[3]: 3, ROWS[4]: 3}
+DOCKER_ONE, LOOP, BUILDX_PUSH = "docker one x1", "shell loop x3", "buildx --push x3"
+ROWS = (DOCKER_ONE, LOOP, BUILDX_PUSH, "shipit buildx x3", "shipit sdk x3", "shipit buildah x3")
+REGISTRIES = {row: 1 if row == DOCKER_ONE else 3 for row in ROWS}
 STAGES = ("preflight", "build", "export", "push", "tag")
+STORES = ("classic", "containerd")
+CACHES = ("warm", "cold")
 
 
 @dataclass
@@ -64,6 +77,22 @@ class ShipitRun:
     seconds: float
     peak_rss: int  # bytes, the shipit process's own high-water mark
     stages: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Cell:
+    """One store and cache state: where the daemon is, and what each round measured."""
+
+    store: str
+    cache: str
+    env: dict[str, str]
+    work: Path
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    runs: list[dict[str, ShipitRun]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.store} store, {self.cache}"
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
@@ -157,33 +186,64 @@ def _docker_rows(project: Path, env: dict[str, str]) -> dict[str, Callable[[list
         return total
 
     def buildx_push(hosts: list[str]) -> float:
-        [host] = hosts
         argv = ["docker", "buildx", "build", "--push", "--provenance=false", "--sbom=false"]
-        argv += ["--progress", "quiet", "-t", f"{host}/bench/fanout:bench", str(project)]
-        return _run(argv, env)
+        for host in hosts:
+            argv += ["-t", f"{host}/bench/fanout:bench"]
+        return _run([*argv, "--progress", "quiet", str(project)], env)
 
-    return {ROWS[0]: build_and_push, ROWS[1]: build_and_push, ROWS[2]: buildx_push}
+    return {DOCKER_ONE: build_and_push, LOOP: build_and_push, BUILDX_PUSH: buildx_push}
+
+
+def _storage_env(work: Path) -> dict[str, str]:
+    """containers-storage of the benchmark's own, for the buildah engine (storage.conf(5))."""
+    root = work / "containers"
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\n'
+        f'runroot = "{root / "run"}"\n',
+        encoding="utf-8",
+    )
+    return {"CONTAINERS_STORAGE_CONF": str(conf)}
+
+
+def _make_cold(cell: Cell, row: str) -> dict[str, str]:
+    """Everything a build could reuse removed (not timed); the environment for the row,
+    with an empty shipit cache folder when the row is shipit's."""
+    env = cell.env
+    _run(["docker", "builder", "prune", "-af"], env)
+    _run(["docker", "image", "prune", "-af"], env)
+    subprocess.run(["buildah", "rm", "--all"], env=env, capture_output=True, check=False)
+    _run(["buildah", "rmi", "--all", "--force"], env)
+    cache = Path(env["SHIPIT_CACHE_DIR"])
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    return env
 
 
 def _round(
-    work: Path, project: Path, env: dict[str, str], order: list[str], ports: dict[str, list[int]]
+    cell: Cell, index: int, project: Path, order: list[str], ports: dict[str, list[int]]
 ) -> tuple[dict[str, float], dict[str, ShipitRun]]:
     times: dict[str, float] = {}
     runs: dict[str, ShipitRun] = {}
-    docker_rows = _docker_rows(project, env)
+    docker_rows = _docker_rows(project, cell.env)
     for row in order:
-        regs = [services.start_registry(work / row.replace(" ", "-"), port=p) for p in ports[row]]
+        if cell.cache == "cold":
+            _make_cold(cell, row)
+        folder = cell.work / f"round{index}" / row.replace(" ", "-")
+        regs = [services.start_registry(folder, port=p) for p in ports[row]]
         try:
             hosts = [r.host for r in regs]
             if row in docker_rows:
                 times[row] = docker_rows[row](hosts)
             else:
                 _spec(project, hosts, row.split()[1])
-                runs[row] = _shipit(project, env)
+                runs[row] = _shipit(project, cell.env)
                 times[row] = runs[row].seconds
         finally:
             for reg in regs:
                 services.stop_registry(reg)
+        shutil.rmtree(folder, ignore_errors=True)
     return times, runs
 
 
@@ -200,19 +260,17 @@ def _ports(rows: list[str]) -> dict[str, list[int]]:
     return ports
 
 
-def _warm_up(
-    work: Path, project: Path, env: dict[str, str], rows: list[str], ports: dict[str, list[int]]
-) -> None:
+def _warm_up(cell: Cell, project: Path, rows: list[str], ports: dict[str, list[int]]) -> None:
     """Build once with every tool, so every round builds from a warm cache; shipit also pushes
     once (to a registry of the warm-up's own), so its export cache holds the image, as it does
-    on a machine that has built it before. shipit's bytecode is compiled first, as pip does
-    when it installs a package (an editable install under PYTHONDONTWRITEBYTECODE, as here,
-    would compile every module at every start)."""
-    _run([sys.executable, "-m", "compileall", "-q", str(REPO / "shipit")], env)
+    on a machine that has built it before."""
+    env = cell.env
     _run(["docker", "build", "-q", "-t", LOCAL, str(project)], {**env, "DOCKER_BUILDKIT": "1"})
+    if BUILDX_PUSH in rows:  # its cache: the same build through buildx, pushed nowhere
+        _run(["docker", "buildx", "build", "--progress", "quiet", str(project)], env)
     for row in rows:
         if row.startswith("shipit"):
-            folder = work / "warm-up" / row.replace(" ", "-")
+            folder = cell.work / "warm-up" / row.replace(" ", "-")
             regs = [services.start_registry(folder, port=p) for p in ports[row]]
             try:
                 _spec(project, [r.host for r in regs], row.split()[1])
@@ -222,21 +280,61 @@ def _warm_up(
                     services.stop_registry(reg)
 
 
-def _report(
-    rows: list[str], rounds: list[dict[str, float]], runs: list[dict[str, ShipitRun]]
-) -> None:
-    medians = {row: statistics.median(r[row] for r in rounds) for row in rows}
-    unit = medians.get(ROWS[0])
-    print(f"\nmedians of {len(rounds)} rounds" + (", ratio to the first row:" if unit else ":"))
+def _medians(cell: Cell, rows: list[str]) -> dict[str, float]:
+    return {row: statistics.median(r[row] for r in cell.rounds) for row in rows}
+
+
+def _ratio(value: float, unit: float | None) -> str:
+    return f"{value / unit:5.2f}x" if unit else "    -"
+
+
+def _report(cell: Cell, rows: list[str]) -> None:
+    medians = _medians(cell, rows)
+    units = [medians.get(DOCKER_ONE), medians.get(LOOP), medians.get(BUILDX_PUSH)]
+    print(f"\n{cell.name}: medians of {len(cell.rounds)} rounds; ratios to docker one x1,"
+          " the shell loop x3, buildx --push x3:")  # fmt: skip
     for row in rows:
-        ratio = f"  {medians[row] / unit:5.2f}x" if unit else ""
-        print(f"  {row:<24} {medians[row]:6.2f}s{ratio}")
+        ratios = "  ".join(_ratio(medians[row], unit) for unit in units)
+        print(f"  {row:<20} {medians[row]:6.2f}s  {ratios}")
     for row in (r for r in rows if r.startswith("shipit")):
-        peak = max(r[row].peak_rss for r in runs)
-        stages = {s: statistics.median(r[row].stages.get(s, 0.0) for r in runs) for s in
+        peak = max(r[row].peak_rss for r in cell.runs)
+        stages = {s: statistics.median(r[row].stages.get(s, 0.0) for r in cell.runs) for s in
                   ("startup", *STAGES)}  # fmt: skip
         text = ", ".join(f"{s} {v:.2f}s" for s, v in stages.items())
         print(f"  {row}: peak RSS {peak / 1e6:.0f} MB; median stages: {text}")
+
+
+def _matrix(cells: list[Cell], rows: list[str]) -> None:
+    """Every cell's shipit rows as ratios to the shell loop and to `buildx --push`."""
+    print("\nthe matrix (median seconds; ratio to the shell loop x3 / to buildx --push x3):")
+    print(f"  {'':<20} " + "  ".join(f"{c.name:>28}" for c in cells))
+    for row in rows:
+        shown = []
+        for cell in cells:
+            medians = _medians(cell, rows)
+            loop, push = medians.get(LOOP), medians.get(BUILDX_PUSH)
+            text = f"{medians[row]:.2f}s"
+            if row.startswith("shipit"):
+                text += f" ({_ratio(medians[row], loop).strip()} / {_ratio(medians[row], push).strip()})"
+            shown.append(f"{text:>28}")
+        print(f"  {row:<20} " + "  ".join(shown))
+
+
+def _measure(cell: Cell, project: Path, rows: list[str], rounds: int, mb: int) -> None:
+    ports = _ports(rows)
+    if cell.cache == "warm":
+        _warm_up(cell, project, rows, ports)
+    print(f"\n{cell.name}: {len(rows)} rows, {rounds} rounds, 3 layers of {mb} MiB + busybox;"
+          f" {os.cpu_count()} cores", flush=True)  # fmt: skip
+    for index in range(rounds):
+        order = rows[index % len(rows) :] + rows[: index % len(rows)]
+        load = os.getloadavg()[0]
+        times, shipit_runs = _round(cell, index, project, order, ports)
+        cell.rounds.append(times)
+        cell.runs.append(shipit_runs)
+        shown = ", ".join(f"{row} {times[row]:.2f}s" for row in rows)
+        print(f"round {index + 1} (load {load:.2f}): {shown}", flush=True)
+    _report(cell, rows)
 
 
 def main() -> None:
@@ -246,52 +344,60 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mb", type=int, default=48, help="size of each random layer, in MiB")
     parser.add_argument("--only", nargs="+", choices=ROWS, help="measure only these rows")
-    parser.add_argument(
-        "--export-cache", choices=("on", "off"), default="on",
-        help="shipit's export cache (on: an image built again is not exported again; off: every"
-        " run exports the image from the daemon, as on a machine that never built it)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--store", choices=("classic", "containerd"), default="classic",
-        help="the image store of the daemon: bookworm's dockerd 20.10 (classic), or a dockerd"
-        " 28 on the containerd store started for the run",
-    )  # fmt: skip
+    parser.add_argument("--store", nargs="+", choices=STORES, default=list(STORES),
+                        help="the image stores to measure (default: both)")  # fmt: skip
+    parser.add_argument("--cache", nargs="+", choices=CACHES, default=list(CACHES),
+                        help="the cache states to measure (default: both)")  # fmt: skip
     args = parser.parse_args()
     rows = [r for r in ROWS if not args.only or r in args.only]
     work = Path(tempfile.mkdtemp(prefix="shipit-bench-"))
-    if args.store == "containerd":
-        d28 = dockerd28.start_dockerd28(work / "dockerd28")
-        host, stop = d28.host, lambda: dockerd28.stop_dockerd28(d28)
-    else:
-        daemon = services.ensure_dockerd(work)
-        host, stop = daemon.host, lambda: services.stop_dockerd(daemon)
-    env = {**os.environ, "DOCKER_HOST": host, "HOME": str(work)}
-    env["SHIPIT_CACHE_DIR"] = str(work / "export-cache") if args.export_cache == "on" else "off"
-    env.pop("DOCKER_CONFIG", None)
-    env.pop("DOCKER_CONTEXT", None)
+    stops: list[Callable[[], None]] = []
+    cells: list[Cell] = []
     try:
         project = _project(work, args.mb)
-        # every row pushes to the same addresses each round (registries started afresh, with
-        # empty storage): as CI pushes to the same registries run after run, so the spec (in
-        # the build context) is the same each round too
-        ports = _ports(rows)
-        _warm_up(work, project, env, rows, ports)
-        print(f"{len(rows)} rows, {args.rounds} rounds, 3 layers of {args.mb} MiB + busybox;"
-              f" {os.cpu_count()} cores; {args.store} image store;"
-              f" shipit's export cache {args.export_cache}")  # fmt: skip
-        rounds, runs = [], []
-        for index in range(args.rounds):
-            order = rows[index % len(rows) :] + rows[: index % len(rows)]
-            load = os.getloadavg()[0]
-            times, shipit_runs = _round(work / f"round{index}", project, env, order, ports)
-            rounds.append(times)
-            runs.append(shipit_runs)
-            shown = ", ".join(f"{row} {times[row]:.2f}s" for row in rows)
-            print(f"round {index + 1} (load {load:.2f}): {shown}", flush=True)
-        _report(rows, rounds, runs)
+        # compiled first, as pip does when it installs a package (an editable install under
+        # PYTHONDONTWRITEBYTECODE, as here, would compile every module at every start)
+        _run([sys.executable, "-m", "compileall", "-q", str(REPO / "shipit")], dict(os.environ))
+        for store in args.store:
+            if store == "containerd":
+                d28 = dockerd28.start_dockerd28(work / "dockerd28")
+                host = d28.host
+                stops.append(lambda d=d28: dockerd28.stop_dockerd28(d))  # type: ignore[misc]
+            else:  # a daemon of its own: the cold rows empty its images and build cache
+                daemon = dockerd28.start_private_dockerd(work / "dockerd20")
+                host = daemon.host
+                stops.append(lambda d=daemon: dockerd28.stop_private_dockerd(d))  # type: ignore[misc]
+            for cache in args.cache:
+                folder = work / f"{store}-{cache}"
+                env = {**os.environ, "DOCKER_HOST": host, "HOME": str(folder)}
+                env |= _storage_env(folder)
+                env["SHIPIT_CACHE_DIR"] = str(folder / "shipit-cache")
+                for name in ("DOCKER_CONFIG", "DOCKER_CONTEXT", "BUILDX_BUILDER"):
+                    env.pop(name, None)
+                cell = Cell(store=store, cache=cache, env=env, work=folder)
+                cells.append(cell)
+                _measure(cell, project, rows, args.rounds, args.mb)
+        if len(cells) > 1:
+            _matrix(cells, rows)
     finally:
-        stop()
+        for cell in cells:
+            storage = {**os.environ, **_storage_env(cell.work)}
+            subprocess.run(
+                ["buildah", "rm", "--all"], env=storage, capture_output=True, check=False
+            )
+            subprocess.run(["buildah", "rmi", "--all", "--force"], env=storage,
+                           capture_output=True, check=False)  # fmt: skip
+        for stop in reversed(stops):
+            stop()
+        _unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _unmount_below(folder: Path) -> None:
+    """Any mount buildah left below the folder, innermost first (/proc/self/mountinfo)."""
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    for point in sorted((p for p in points if Path(p).is_relative_to(folder)), key=len)[::-1]:
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 if __name__ == "__main__":

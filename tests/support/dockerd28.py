@@ -385,3 +385,56 @@ def _unmount_below(w: Path) -> None:
         )
         if done.returncode != 0:
             raise ServiceError(f"umount {point} failed: {done.stderr.strip()}")
+
+
+# --- a private classic-store daemon ----------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivateDockerd:
+    host: str  # "unix://W/docker.sock"
+    workdir: Path
+    pid: int
+    bridge: str
+
+
+def start_private_dockerd(workdir: Path) -> PrivateDockerd:
+    """bookworm's dockerd 20.10 (the classic image store) in workdir, on a bridge of ours:
+    for what must empty a daemon's images and build cache (benchmarks/push_fanout.py's cold
+    rows) without touching the daemon other test sessions share. It starts its own managed
+    containerd under W/exec (dockerd's default without --containerd); both are in dockerd's
+    session, and stop_private_dockerd stops that session by PID."""
+    _, _, _ = _binaries()  # ip is needed for the bridge
+    dockerd = shutil.which("dockerd")
+    if dockerd is None:
+        raise ToolMissingError(
+            f"dockerd is missing; run scripts/install-tools (as root: bash "
+            f"{REPO / 'scripts' / 'install-tools'})"
+        )
+    w = workdir.resolve()
+    w.mkdir(parents=True, exist_ok=True)
+    bridge, _ = _make_bridge()
+    pid = None
+    try:
+        log = w / "dockerd.log"
+        argv = [
+            dockerd,
+            "--host", f"unix://{w / 'docker.sock'}",
+            "--data-root", str(w / "docker"),
+            "--exec-root", str(w / "exec"),
+            "--pidfile", str(w / "dockerd.pid"),
+            "--bridge", bridge,
+            "--iptables=false",
+            "--ip6tables=false",
+        ]  # fmt: skip
+        pid = spawn(argv, log)
+        host = f"unix://{w / 'docker.sock'}"
+        _wait_for(pid, log, "dockerd", lambda: docker_info(host, timeout=5) is not None)
+    except BaseException:
+        _stop_all(w, pid, None, bridge)
+        raise
+    return PrivateDockerd(host=host, workdir=w, pid=pid, bridge=bridge)
+
+
+def stop_private_dockerd(d: PrivateDockerd) -> None:
+    _stop_all(d.workdir, d.pid, None, d.bridge)
