@@ -64,6 +64,13 @@ def test_shipit_publishes_its_own_image_with_itself() -> None:
     assert image["needs"] == "dist"
     [step] = [s for s in image["steps"] if s.get("uses") == "./"]
     assert step["with"]["spec"] == "shipit.yml"
+    # the image holds the released wheel, its signature checked first, and the pinned
+    # binaries scripts/image-inputs fetches, before the action builds it
+    runs = [s.get("run", "") for s in image["steps"]]
+    [inputs] = [i for i, run in enumerate(runs) if "scripts/image-inputs" in run]
+    assert "gh release download" in runs[inputs]
+    assert runs[inputs].index("verify-blob") < runs[inputs].index("scripts/image-inputs")
+    assert inputs < image["steps"].index(step)
 
 
 def test_the_security_page_is_the_same_in_the_docs_and_names_the_workflow() -> None:
