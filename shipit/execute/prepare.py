@@ -60,7 +60,7 @@ def prepare_all(
         run.update(image.name, status="building")
         started = datetime.now(UTC)
         folder = workdir / image.name
-        built = engines.builder(image, folder / "build").build(image, run.console)
+        built = engines.builder(image, folder / "build", cache).build(image, run.console)
         run.update(
             image.name,
             image_id=built.image_id,

@@ -297,3 +297,50 @@ image:
         registry = registry_client(plain)
         nonces.append(file_in_image(registry, f"{namespace}/app", image["digest"], "nonce"))
     assert nonces[0] is not None and nonces[0] == nonces[1]
+
+
+def test_an_image_built_again_is_written_into_its_layout_from_the_cache_not_pushed_again(
+    tmp_path: Path,
+    storage: Storage,
+    two: tuple[RunningRegistry, RunningRegistry],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`buildah push` into a layout writes (and compresses) every layer again, whatever the
+    layout holds: an image id the export cache kept is written from the cache instead, its
+    layers hashed again; a kept layer that no longer holds is pushed by buildah again."""
+    plain = two[0]
+    namespace = f"bl{os.urandom(3).hex()}"
+    spec = f"version: 1\nregistries: [{plain.host}/{namespace}]\nimage: {{name: app, engine: buildah}}\n"
+    project = make_project(
+        tmp_path / "project",
+        spec,
+        dockerfile="FROM scratch\nCOPY payload /payload\n",
+        files={"payload": os.urandom(2 * 1024 * 1024)},
+    )
+    cache = tmp_path / "cache"
+    env = env_for(tmp_path, storage, SHIPIT_CACHE_DIR=str(cache))
+    not_again = "was written into a layout before and is kept: not pushed into one again"
+
+    def run() -> tuple[str, str]:
+        report = tmp_path / "report.json"
+        code, _, err = run_shipit(
+            ["run", "-C", str(project), "--skip", "scan", "--report", str(report), "-v"],
+            capsys,
+            env,
+        )
+        assert code == 0, err
+        return json.loads(report.read_text())["images"][0]["digest"], err
+
+    first, err = run()
+    assert not_again not in err
+    second, err = run()
+    assert not_again in err
+    assert second == first
+    [record] = (cache / "layouts").glob("*.json")
+    [layer] = json.loads(record.read_text())["layers"]
+    blob = cache / "blobs" / "sha256" / layer["digest"].removeprefix("sha256:")
+    blob.write_bytes(b"\0" * blob.stat().st_size)  # damaged, the same size
+    third, err = run()
+    assert not_again not in err  # buildah pushed it into the layout again
+    assert third == first
+    assert registry_client(plain).manifest(f"{namespace}/app", first).digest == first

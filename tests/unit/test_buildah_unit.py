@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import textwrap
 from pathlib import Path
 
@@ -12,12 +13,14 @@ from shipit import proc
 from shipit.errors import SpecError
 from shipit.log import Console
 from shipit.plan import BuildSecret, BuildSettings
+from shipit.registry import OCI_MANIFEST, Manifest
 from shipit.spec import Spec, parse
 from shipit.spec.build import buildah_cache
 from shipit.stages.build.buildah import (
     StepTracker,
     build_command,
     inspect_record,
+    name_in_index,
     push_command,
 )
 
@@ -279,3 +282,25 @@ def test_inspect_gives_a_registry_digest_only_for_an_image_from_a_registry() -> 
     }
     assert inspect_record("localhost/made-here:1", document) == {"Id": "sha256:" + "e" * 64}
     assert inspect_record("r.io/base:1", ["not", "a", "dict"]) is None
+
+
+def test_a_manifest_is_named_in_the_layouts_index_as_buildah_push_names_it(
+    tmp_path: Path,
+) -> None:
+    """`oci:DIR:NAME` names the manifest NAME in index.json (org.opencontainers.image.ref.name);
+    naming another manifest the same replaces the entry, other names stay."""
+
+    def manifest(n: int) -> Manifest:
+        return Manifest.from_bytes(json.dumps({"schemaVersion": 2, "n": n}).encode(), OCI_MANIFEST)
+
+    name_in_index(tmp_path, manifest(1), "linux-amd64")
+    name_in_index(tmp_path, manifest(2), "linux-arm64")
+    name_in_index(tmp_path, manifest(3), "linux-amd64")
+    assert json.loads((tmp_path / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["schemaVersion"] == 2
+    named = {e["annotations"]["org.opencontainers.image.ref.name"]: e for e in index["manifests"]}
+    assert named["linux-amd64"]["digest"] == manifest(3).digest
+    assert named["linux-arm64"]["digest"] == manifest(2).digest
+    assert named["linux-amd64"]["size"] == len(manifest(3).data)
+    assert len(index["manifests"]) == 2

@@ -14,7 +14,7 @@ import pytest
 
 from shipit.execute import _work_folder
 from shipit.log import Console
-from shipit.registry import DOCKER_MANIFEST, OCI_MANIFEST
+from shipit.registry import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor, Manifest
 from shipit.stages import export_cache
 from shipit.stages.export import ExportedImage, export_image
 from shipit.stages.export_cache import ExportCache
@@ -227,3 +227,115 @@ def test_a_cache_that_cannot_be_written_is_skipped_and_said_with_v(tmp_path: Pat
         assert cache is None
         assert Path(path).is_dir()
     assert f"the export cache {blocker / 'cache'} is skipped" in stream.getvalue()
+
+
+# --- layouts: what a buildx or buildah build wrote, lent to its next build -------------------
+
+
+def layout_with(folder: Path, *layers: bytes) -> tuple[Manifest, bytes, list[Descriptor]]:
+    """An OCI layout in `folder` holding one image of these (already gzipped) layers."""
+    blobs = folder / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha(x) for x in layers]}})
+    descriptors = []
+    for data in (config.encode(), *layers):
+        (blobs / sha(data).removeprefix("sha256:")).write_bytes(data)
+        descriptors.append({"mediaType": "application/octet-stream", "digest": sha(data),
+                            "size": len(data)})  # fmt: skip
+    document = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptors[0],
+                "layers": descriptors[1:]}  # fmt: skip
+    manifest = Manifest.from_bytes(json.dumps(document).encode(), OCI_MANIFEST)
+    (blobs / manifest.digest.removeprefix("sha256:")).write_bytes(manifest.data)
+    return manifest, config.encode(), list(manifest.blobs()[1:])
+
+
+def test_a_layout_kept_under_a_key_is_lent_to_the_next_build_and_holds(tmp_path: Path) -> None:
+    cache = cache_in(tmp_path)
+    _, _, layers = layout_with(tmp_path / "run1", os.urandom(3000), os.urandom(2000))
+    cache.keep_layout(KEY, tmp_path / "run1", layers)
+    lent = cache.lend(KEY, tmp_path / "run2")
+    assert sorted(lent.digests) == sorted(x.digest for x in layers)
+    for layer in layers:
+        path = tmp_path / "run2" / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")
+        kept = cache.root / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")
+        assert path.stat().st_ino == kept.stat().st_ino  # a hard link, not a copy
+    assert lent.held()
+    assert cache.lend("sha256:" + "1" * 64, tmp_path / "run3").digests == {}  # another image's
+
+
+def test_a_lent_layer_that_no_longer_hashes_fails_the_loan_and_leaves_the_cache(
+    tmp_path: Path,
+) -> None:
+    cache = cache_in(tmp_path)
+    _, _, [layer] = layout_with(tmp_path / "run1", os.urandom(3000))
+    cache.keep_layout(KEY, tmp_path / "run1", [layer])
+    kept = cache.root / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")
+    kept.write_bytes(b"\0" * layer.size)  # damaged in place: the run's old link sees it too
+    lent = cache.lend(KEY, tmp_path / "run2")
+    lent_path = tmp_path / "run2" / "blobs" / "sha256" / kept.name
+    assert not lent.held()
+    assert not kept.exists() and not lent_path.exists()
+
+
+def test_a_damaged_layer_the_build_wrote_again_does_not_fail_the_loan(tmp_path: Path) -> None:
+    cache = cache_in(tmp_path)
+    data = os.urandom(3000)
+    _, _, [layer] = layout_with(tmp_path / "run1", data)
+    cache.keep_layout(KEY, tmp_path / "run1", [layer])
+    kept = cache.root / "blobs" / "sha256" / layer.digest.removeprefix("sha256:")
+    kept.write_bytes(b"\0" * layer.size)
+    lent = cache.lend(KEY, tmp_path / "run2")
+    lent_path = tmp_path / "run2" / "blobs" / "sha256" / kept.name
+    fresh = lent_path.with_name("fresh")
+    fresh.write_bytes(data)
+    fresh.replace(lent_path)  # what a build that writes every blob does: a new file
+    assert lent.held()
+    assert not kept.exists()  # the damaged copy is not lent again
+
+
+def test_a_kept_image_is_written_into_a_layout_from_its_record(tmp_path: Path) -> None:
+    cache = cache_in(tmp_path)
+    manifest, config, layers = layout_with(tmp_path / "run1", os.urandom(3000))
+    image_id = sha(config)
+    cache.keep_layout(image_id, tmp_path / "run1", layers, manifest=manifest, config=config)
+    recalled = cache.recall_layout(image_id, tmp_path / "run2")
+    assert recalled is not None
+    again, lent = recalled
+    assert again.data == manifest.data and lent.held()
+    blobs = tmp_path / "run2" / "blobs" / "sha256"
+    for blob in (manifest.digest, image_id, layers[0].digest):
+        assert (blobs / blob.removeprefix("sha256:")).is_file()
+    assert cache.recall_layout(KEY, tmp_path / "run3") is None  # never kept
+
+
+@pytest.mark.parametrize("tamper", ["config", "layers", "json"])
+def test_a_layout_record_that_does_not_hold_is_dropped(tmp_path: Path, tamper: str) -> None:
+    cache = cache_in(tmp_path)
+    manifest, config, layers = layout_with(tmp_path / "run1", os.urandom(3000))
+    image_id = sha(config)
+    cache.keep_layout(image_id, tmp_path / "run1", layers, manifest=manifest, config=config)
+    record = cache.root / "layouts" / f"{image_id.removeprefix('sha256:')}.json"
+    document = json.loads(record.read_text())
+    if tamper == "config":
+        document["config"] = base64.b64encode(b'{"rootfs": {}}').decode()
+    elif tamper == "layers":
+        document["layers"][0]["size"] += 1
+    record.write_text("{" if tamper == "json" else json.dumps(document))
+    assert cache.recall_layout(image_id, tmp_path / "run2") is None
+    assert not record.exists()
+
+
+def test_layouts_count_toward_the_limit_and_name_their_blobs(tmp_path: Path) -> None:
+    cache = cache_in(tmp_path, limit=5000)
+    _, _, old_layers = layout_with(tmp_path / "run1", os.urandom(4000))
+    cache.keep_layout("sha256:" + "1" * 64, tmp_path / "run1", old_layers)
+    past = time.time() - 100
+    os.utime(cache.root / "layouts" / f"{'1' * 64}.json", (past, past))
+    _, _, new_layers = layout_with(tmp_path / "run2", os.urandom(4000))
+    cache.keep_layout(KEY, tmp_path / "run2", new_layers)
+    assert [p.name for p in (cache.root / "layouts").iterdir()] == [f"{KEY[7:]}.json"]
+    blobs = {p.name for p in (cache.root / "blobs" / "sha256").iterdir()}
+    assert blobs == {new_layers[0].digest.removeprefix("sha256:")}
+
+
+KEY = "sha256:" + "2" * 64

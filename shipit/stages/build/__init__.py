@@ -213,17 +213,21 @@ class Engines:
                 "preflight", f"the daemon of builder context default does not answer: {exc}"
             ) from None
 
-    def builder(self, image: ImagePlan, workdir: Path) -> Builder:
+    def builder(self, image: ImagePlan, workdir: Path, cache: ExportCache | None = None) -> Builder:
+        """The engine that builds `image` in `workdir`; `cache` lends the layout engines what
+        they wrote last time (stages.export_cache), and keeps the SDK engine's build memo."""
         settings = image.build
+        if settings.engine == "sdk" and cache is None:
+            cache = ExportCache.from_env(self.env)
         if settings.engine == "buildah":
             if self._buildah is None:
                 raise RuntimeError("Engines.prepare() was not called for this image")  # a bug
             workdir.mkdir(parents=True, exist_ok=True)
-            return BuildahBuilder(self._buildah, self.env, workdir)
+            return BuildahBuilder(self._buildah, self.env, workdir, cache)
         if settings.engine != "buildx":
-            cache = ExportCache.from_env(self.env)
             return SdkBuilder(self.daemon, BuildMemo(cache.root / "builds") if cache else None)
         if self._docker is None or settings.builder not in self._builders:
             raise RuntimeError("Engines.prepare() was not called for this image")  # a bug
         workdir.mkdir(parents=True, exist_ok=True)
-        return BuildxBuilder(self._docker, self._builders[settings.builder], self.env, workdir)
+        info = self._builders[settings.builder]
+        return BuildxBuilder(self._docker, info, self.env, workdir, cache)

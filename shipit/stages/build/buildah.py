@@ -38,16 +38,18 @@ version Debian 12 ships; each flag checked on it):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from shipit import proc
 from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
+from shipit.registry import Manifest
 from shipit.spec.build import buildah_cache
 from shipit.stages.build.bases import BaseImage, dockerfile_bases, resolve_bases
 from shipit.stages.build.buildx import secret_values
@@ -60,7 +62,8 @@ from shipit.stages.build.images import (
 )
 from shipit.stages.build.probes import EMULATION_HINT, PROBE_TIMEOUT
 from shipit.stages.export import ExportError
-from shipit.stages.layout import platform_manifests
+from shipit.stages.export_cache import ExportCache, write_atomically
+from shipit.stages.layout import load_image, platform_manifests
 
 BUILD_TIMEOUT: Final = 6 * 3600.0
 PUSH_TIMEOUT: Final = 3600.0
@@ -69,16 +72,24 @@ BUILDAH_HINT: Final = (
     " or use shipit's own image, which has it"
 )
 DEFAULT_ISOLATION: Final = "chroot"
+REF_NAME: Final = "org.opencontainers.image.ref.name"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class BuildahBuilder:
     """Builds with `buildah build`, one platform at a time, into one OCI layout."""
 
-    def __init__(self, buildah: str, env: Mapping[str, str], workdir: Path) -> None:
+    def __init__(
+        self,
+        buildah: str,
+        env: Mapping[str, str],
+        workdir: Path,
+        cache: ExportCache | None = None,
+    ) -> None:
         self.buildah = buildah
         self.env = env
         self.workdir = workdir
+        self.cache = cache
 
     def build(self, image: ImagePlan, console: Console) -> BuiltImage:
         chosen: tuple[str | None, ...] = image.build.platforms or (None,)
@@ -116,21 +127,27 @@ class BuildahBuilder:
             except proc.CommandError as exc:
                 raise StageError("build", steps.failure(image.name, which, exc)) from None
             image_id = _read_digest(iidfile, image.name, "--iidfile", prefix="sha256:")
-            try:
-                proc.run(
-                    push_command(self.buildah, image_id, layout, slug, digestfile),
-                    env=child,
-                    timeout=PUSH_TIMEOUT,
+            digest = self._recalled(image_id, layout, slug)
+            if digest is not None:
+                console.write(
+                    f"{image_id[:19]} was written into a layout before and is kept: not pushed"
+                    " into one again"
                 )
-            except proc.CommandError as exc:
-                raise StageError(
-                    "build", f"image {image.name}{which}: buildah push to {layout} failed: {exc}"
-                ) from None
-            digest = _read_digest(digestfile, image.name, "push --digestfile")
+            else:
+                digest = self._push(
+                    image_id, layout, slug, digestfile, child, name=image.name, which=which
+                )
             try:
                 [found] = platform_manifests(layout, digest)
             except (ExportError, ValueError) as exc:
                 raise StageError("build", f"image {image.name}{which}: {exc}") from None
+            if self.cache is not None:
+                with contextlib.suppress(OSError, ValueError, ExportError):  # never fails a run
+                    config = load_image(layout, found).config
+                    self.cache.keep_layout(
+                        image_id, layout, found.manifest.blobs()[1:], manifest=found.manifest,
+                        config=config,
+                    )  # fmt: skip
             if platform is not None and found.platform != platform:
                 raise StageError(
                     "build",
@@ -144,6 +161,48 @@ class BuildahBuilder:
             manifest=digest,
             bases=self._bases(settings, platform),
         )
+
+    def _push(
+        self,
+        image_id: str,
+        layout: Path,
+        slug: str,
+        digestfile: Path,
+        child: Mapping[str, str],
+        *,
+        name: str,
+        which: str,
+    ) -> str:
+        """`buildah push` of the image into the layout: its manifest's digest."""
+        try:
+            proc.run(
+                push_command(self.buildah, image_id, layout, slug, digestfile),
+                env=child,
+                timeout=PUSH_TIMEOUT,
+            )
+        except proc.CommandError as exc:
+            raise StageError(
+                "build", f"image {name}{which}: buildah push to {layout} failed: {exc}"
+            ) from None
+        return _read_digest(digestfile, name, "push --digestfile")
+
+    def _recalled(self, image_id: str, layout: Path, slug: str) -> str | None:
+        """The manifest digest of `image_id` written into the layout from the export cache,
+        as `buildah push` would write it (index.json names it `slug`); None when the cache
+        does not hold it, or what it holds no longer does."""
+        if self.cache is None:
+            return None
+        recalled = self.cache.recall_layout(image_id, layout)
+        if recalled is None:
+            return None
+        manifest, lent = recalled
+        if not lent.held():
+            return None
+        try:
+            name_in_index(layout, manifest, slug)
+        except (OSError, ValueError):
+            return None
+        return manifest.digest
 
     def _bases(self, settings: BuildSettings, platform: str | None) -> tuple[BaseImage, ...]:
         names = dockerfile_bases(
@@ -256,6 +315,29 @@ def push_command(
         buildah, "push", "--format", "oci", "--digestfile", str(digestfile), "--quiet",
         image_id, f"oci:{layout}:{name}",
     ]  # fmt: skip
+
+
+def name_in_index(layout: Path, manifest: Manifest, name: str) -> None:
+    """Name `manifest` `name` in the layout's index.json, as `buildah push ... oci:DIR:NAME`
+    does (the annotation `org.opencontainers.image.ref.name`, image-spec annotations.md), an
+    entry of that name replaced; the `oci-layout` file written when the layout has none."""
+    marker = layout / "oci-layout"
+    if not marker.exists():
+        write_atomically(marker, b'{"imageLayoutVersion": "1.0.0"}')
+    path = layout / "index.json"
+    index: dict[str, Any] = json.loads(path.read_bytes()) if path.exists() else {}
+    index.setdefault("schemaVersion", 2)
+    entries = [
+        entry
+        for entry in index.get("manifests", [])
+        if (entry.get("annotations") or {}).get(REF_NAME) != name
+    ]
+    entries.append({
+        "mediaType": manifest.media_type, "digest": manifest.digest, "size": len(manifest.data),
+        "annotations": {REF_NAME: name},
+    })  # fmt: skip
+    index["manifests"] = entries
+    write_atomically(path, json.dumps(index).encode())
 
 
 def _read_digest(path: Path, name: str, what: str, *, prefix: str = "") -> str:

@@ -35,15 +35,18 @@ looked up with `docker image inspect` in the builder's daemon (RepoDigests).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
 from shipit import proc
 from shipit.errors import StageError, UsageError
-from shipit.log import Console
+from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, dockerfile_bases, normalize_ref, resolve_bases
 from shipit.stages.build.contexts import builder_argv, daemon_cli, last_line
@@ -56,6 +59,7 @@ from shipit.stages.build.images import (
 )
 from shipit.stages.build.probes import EMULATION_HINT, PROBE_TIMEOUT, BuilderInfo
 from shipit.stages.export import ExportError
+from shipit.stages.export_cache import ExportCache
 from shipit.stages.layout import platform_manifests
 
 BUILD_TIMEOUT: Final = 6 * 3600.0
@@ -75,12 +79,18 @@ class BuildxBuilder:
     """Builds with `docker buildx build`; see the module docstring for how images come back."""
 
     def __init__(
-        self, docker: str, info: BuilderInfo, env: Mapping[str, str], workdir: Path
+        self,
+        docker: str,
+        info: BuilderInfo,
+        env: Mapping[str, str],
+        workdir: Path,
+        cache: ExportCache | None = None,
     ) -> None:
         self.docker = docker
         self.info = info
         self.env = env
         self.workdir = workdir
+        self.cache = cache
 
     def build(self, image: ImagePlan, console: Console) -> BuiltImage:
         platforms = image.build.platforms
@@ -110,15 +120,34 @@ class BuildxBuilder:
             bases=self._bases(image, platform, steps),
         )
 
-    def _layout(self, image: ImagePlan, console: Console) -> BuiltImage:
+    def _layout(self, image: ImagePlan, console: Console, *, lend: bool = True) -> BuiltImage:
         dest = self.workdir / "oci"
         metadata = self.workdir / "metadata.json"
         output = ["--output", f"type=oci,tar=false,dest={dest}"]
-        digest, steps = self._run(image, image.build.platforms, output, metadata, console)
+        key = self._layout_key(image)
+        # BuildKit skips the blobs the folder holds: lent what this image's last layout wrote
+        lent = self.cache.lend(key, dest) if self.cache is not None and lend else None
+        if lent is not None and lent.digests:
+            console.write(
+                f"{counted(len(lent.digests), 'layer')} of this image's last build lent to"
+                " BuildKit from the export cache (it skips writing what the layout holds)"
+            )
+        try:
+            digest, steps = self._run(image, image.build.platforms, output, metadata, console)
+        finally:
+            held = lent.held() if lent is not None else True
+        if not held:
+            console.write("a layer kept from an earlier build no longer holds: building again")
+            shutil.rmtree(dest, ignore_errors=True)
+            return self._layout(image, console, lend=False)
         try:
             found = platform_manifests(dest, digest)
         except ExportError as exc:
             raise StageError("build", f"image {image.name}: {exc}") from None
+        if self.cache is not None:
+            layers = [layer for p in found for layer in p.manifest.blobs()[1:]]
+            with contextlib.suppress(OSError, ValueError):  # a cache never fails a run
+                self.cache.keep_layout(key, dest, layers)
         wanted = image.build.platforms
         got = [p.platform for p in found]
         if wanted and sorted(got) != sorted(wanted):
@@ -139,6 +168,15 @@ class BuildxBuilder:
             ),
             layout_digest=digest,
         )
+
+    def _layout_key(self, image: ImagePlan) -> str:
+        """What the layouts of one image's builds are kept under: the builder and what the
+        spec says to build (a layer of another image's layout would only be lent in vain)."""
+        settings = image.build
+        context = str(Path(settings.context).resolve())
+        what = [self.info.name, self.info.endpoint, image.name, context, settings.dockerfile,
+                settings.target, list(settings.platforms)]  # fmt: skip
+        return "sha256:" + hashlib.sha256(json.dumps(what).encode()).hexdigest()
 
     def _run(
         self,
