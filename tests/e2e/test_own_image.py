@@ -102,7 +102,8 @@ def own_project(root: Path, base: BaseImage) -> tuple[Path, dict[str, str]]:
     for name, path in binaries.items():
         shutil.copy2(path, inputs / name)
     shipit_wheel(inputs)
-    wheels = locked_wheels(base.python_version(), ("shipit.lock", "trivy.lock"))
+    # all the install locks' wheels (the folder other tests share; pip takes what it needs)
+    wheels = locked_wheels(base.python_version())
     shutil.copytree(wheels, inputs / "wheels", ignore=shutil.ignore_patterns(".stamp"))
     shutil.copytree(debs(base, ["git", "ca-certificates"]), inputs / "debs")
     assert git(project, "status", "--porcelain") == ""
