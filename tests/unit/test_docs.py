@@ -112,3 +112,9 @@ def test_every_spec_in_the_docs_validates(
     out, err = capsys.readouterr()
     assert code == 0, f"{where}: {err}"
     assert "valid (" in out
+
+
+def test_the_docs_show_the_root_spec_as_it_is() -> None:
+    """docs/ci.md quotes shipit's own shipit.yml whole: the example of a real project's spec."""
+    root = (ROOT / "shipit.yml").read_text(encoding="utf-8")
+    assert f"```yaml\n{root}```" in (DOCS / "ci.md").read_text(encoding="utf-8")

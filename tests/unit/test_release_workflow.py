@@ -89,3 +89,14 @@ def test_the_security_page_is_the_same_in_the_docs_and_names_the_workflow() -> N
     assert pattern.search(identity)
     assert not pattern.search(identity.replace("OWNER/shipit", "evil/shipit-fork"))
     assert not pattern.search(identity.replace("release.yml", "release.yml.evil"))
+
+
+def test_the_released_files_go_to_pypi_by_trusted_publishing() -> None:
+    pypi = workflow()["jobs"]["pypi"]
+    assert pypi["needs"] == "dist"
+    assert pypi["permissions"] == {"contents": "read", "id-token": "write"}
+    assert pypi["environment"]["name"] == "pypi"
+    [fetch, publish] = pypi["steps"]
+    assert "sha256sum -c" in fetch["run"] and "SHA256SUMS" in fetch["run"]
+    assert publish["uses"].startswith("pypa/gh-action-pypi-publish@")
+    assert publish["with"] == {"packages-dir": "pypi-dist/"}  # no password: trusted publishing
