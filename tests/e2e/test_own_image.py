@@ -14,10 +14,8 @@ blocking), pushed to SHIPIT_REGISTRY, signed with a key and its SBOM attested, a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,26 +23,17 @@ import pytest
 import yaml
 
 import shipit
-from tests.support.buildkit import buildx_plugin
+from tests.support.ci_images import own_project
 from tests.support.cli import run_shipit
-from tests.support.debian_base import BaseImage, base_image, debs, serve_base
-from tests.support.gitrepo import git
+from tests.support.debian_base import BaseImage, base_image, serve_base
 from tests.support.keys import KeyPair, cosign_key_pair
-from tests.support.project import make_project
 from tests.support.services import REPO, Dockerd, RegistryFactory, registry_client, tool_path
 from tests.support.services import Registry as RunningRegistry
 from tests.support.trivydb import vulnerability, write_trivy_db
-from tests.support.wheelhouse import locked_wheels, shipit_wheel
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 ADVISORY = "CVE-2099-20002"  # made up: only the fixture database knows it
-ROOT_FILES = ("Dockerfile", ".dockerignore", "shipit.yml", "requirements/shipit.lock",
-              "requirements/trivy.lock")  # fmt: skip
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_the_root_spec_is_valid_and_pins_what_downloads_sha256_pins(
@@ -78,41 +67,6 @@ def base() -> BaseImage:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     return cosign_key_pair(tmp_path_factory.mktemp("keys"))
-
-
-def own_project(root: Path, base: BaseImage) -> tuple[Path, dict[str, str]]:
-    """A repository holding the root files of shipit unchanged, dist/image filled as
-    scripts/image-inputs would (ignored by git, as in shipit's own checkout); and the
-    SHIPIT_*_SHA256 of its binaries."""
-    files: dict[str, str | bytes] = {name: (REPO / name).read_bytes() for name in ROOT_FILES}
-    files[".gitignore"] = "/dist/\n"
-    project = make_project(
-        root,
-        (REPO / "shipit.yml").read_text(),
-        dockerfile=(REPO / "Dockerfile").read_text(),
-        files=files,
-    )
-    inputs = project / "dist" / "image"
-    inputs.mkdir(parents=True)
-    binaries = {
-        "cosign": Path(tool_path("cosign")),
-        "docker": Path(tool_path("docker")),
-        "docker-buildx": buildx_plugin(),
-    }
-    for name, path in binaries.items():
-        shutil.copy2(path, inputs / name)
-    shipit_wheel(inputs)
-    # all the install locks' wheels (the folder other tests share; pip takes what it needs)
-    wheels = locked_wheels(base.python_version())
-    shutil.copytree(wheels, inputs / "wheels", ignore=shutil.ignore_patterns(".stamp"))
-    shutil.copytree(debs(base, ["git", "ca-certificates"]), inputs / "debs")
-    assert git(project, "status", "--porcelain") == ""
-    sums = {
-        "SHIPIT_COSIGN_SHA256": sha256(inputs / "cosign"),
-        "SHIPIT_DOCKER_SHA256": sha256(inputs / "docker"),
-        "SHIPIT_BUILDX_SHA256": sha256(inputs / "docker-buildx"),
-    }
-    return project, sums
 
 
 def docker(*args: str) -> subprocess.CompletedProcess[str]:
