@@ -1,4 +1,4 @@
-# shipit's own image: shipit with Trivy, cosign, the Docker CLI and the buildx plugin, for CI
+# shipit's own image: shipit with Trivy, cosign, the Docker CLI, the buildx plugin and buildah, for CI
 # jobs that run in a container (GitLab's `image:`, a GitHub job's `container:`). shipit builds
 # it from shipit.yml (docs/ci.md, "shipit's own image"); a release publishes it.
 #
@@ -14,8 +14,10 @@
 #   A build never downloads a binary itself: inside a build there may be no network, and a
 #   download in a RUN step would be checked only by what this file says.
 # - git and ca-certificates (shipit reads the repository; cosign and Trivy need the CA
-#   certificates) come from Debian with apt (signed indexes), or, when dist/image/debs/
-#   holds .deb files, from those (a build without network: `apt-get install ./x.deb`).
+#   certificates) and buildah (the daemonless engine, GitLab's `.shipit-buildah`; Debian's
+#   1.28, --no-install-recommends: chroot isolation needs no runc) come from Debian with apt
+#   (signed indexes), or, when dist/image/debs/ holds .deb files, from those (a build
+#   without network: `apt-get install ./x.deb`).
 #
 # The base is a build argument (shipit.yml: ${SHIPIT_BASE_IMAGE}): Debian bookworm with
 # python3 and python3-venv, or the official Python image on bookworm.
@@ -41,7 +43,7 @@ RUN set -eu; \
     if [ -d /tmp/inputs/debs ]; then \
         apt-get install -y --no-install-recommends /tmp/inputs/debs/*.deb; \
     else \
-        apt-get update && apt-get install -y --no-install-recommends git ca-certificates; \
+        apt-get update && apt-get install -y --no-install-recommends git ca-certificates buildah; \
     fi; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 

@@ -5,11 +5,12 @@ python3 (tests/support/debian_base.py, in a loopback registry, named by SHIPIT_B
 dist/image/ holds the binaries scripts/image-inputs would fetch, here this machine's cosign,
 Docker CLI and buildx plugin, with their own sha256 given as SHIPIT_*_SHA256 (the Dockerfile
 checks them); shipit's wheel built from this checkout; the locked wheels (SHIPIT_WHEELS) and
-the .deb files of git and ca-certificates, since a build here reaches no index. shipit runs
-the root shipit.yml unchanged: a wrong sha256 stops the build naming the file; then the image
-is built, scanned (a fixture Trivy database with a LOW advisory for git: reported, not
-blocking), pushed to SHIPIT_REGISTRY, signed with a key and its SBOM attested, and run:
-`shipit --version`, `trivy --version`, `cosign version`, `docker buildx version`, `git`.
+the .deb files of git, ca-certificates and buildah, since a build here reaches no index.
+shipit runs the root shipit.yml unchanged: a wrong sha256 stops the build naming the file;
+then the image is built, scanned (a fixture Trivy database with a LOW advisory for git:
+reported, not blocking), pushed to SHIPIT_REGISTRY, signed with a key and its SBOM attested,
+and run: `shipit --version`, `trivy --version`, `cosign version`, `docker buildx version`,
+`git`, `buildah --version`.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def test_shipit_builds_scans_signs_and_pushes_its_own_image_which_runs_its_tools
             ["cosign", "version"],
             ["docker", "buildx", "version"],
             ["git", "--version"],
+            ["buildah", "--version"],
         ):
             done = docker("run", "--rm", ref, *argv)
             assert done.returncode == 0, f"{argv}: {done.stderr}"
@@ -156,5 +158,6 @@ def test_shipit_builds_scans_signs_and_pushes_its_own_image_which_runs_its_tools
         assert "GitVersion" in outputs["cosign"]
         assert "github.com/docker/buildx" in outputs["docker"]
         assert outputs["git"].startswith("git version 2.")
+        assert outputs["buildah"].startswith("buildah version 1.")
     finally:
         docker("image", "rm", ref)

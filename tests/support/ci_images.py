@@ -2,9 +2,9 @@
 
 - shipit's own image (the root Dockerfile) with the inputs scripts/image-inputs would fetch
   taken from this machine: its cosign, Docker CLI and buildx plugin (with their own sha256),
-  shipit's wheel built from this checkout, the locked wheels and the .deb files of git and
-  ca-certificates (`own_project`, which tests/e2e/test_own_image.py builds with shipit itself;
-  `own_image` builds it with `docker build` for jobs to run in);
+  shipit's wheel built from this checkout, the locked wheels and the .deb files of git,
+  ca-certificates and buildah (`own_project`, which tests/e2e/test_own_image.py builds with
+  shipit itself; `own_image` builds it with `docker build` for jobs to run in);
 - a Docker-in-Docker service: Debian's `docker.io` on the base, dockerd as its command,
   /var/lib/docker a volume as in docker:dind (so overlay2 is not stacked on overlay);
 - a registry service: Debian's `docker-registry` on the base, plain HTTP on port 5000;
@@ -165,7 +165,7 @@ def own_project(root: Path, base: BaseImage) -> tuple[Path, dict[str, str]]:
     # all the install locks' wheels (the folder other tests share; pip takes what it needs)
     wheels = locked_wheels(base.python_version())
     shutil.copytree(wheels, inputs / "wheels", ignore=shutil.ignore_patterns(".stamp"))
-    shutil.copytree(debs(base, ["git", "ca-certificates"]), inputs / "debs")
+    shutil.copytree(debs(base, ["git", "ca-certificates", "buildah"]), inputs / "debs")
     assert git(project, "status", "--porcelain") == ""
     sums = {
         "SHIPIT_COSIGN_SHA256": sha256(inputs / "cosign"),
