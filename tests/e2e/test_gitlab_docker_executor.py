@@ -14,6 +14,11 @@ The job installs nothing: shipit, trivy, cosign, git and the Docker CLI are the 
 template's script is unchanged; the project's own .gitlab-ci.yml names the services it runs
 instead of docker:dind (Docker Hub is unreachable here).
 
+The daemonless job (`.shipit-buildah`) runs there too, unprivileged, with the registry
+service alone: under Docker's default seccomp profile buildah cannot start (asserted as it
+is), with seccomp unconfined (a runner's `security_opt`) it builds, and shipit scans, pushes
+and signs.
+
 `--privileged` is gitlab-ci-local's (a runner's `privileged = true`). On a machine whose
 capability bounding set lacks some capabilities (this one lacks CAP_SYS_RESOURCE: `docker run
 --privileged` fails with "unable to apply caps: operation not permitted"), the docker command
@@ -155,12 +160,12 @@ def project_ci(images: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def make_project(root: Path, ci: dict[str, Any], key: Path) -> Path:
+def make_project(root: Path, ci: dict[str, Any], key: Path, spec: str = SPEC) -> Path:
     make_repo(root)
     shutil.copyfile(TEMPLATE, root / ".gitlab-ci-template.yml")
     shutil.copyfile(REPO / "examples" / "hello" / "Dockerfile", root / "Dockerfile")
     (root / "hello.txt").write_text("hello from a GitLab docker executor job\n", encoding="utf-8")
-    (root / "shipit.yml").write_text(SPEC, encoding="utf-8")
+    (root / "shipit.yml").write_text(spec, encoding="utf-8")
     shutil.copyfile(key, root / "cosign.key")  # encrypted; its password is a job variable
     (root / ".gitlab-ci.yml").write_text(yaml.safe_dump(ci, sort_keys=False), encoding="utf-8")
     (root / ".gitignore").write_text(".gitlab-ci-local/\n", encoding="utf-8")
@@ -246,3 +251,75 @@ def test_the_include_runs_in_shipits_own_image_with_a_dind_service(
     # gitlab-ci-local removed what it started (by id): no container of the job is left
     left = docker("ps", "-a", "--filter", f"ancestor={images['dind']}", "--format", "{{.ID}}")
     assert left.stdout.strip() == "", left.stdout
+
+
+def seccomp_unconfined(folder: Path) -> str:
+    """docker, with the job's containers created without Docker's default seccomp profile:
+    what a runner's `security_opt = ["seccomp:unconfined"]` does. No capability is added."""
+    wrapper = folder / "docker-seccomp-unconfined"
+    wrapper.write_text(
+        '#!/bin/sh\n[ "$1" = create ] && { shift; set -- create --security-opt=seccomp=unconfined "$@"; }\n'
+        'exec docker "$@"\n',
+        encoding="utf-8",
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return str(wrapper)
+
+
+def test_the_daemonless_job_runs_unprivileged_in_shipits_own_image(
+    tmp_path: Path, dockerd: Dockerd, images: dict[str, str]
+) -> None:
+    """`.shipit-buildah` in shipit's own image (buildah 1.28 from Debian), no --privileged, no
+    dind: under Docker's default seccomp profile buildah cannot start (lacking CAP_SYS_ADMIN it
+    takes itself for rootless and unshares a user namespace, which the profile refuses);
+    with seccomp unconfined and the default capabilities it builds, and shipit scans, pushes
+    and signs."""
+    keys = cosign_key_pair(tmp_path / "keys")
+    ci = {
+        "include": [{"local": ".gitlab-ci-template.yml"}],
+        "variables": {"SHIPIT_JOB_IMAGE": images["job"], "SHIPIT_DISABLED": "true"},
+        "release": {
+            "extends": ".shipit-buildah",
+            "stage": "build",
+            "services": [{"name": images["registry"], "alias": "registry"}],
+            "variables": {"COSIGN_KEY": "$CI_PROJECT_DIR/cosign.key"},
+        },
+    }
+    spec = SPEC.replace("  context: .\n", "  context: .\n  engine: buildah\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    outcomes = {}
+    for name, executable in (("default", "docker"), ("unconfined", seccomp_unconfined(tmp_path))):
+        project = make_project(tmp_path / name, ci, keys.private, spec)
+        args = [
+            "--pull-policy=if-not-present",
+            f"--helper-image={images['helper']}",
+            f"--container-executable={executable}",
+            *variables(GITLAB_CI="true", CI_COMMIT_TAG="v1.2.3", COSIGN_PASSWORD=keys.password),
+            "release",
+        ]
+        env = {**runner_env(home), "DOCKER_HOST": dockerd.host}
+        code, output = gitlab_ci_local(project, args, env, RUN_TIMEOUT, tmp_path / f"{name}.log")
+        log_file = project / ".gitlab-ci-local" / "output" / "release.log"
+        job_log = log_file.read_text(errors="replace") if log_file.exists() else ""
+        outcomes[name] = (code, output, job_log, project)
+        assert keys.password not in output + job_log
+
+    code, output, job_log, _ = outcomes["default"]
+    assert code != 0, output[-3000:]
+    assert "unshare(CLONE_NEWUSER): Operation not permitted" in job_log, job_log[-3000:]
+
+    code, output, job_log, project = outcomes["unconfined"]
+    assert code == 0, f"gitlab-ci-local exited {code}:\n{output[-8000:]}"
+    print(f"daemonless job in shipit's own image: {job_seconds(output, 'release'):.1f} s")
+    assert "buildah version 1." in job_log
+    for installing in ("+ pip ", "cosign: installed", "apt-get"):
+        assert installing not in job_log, job_log
+    state = project / ".gitlab-ci-local"
+    values = dotenv(
+        state / "artifacts" / "release" / ".gitlab-ci-reports" / "dotenv" / "shipit.env"
+    )
+    assert values["SHIPIT_STATUS"] == "success", job_log[-4000:]
+    document = json.loads((state / "artifacts" / "release" / "shipit-report.json").read_text())
+    [image] = document["images"]
+    assert all(r["pushed"] and r["signed"] for r in image["refs"]), image["refs"]
