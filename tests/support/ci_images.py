@@ -11,7 +11,8 @@
 - gitlab-ci-local's helper image: the base with rsync.
 
 The base is `docker import`ed from the rootfs tar mmdebstrap wrote. Every image is tagged by a
-hash of its inputs and kept in the daemon: a later session (or test) that finds the tag uses it.
+hash of its inputs and kept in the daemon: a later session (or test) that finds the tag uses it;
+building a new one removes the older tags of that name.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def _build(name: str, context: Path, key: str, build_args: dict[str, str] | None
                timeout=BUILD_TIMEOUT),
         f"docker build of {name}",
     )  # fmt: skip
+    # the tags of earlier inputs go (a checkout's every commit makes a new shipit image); one
+    # a container still uses stays: `docker image rm` without --force refuses it
+    listed = docker("images", f"shipit-test/{name}", "--format", "{{.Repository}}:{{.Tag}}")
+    for old in listed.stdout.split():
+        if old != tag:
+            docker("image", "rm", old)
     return tag
 
 
