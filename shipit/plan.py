@@ -63,6 +63,9 @@ class BuildSettings:
     cache_from: tuple[str, ...]
     engine: str = "sdk"  # sdk | buildx | buildah
     builder: str | None = None  # buildx: a builder or docker context
+    # the spec names no engine: sdk, but buildx on a daemon with the containerd image store
+    # (Engines.choose_defaults)
+    engine_default: bool = False
     secrets: tuple[BuildSecret, ...] = ()
     ssh: tuple[str, ...] = ()
     cache_to: tuple[str, ...] = ()
@@ -294,6 +297,7 @@ def _build_settings(
         pull=image.pull,
         cache_from=options.cache_from,
         engine=options.engine,
+        engine_default=options.engine_default,
         builder=options.builder,
         secrets=tuple(
             BuildSecret(id=s.id, env=s.env, file=str(s.file) if s.file else None)

@@ -91,6 +91,7 @@ def _execute(run: RunState) -> RunResult:
                     stack.callback(item.client.close)
                 with ThreadPoolExecutor(max_workers=1) as pool:  # registries answer meanwhile
                     registries = pool.submit(preflight.check_registries, images, access, console)
+                    images = engines.choose_defaults(images, console)
                     engines.prepare(images, console)
                     if engines.needs_daemon(images):  # not when every builder is elsewhere
                         preflight.check_daemon(engines.daemon, console)

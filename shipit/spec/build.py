@@ -77,10 +77,12 @@ def read_build(
 ) -> BuildOptions:
     """The image's build options; `dockerfile` (when it exists) is checked under `sdk`."""
     own = _own_or_top(top, entries)
-    engine = r.field(own, "engine", lambda n: r.choice(n, "engine", ENGINES), "sdk")
+    named = r.field(own, "engine", lambda n: r.choice(n, "engine", ENGINES), None)
+    engine = named or "sdk"
     isolation = r.field(own, "isolation", lambda n: r.choice(n, "isolation", ISOLATIONS), None)
     options = BuildOptions(
         engine=engine,
+        engine_default="engine" not in own,
         builder=r.field(own, "builder", lambda n: r.string(n, "builder"), None),
         platforms=_platforms(r, top, entries),
         secrets=r.field(entries, "secrets", lambda n: _secrets(r, n), ()),

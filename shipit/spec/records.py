@@ -193,6 +193,7 @@ class BuildOptions:
     """The engine and the BuildKit keys of DESIGN section 8."""
 
     engine: str = "sdk"  # sdk | buildx | buildah
+    engine_default: bool = False  # the spec names no engine: sdk, or buildx where it is better
     builder: str | None = None  # buildx: a builder name or docker context
     platforms: tuple[str, ...] = ()  # empty: the builder's own platform
     secrets: tuple[BuildSecret, ...] = ()

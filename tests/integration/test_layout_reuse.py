@@ -84,3 +84,50 @@ def test_buildx_is_lent_its_last_layout_and_a_damaged_layer_is_built_again(
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(content))) as tar:
         member = tar.extractfile("payload")
         assert member is not None and member.read() == payload
+
+
+@pytest.mark.parametrize("named", [None, "sdk"])
+def test_a_spec_that_names_no_engine_builds_with_buildx_on_the_containerd_store(
+    tmp_path: Path,
+    dockerd_containerd: Dockerd28,
+    registry_factory: RegistryFactory,
+    capsys: pytest.CaptureFixture[str],
+    named: str | None,
+) -> None:
+    """On the containerd image store the classic builder's images come out only through the
+    daemon's slow export: with no `engine:` in the spec, buildx builds; `engine: sdk` keeps
+    the classic builder. Either way the image in the registry is the Dockerfile's."""
+    reg = registry_factory()
+    namespace = f"de{os.urandom(3).hex()}"
+    engine = f", engine: {named}" if named else ""
+    spec = f"version: 1\nregistries: [{reg.host}/{namespace}]\nimage: {{name: app{engine}}}\n"
+    payload = os.urandom(64 * 1024)
+    project = make_project(
+        tmp_path / "project",
+        spec,
+        dockerfile="FROM scratch\nCOPY payload /payload\n",
+        files={"payload": payload},
+    )
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd_containerd.host,
+           "SHIPIT_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    report = tmp_path / "report.json"
+    code, _, err = run_shipit(
+        ["run", "-C", str(project), "--skip", "scan", "--skip", "sign", "--report", str(report)],
+        capsys,
+        env,
+    )
+    assert code == 0, err
+    switched = "image app: engine buildx, the default on a daemon with the containerd image store"
+    if named is None:
+        assert switched in err
+        assert "with buildx" in err  # the build's own group title
+    else:
+        assert switched not in err and "with buildx" not in err
+    [image] = json.loads(report.read_text())["images"]
+    registry = registry_client(reg)
+    manifest = registry.manifest(f"{namespace}/app", image["digest"])
+    with registry._open_blob(f"{namespace}/app", manifest.blobs()[1]) as response:
+        content = response.content
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(content))) as tar:
+        member = tar.extractfile("payload")
+        assert member is not None and member.read() == payload

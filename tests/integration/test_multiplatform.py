@@ -271,6 +271,7 @@ def test_the_sdk_engine_builds_each_platform_through_docker_py(
 version: 1
 {registries_yaml(three, namespace)}image:
   name: app
+  engine: sdk
   platforms: [linux/amd64, linux/arm64]
 """
     project = with_busybox(make_project(tmp_path / "project", spec, dockerfile=SDK_DOCKERFILE))

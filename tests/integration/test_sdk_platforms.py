@@ -89,7 +89,7 @@ def spec_for(
 ) -> str:
     return (
         f"version: 1\nregistries: [{registry.host}/{namespace}]\n"
-        f"image:\n  name: app\n  platforms: [{', '.join(platforms)}]\n"
+        f"image:\n  name: app\n  engine: sdk\n  platforms: [{', '.join(platforms)}]\n"
         f"  pull: {'true' if pull else 'false'}\n"
     )
 
