@@ -168,6 +168,7 @@ sign: {{key: {keys.private}, tlog: false}}
             "ARG GREETING",
             "RUN uname -m > /arch && echo $GREETING > /greeting",
             "RUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /toklen",
+            'HEALTHCHECK --interval=5s CMD ["/bin/true"]',
         ),
     )
     report = tmp_path / "report.json"
@@ -201,7 +202,9 @@ sign: {{key: {keys.private}, tlog: false}}
             blobs = dict(blobs_of(registry, repository, manifest))
             config = json.loads(blobs[manifest.blobs()[0].digest])
             assert config["config"]["Labels"]["org.example.team"] == "payments"
-            assert manifest.media_type == "application/vnd.oci.image.manifest.v1+json"
+            # Docker's format, as docker build makes it: HEALTHCHECK kept (OCI's has no place)
+            assert manifest.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+            assert config["config"]["Healthcheck"]["Test"] == ["CMD", "/bin/true"]
         for digest, data in blobs_of(registry, repository, index):
             plain = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
             assert SECRET.encode() not in data + plain, f"the build secret is in blob {digest}"

@@ -195,7 +195,7 @@ def test_the_build_command_line_names_no_value_of_an_arg_or_a_secret(tmp_path: P
         iidfile=tmp_path / "iid", env=env,
     )  # fmt: skip
     assert argv == [
-        "buildah", "build", "--format", "oci", "--layers", "--iidfile", str(tmp_path / "iid"),
+        "buildah", "build", "--format", "docker", "--layers", "--iidfile", str(tmp_path / "iid"),
         "--isolation", "chroot",
         "--file", "/src/app/Dockerfile", "--tag", "r.io/a/api:1-linux-arm64",
         "--platform", "linux/arm64", "--target", "runtime",
@@ -238,7 +238,7 @@ def test_defaults_pull_only_what_is_missing_and_leave_the_network_alone(tmp_path
 def test_the_push_writes_one_named_entry_of_the_layout_and_its_digest(tmp_path: Path) -> None:
     assert push_command("buildah", "sha256:" + "a" * 64, tmp_path / "oci", "linux-arm64",
                         tmp_path / "d") == [
-        "buildah", "push", "--format", "oci", "--digestfile", str(tmp_path / "d"), "--quiet",
+        "buildah", "push", "--format", "v2s2", "--digestfile", str(tmp_path / "d"), "--quiet",
         "sha256:" + "a" * 64, f"oci:{tmp_path / 'oci'}:linux-arm64",
     ]  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 For CI runners that cannot run a privileged Docker daemon (Kubernetes executors, shared
 runners). Each platform is one `buildah build` into buildah's own storage, then one
-`buildah push --format oci` of that image into an OCI image layout in the run's work folder;
+`buildah push --format v2s2` of that image into an OCI image layout in the run's work folder;
 from there the image goes on as buildx's layouts do: Trivy reads the layout (`--input`), and
 shipit's own client uploads its compressed layers as they are, assembles the index of
 several platforms itself (one digest in every registry), signs by digest, then tags.
@@ -26,8 +26,15 @@ version Debian 12 ships; each flag checked on it):
   exists (containers/buildah#5282, reproduced here: the secret comes out empty).
 - `--pull=always` for `pull: true` (Docker's `--pull`: pull even when the image is there),
   else `--pull=false` ("only pull the image if not present").
-- `--format oci` for the build and the push (so BUILDAH_FORMAT cannot turn it into Docker's
-  v2s2), `--iidfile` for the image id, and `buildah push --digestfile` for the manifest's
+- Docker's image format, as `docker build` makes it: `--format docker` for the build and
+  `--format v2s2` for the push (named, so BUILDAH_FORMAT cannot change it). The OCI image
+  config has no place for HEALTHCHECK, SHELL or ONBUILD: with `--format oci` buildah drops
+  them ("HEALTHCHECK is not supported for OCI image format and will be ignored. Must use
+  `docker` format"), and `buildah push --format oci` of a docker-format image drops them from
+  the config too (both checked with buildah 1.28: no `Healthcheck` in the config). An OCI
+  layout holds a Docker v2s2 manifest as it is (index.json names its media type), and the
+  index shipit assembles for several platforms lists each platform's manifest with its own
+  media type. `--iidfile` gives the image id, and `buildah push --digestfile` the manifest's
   digest in the layout: never read from the log.
 - Storage: buildah's own default (containers-storage.conf(5): /var/lib/containers/storage
   for root), or what CONTAINERS_STORAGE_CONF names; shipit passes the run's environment
@@ -261,7 +268,7 @@ def build_command(
     buildah-build(1) of buildah 1.28 documents them.
     """
     child = dict(env)
-    argv = [buildah, "build", "--format", "oci", "--layers", "--iidfile", str(iidfile)]
+    argv = [buildah, "build", "--format", "docker", "--layers", "--iidfile", str(iidfile)]
     # --isolation: chroot, oci or rootless; BUILDAH_ISOLATION is read when the flag is absent
     isolation = settings.isolation or (None if env.get("BUILDAH_ISOLATION") else DEFAULT_ISOLATION)
     if isolation:
@@ -312,7 +319,7 @@ def push_command(
     """`buildah push` of one built image into the OCI layout `layout`, under `name` (each
     platform its own entry of the layout's index.json), its manifest digest to `digestfile`."""
     return [
-        buildah, "push", "--format", "oci", "--digestfile", str(digestfile), "--quiet",
+        buildah, "push", "--format", "v2s2", "--digestfile", str(digestfile), "--quiet",
         image_id, f"oci:{layout}:{name}",
     ]  # fmt: skip
 
