@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -195,7 +196,7 @@ def test_the_build_command_line_names_no_value_of_an_arg_or_a_secret(tmp_path: P
         iidfile=tmp_path / "iid", env=env,
     )  # fmt: skip
     assert argv == [
-        "buildah", "build", "--format", "docker", "--layers", "--iidfile", str(tmp_path / "iid"),
+        "buildah", "build", "--format", "oci", "--layers", "--iidfile", str(tmp_path / "iid"),
         "--isolation", "chroot",
         "--file", "/src/app/Dockerfile", "--tag", "r.io/a/api:1-linux-arm64",
         "--platform", "linux/arm64", "--target", "runtime",
@@ -235,12 +236,36 @@ def test_defaults_pull_only_what_is_missing_and_leave_the_network_alone(tmp_path
     assert argv[-2:] == ["--pull=false", "/src/app"]
 
 
-def test_the_push_writes_one_named_entry_of_the_layout_and_its_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("docker", "name"), [(False, "oci"), (True, "v2s2")])
+def test_the_push_writes_one_named_entry_of_the_layout_and_its_digest(
+    tmp_path: Path, docker: bool, name: str
+) -> None:
     assert push_command("buildah", "sha256:" + "a" * 64, tmp_path / "oci", "linux-arm64",
-                        tmp_path / "d") == [
-        "buildah", "push", "--format", "v2s2", "--digestfile", str(tmp_path / "d"), "--quiet",
+                        tmp_path / "d", docker=docker) == [
+        "buildah", "push", "--format", name, "--digestfile", str(tmp_path / "d"), "--quiet",
         "sha256:" + "a" * 64, f"oci:{tmp_path / 'oci'}:linux-arm64",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "docker"),
+    [
+        ('HEALTHCHECK --interval=5s CMD ["true"]', True),
+        ("  healthcheck NONE", True),
+        ('SHELL ["/bin/bash", "-c"]', True),
+        ("ONBUILD RUN make", True),
+        ("RUN echo HEALTHCHECK", False),
+        ("# HEALTHCHECK later", False),
+        ("STOPSIGNAL SIGTERM", False),  # OCI's config has StopSignal
+    ],
+)
+def test_a_dockerfile_with_what_only_dockers_config_holds_is_built_in_dockers_format(
+    tmp_path: Path, line: str, docker: bool
+) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM scratch\n{line}\n", encoding="utf-8")
+    built = replace(settings(), context=str(tmp_path), dockerfile="Dockerfile")
+    argv, _ = build_command("buildah", built, None, tag="a:1", iidfile=tmp_path / "i", env={})
+    assert argv[2:4] == ["--format", "docker" if docker else "oci"]
 
 
 # --- the log and inspect -----------------------------------------------------------------------

@@ -26,16 +26,20 @@ version Debian 12 ships; each flag checked on it):
   exists (containers/buildah#5282, reproduced here: the secret comes out empty).
 - `--pull=always` for `pull: true` (Docker's `--pull`: pull even when the image is there),
   else `--pull=false` ("only pull the image if not present").
-- Docker's image format, as `docker build` makes it: `--format docker` for the build and
-  `--format v2s2` for the push (named, so BUILDAH_FORMAT cannot change it). The OCI image
-  config has no place for HEALTHCHECK, SHELL or ONBUILD: with `--format oci` buildah drops
-  them ("HEALTHCHECK is not supported for OCI image format and will be ignored. Must use
-  `docker` format"), and `buildah push --format oci` of a docker-format image drops them from
-  the config too (both checked with buildah 1.28: no `Healthcheck` in the config). An OCI
-  layout holds a Docker v2s2 manifest as it is (index.json names its media type), and the
-  index shipit assembles for several platforms lists each platform's manifest with its own
-  media type. `--iidfile` gives the image id, and `buildah push --digestfile` the manifest's
-  digest in the layout: never read from the log.
+- The format, always named (so BUILDAH_FORMAT cannot change it): OCI's (`--format oci`, and
+  `buildah push --format oci`), unless the Dockerfile has HEALTHCHECK, SHELL or ONBUILD, which
+  the OCI image config has no place for: with `--format oci` buildah drops them ("HEALTHCHECK
+  is not supported for OCI image format and will be ignored. Must use `docker` format"), and
+  `buildah push --format oci` of a docker-format image drops them from the config too; such a
+  Dockerfile is built in Docker's format, as `docker build` makes it (`--format docker`, then
+  `--format v2s2`). Not always Docker's, because buildah 1.28 then never reuses its `--layers`
+  cache for a stage whose base image is in OCI's format (buildah#2734 rejects cache
+  candidates of another format; seen here: a warm rebuild of the Debian web app took 10 s in
+  Docker's format and 2.6 s in OCI's). All checked with buildah 1.28. An OCI layout holds a
+  Docker v2s2 manifest as it is (index.json names its media type), and the index shipit
+  assembles for several platforms lists each platform's manifest with its own media type.
+  `--iidfile` gives the image id, and `buildah push --digestfile` the manifest's digest in
+  the layout: never read from the log.
 - Storage: buildah's own default (containers-storage.conf(5): /var/lib/containers/storage
   for root), or what CONTAINERS_STORAGE_CONF names; shipit passes the run's environment
   through and picks no storage of its own. The built image keeps its name there (as
@@ -80,6 +84,8 @@ BUILDAH_HINT: Final = (
 )
 DEFAULT_ISOLATION: Final = "chroot"
 REF_NAME: Final = "org.opencontainers.image.ref.name"
+# the instructions whose settings only Docker's image config holds (buildah 1.28's warnings)
+_DOCKER_ONLY: Final = re.compile(r"^\s*(HEALTHCHECK|SHELL|ONBUILD)\s", re.IGNORECASE | re.MULTILINE)
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -142,7 +148,14 @@ class BuildahBuilder:
                 )
             else:
                 digest = self._push(
-                    image_id, layout, slug, digestfile, child, name=image.name, which=which
+                    image_id,
+                    layout,
+                    slug,
+                    digestfile,
+                    child,
+                    name=image.name,
+                    which=which,
+                    docker=needs_docker_format(settings),
                 )
             try:
                 [found] = platform_manifests(layout, digest)
@@ -179,11 +192,19 @@ class BuildahBuilder:
         *,
         name: str,
         which: str,
+        docker: bool,
     ) -> str:
         """`buildah push` of the image into the layout: its manifest's digest."""
         try:
             proc.run(
-                push_command(self.buildah, image_id, layout, slug, digestfile),
+                push_command(
+                    self.buildah,
+                    image_id,
+                    layout,
+                    slug,
+                    digestfile,
+                    docker=docker,
+                ),
                 env=child,
                 timeout=PUSH_TIMEOUT,
             )
@@ -268,7 +289,8 @@ def build_command(
     buildah-build(1) of buildah 1.28 documents them.
     """
     child = dict(env)
-    argv = [buildah, "build", "--format", "docker", "--layers", "--iidfile", str(iidfile)]
+    image_format = "docker" if needs_docker_format(settings) else "oci"
+    argv = [buildah, "build", "--format", image_format, "--layers", "--iidfile", str(iidfile)]
     # --isolation: chroot, oci or rootless; BUILDAH_ISOLATION is read when the flag is absent
     isolation = settings.isolation or (None if env.get("BUILDAH_ISOLATION") else DEFAULT_ISOLATION)
     if isolation:
@@ -313,14 +335,27 @@ def cache_flags(settings: BuildSettings) -> list[str]:
     return flags
 
 
+def needs_docker_format(settings: BuildSettings) -> bool:
+    """Whether the Dockerfile has an instruction only Docker's image config can hold
+    (HEALTHCHECK, SHELL, ONBUILD; see the module docstring)."""
+    try:
+        text = (Path(settings.context) / settings.dockerfile).read_text(
+            encoding="utf-8", errors="replace"
+        )
+    except OSError:
+        return False  # the build says what is wrong
+    return _DOCKER_ONLY.search(text) is not None
+
+
 def push_command(
-    buildah: str, image_id: str, layout: Path, name: str, digestfile: Path
+    buildah: str, image_id: str, layout: Path, name: str, digestfile: Path, *, docker: bool
 ) -> list[str]:
     """`buildah push` of one built image into the OCI layout `layout`, under `name` (each
-    platform its own entry of the layout's index.json), its manifest digest to `digestfile`."""
+    platform its own entry of the layout's index.json), its manifest digest to `digestfile`;
+    in Docker's v2s2 format when it was built in Docker's."""
     return [
-        buildah, "push", "--format", "v2s2", "--digestfile", str(digestfile), "--quiet",
-        image_id, f"oci:{layout}:{name}",
+        buildah, "push", "--format", "v2s2" if docker else "oci", "--digestfile",
+        str(digestfile), "--quiet", image_id, f"oci:{layout}:{name}",
     ]  # fmt: skip
 
 
