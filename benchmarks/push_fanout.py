@@ -16,6 +16,12 @@ turns from round to round:
   shipit sdk x3       the same with `engine: sdk` (the classic builder, context re-sent)
   shipit buildah x3   the same with `engine: buildah` (daemonless; storage of the run's own)
 
+`--image debian` measures a realistic image instead: the multi-stage Python web app of
+tests/e2e/test_real_images.py on a Debian bookworm base made with mmdebstrap
+(tests/support/debian_base.py), served from a loopback registry of the benchmark's own: apt
+from local .deb files in two stages, a venv with two wheels, a non-root user; 7 layers of
+compressible files (the cold rows pull the base again, as a fresh runner does).
+
 The matrix: each image store (`--store`: bookworm's dockerd 20.10 on the classic store, and a
 dockerd 28 on the containerd image store started beside it, tests/support/dockerd28.py)
 times each cache state (`--cache`):
@@ -33,7 +39,7 @@ from /proc while it runs); at the end the whole matrix as ratios. Every shipit r
 with one digest in all three registries.
 
     .venv/bin/python -m benchmarks.push_fanout [--rounds 5] [--mb 48] [--only ROW ...]
-        [--store classic containerd] [--cache warm cold]
+        [--store classic containerd] [--cache warm cold] [--image random|debian]
 
 It starts daemons of its own (a dockerd 20.10 and a dockerd 28, each with its own folders,
 sockets and bridge: the cold rows empty their images and build caches), and stops exactly what
@@ -120,13 +126,72 @@ def _project(root: Path, megabytes: int) -> Path:
     return project
 
 
+def _debian_project(root: Path, base_ref: str) -> Path:
+    """The web app of tests/e2e/test_real_images.py, its .debs and wheels in the context."""
+    from tests.e2e import test_real_images as real
+    from tests.support import debian_base
+    from tests.support.wheelhouse import locked_wheels
+
+    base = debian_base.base_image("python")
+    project = root / "project"
+    make_repo(project, [{}])
+    files: dict[str, str | bytes] = {"Dockerfile": real.DOCKERFILE, "app/server.py": real.SERVER,
+                                     "app/app.conf.in": "${GREETING} world\n"}  # fmt: skip
+    for stage, packages in (("builder", ["gettext-base"]), ("runtime", ["tini"])):
+        for deb in sorted(debian_base.debs(base, packages).glob("*.deb")):
+            files[f"debs/{stage}/{deb.name}"] = deb.read_bytes()
+    wheels = locked_wheels(base.python_version())
+    for pattern in ("jinja2-*.whl", "markupsafe-*.whl"):
+        [wheel] = wheels.glob(pattern)
+        files[f"wheels/{wheel.name}"] = wheel.read_bytes()
+    for name, data in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(data.encode() if isinstance(data, str) else data)
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "the web app")
+    BUILD_ARGS["BASE"] = base_ref
+    return project
+
+
+BUILD_ARGS: dict[str, str] = {}  # what every row's build gets: the Debian base's reference
+
+
 def _spec(project: Path, hosts: list[str], engine: str) -> None:
     registries = ", ".join(f'"{h}/bench"' for h in hosts)
+    args = ", ".join(f"{k}: {v}" for k, v in BUILD_ARGS.items())
     (project / "shipit.yml").write_text(
         f"version: 1\nregistries: [{registries}]\n"
-        f"image: {{name: fanout, engine: {engine}, tags: [{{type: raw, value: bench}}]}}\n",
+        f"image: {{name: fanout, engine: {engine}, build_args: {{{args}}},"
+        " tags: [{type: raw, value: bench}]}\n",
         encoding="utf-8",
     )
+
+
+def _debian(work: Path, stops: list[Callable[[], None]]) -> tuple[Path, Path]:
+    """The Debian web app's project, its base served from a loopback registry of its own
+    (stopped with the rest), and the registries.conf that lets buildah pull from it."""
+    from tests.support.debian_base import base_image, debian_registries_conf, serve_base
+
+    registry = services.start_registry(work / "base")
+    stops.append(lambda: services.stop_registry(registry))
+    project = _debian_project(work, serve_base(base_image("python"), registry))
+    return project, debian_registries_conf(work / "registries.conf", registry.host)
+
+
+def _daemon(store: str, work: Path, stops: list[Callable[[], None]]) -> str:
+    """A daemon of the benchmark's own on `store` (the cold rows empty its images and build
+    cache), stopped with the rest; its DOCKER_HOST."""
+    if store == "containerd":
+        d28 = dockerd28.start_dockerd28(work / "dockerd28")
+        stops.append(lambda: dockerd28.stop_dockerd28(d28))
+        return d28.host
+    daemon = dockerd28.start_private_dockerd(work / "dockerd20")
+    stops.append(lambda: dockerd28.stop_private_dockerd(daemon))
+    return daemon.host
+
+
+def _build_args() -> list[str]:
+    return [f"--build-arg={k}={v}" for k, v in BUILD_ARGS.items()]
 
 
 def _vmhwm(pid: int) -> int:
@@ -178,7 +243,9 @@ def _docker_rows(project: Path, env: dict[str, str]) -> dict[str, Callable[[list
     build_env = {**env, "DOCKER_BUILDKIT": "1"}
 
     def build_and_push(hosts: list[str]) -> float:
-        total = _run(["docker", "build", "-q", "-t", LOCAL, str(project)], build_env)
+        total = _run(
+            ["docker", "build", "-q", *_build_args(), "-t", LOCAL, str(project)], build_env
+        )
         for host in hosts:  # one after another, as a shell loop does
             ref = f"{host}/bench/fanout:bench"
             total += _run(["docker", "tag", LOCAL, ref], env)
@@ -189,7 +256,7 @@ def _docker_rows(project: Path, env: dict[str, str]) -> dict[str, Callable[[list
         argv = ["docker", "buildx", "build", "--push", "--provenance=false", "--sbom=false"]
         for host in hosts:
             argv += ["-t", f"{host}/bench/fanout:bench"]
-        return _run([*argv, "--progress", "quiet", str(project)], env)
+        return _run([*argv, *_build_args(), "--progress", "quiet", str(project)], env)
 
     return {DOCKER_ONE: build_and_push, LOOP: build_and_push, BUILDX_PUSH: buildx_push}
 
@@ -265,9 +332,12 @@ def _warm_up(cell: Cell, project: Path, rows: list[str], ports: dict[str, list[i
     once (to a registry of the warm-up's own), so its export cache holds the image, as it does
     on a machine that has built it before."""
     env = cell.env
-    _run(["docker", "build", "-q", "-t", LOCAL, str(project)], {**env, "DOCKER_BUILDKIT": "1"})
+    build_env = {**env, "DOCKER_BUILDKIT": "1"}
+    _run(["docker", "build", "-q", *_build_args(), "-t", LOCAL, str(project)], build_env)
     if BUILDX_PUSH in rows:  # its cache: the same build through buildx, pushed nowhere
-        _run(["docker", "buildx", "build", "--progress", "quiet", str(project)], env)
+        _run(
+            ["docker", "buildx", "build", *_build_args(), "--progress", "quiet", str(project)], env
+        )
     for row in rows:
         if row.startswith("shipit"):
             folder = cell.work / "warm-up" / row.replace(" ", "-")
@@ -324,7 +394,8 @@ def _measure(cell: Cell, project: Path, rows: list[str], rounds: int, mb: int) -
     ports = _ports(rows)
     if cell.cache == "warm":
         _warm_up(cell, project, rows, ports)
-    print(f"\n{cell.name}: {len(rows)} rows, {rounds} rounds, 3 layers of {mb} MiB + busybox;"
+    image = f"3 layers of {mb} MiB + busybox" if not BUILD_ARGS else "the Debian web app"
+    print(f"\n{cell.name}: {len(rows)} rows, {rounds} rounds, {image};"
           f" {os.cpu_count()} cores", flush=True)  # fmt: skip
     for index in range(rounds):
         order = rows[index % len(rows) :] + rows[: index % len(rows)]
@@ -348,29 +419,30 @@ def main() -> None:
                         help="the image stores to measure (default: both)")  # fmt: skip
     parser.add_argument("--cache", nargs="+", choices=CACHES, default=list(CACHES),
                         help="the cache states to measure (default: both)")  # fmt: skip
+    parser.add_argument("--image", choices=("random", "debian"), default="random",
+                        help="random layers (--mb), or the multi-stage Debian web app")  # fmt: skip
     args = parser.parse_args()
     rows = [r for r in ROWS if not args.only or r in args.only]
     work = Path(tempfile.mkdtemp(prefix="shipit-bench-"))
     stops: list[Callable[[], None]] = []
     cells: list[Cell] = []
     try:
-        project = _project(work, args.mb)
+        conf = None
+        if args.image == "debian":
+            project, conf = _debian(work, stops)
+        else:
+            project = _project(work, args.mb)
         # compiled first, as pip does when it installs a package (an editable install under
         # PYTHONDONTWRITEBYTECODE, as here, would compile every module at every start)
         _run([sys.executable, "-m", "compileall", "-q", str(REPO / "shipit")], dict(os.environ))
         for store in args.store:
-            if store == "containerd":
-                d28 = dockerd28.start_dockerd28(work / "dockerd28")
-                host = d28.host
-                stops.append(lambda d=d28: dockerd28.stop_dockerd28(d))  # type: ignore[misc]
-            else:  # a daemon of its own: the cold rows empty its images and build cache
-                daemon = dockerd28.start_private_dockerd(work / "dockerd20")
-                host = daemon.host
-                stops.append(lambda d=daemon: dockerd28.stop_private_dockerd(d))  # type: ignore[misc]
+            host = _daemon(store, work, stops)
             for cache in args.cache:
                 folder = work / f"{store}-{cache}"
                 env = {**os.environ, "DOCKER_HOST": host, "HOME": str(folder)}
                 env |= _storage_env(folder)
+                if conf is not None:  # buildah pulls the base over plain HTTP
+                    env["CONTAINERS_REGISTRIES_CONF"] = str(conf)
                 env["SHIPIT_CACHE_DIR"] = str(folder / "shipit-cache")
                 for name in ("DOCKER_CONFIG", "DOCKER_CONTEXT", "BUILDX_BUILDER"):
                     env.pop(name, None)
