@@ -11,9 +11,11 @@ need buildx 0.10.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from shipit import proc
@@ -120,6 +122,34 @@ def inspect_builder(
         platforms=platforms,
         daemon_host=host,
     )
+
+
+def default_builder_is_the_daemons(env: Mapping[str, str]) -> bool:
+    """Whether buildx's current builder is certainly the docker driver of the run's daemon
+    (DOCKER_HOST, or the default socket), so that `docker buildx inspect` need not be asked:
+    no BUILDX_BUILDER and no DOCKER_CONTEXT (docs.docker.com, "Build variables" and the docker
+    CLI's environment variables), no current context in the Docker config's config.json
+    (`currentContext`, which `docker context use` writes) but `default`, and no builder chosen
+    with `docker buildx use` (buildx writes `$DOCKER_CONFIG/buildx/current` as
+    `{"Key": ENDPOINT, "Name": NAME, "Global": BOOL}`, Name "" for the context's own builder:
+    seen with buildx 0.29.1). Anything else, or anything unreadable: False."""
+    if env.get("BUILDX_BUILDER") or env.get("DOCKER_CONTEXT", "default") != "default":
+        return False
+    config = Path(env["DOCKER_CONFIG"]) if env.get("DOCKER_CONFIG") else (
+        Path(env.get("HOME", "/nonexistent")) / ".docker"
+    )  # fmt: skip
+    try:
+        for path, key in ((config / "config.json", "currentContext"),
+                          (config / "buildx" / "current", "Name")):  # fmt: skip
+            if path.exists():
+                document = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(document, dict):
+                    return False
+                if document.get(key) not in (None, "", "default"):
+                    return False
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _normal(platform: str) -> str:
