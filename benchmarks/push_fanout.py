@@ -130,20 +130,11 @@ def _debian_project(root: Path, base_ref: str) -> Path:
     """The web app of tests/e2e/test_real_images.py, its .debs and wheels in the context."""
     from tests.e2e import test_real_images as real
     from tests.support import debian_base
-    from tests.support.wheelhouse import locked_wheels
 
     base = debian_base.base_image("python")
     project = root / "project"
     make_repo(project, [{}])
-    files: dict[str, str | bytes] = {"Dockerfile": real.DOCKERFILE, "app/server.py": real.SERVER,
-                                     "app/app.conf.in": "${GREETING} world\n"}  # fmt: skip
-    for stage, packages in (("builder", ["gettext-base"]), ("runtime", ["tini"])):
-        for deb in sorted(debian_base.debs(base, packages).glob("*.deb")):
-            files[f"debs/{stage}/{deb.name}"] = deb.read_bytes()
-    wheels = locked_wheels(base.python_version())
-    for pattern in ("jinja2-*.whl", "markupsafe-*.whl"):
-        [wheel] = wheels.glob(pattern)
-        files[f"wheels/{wheel.name}"] = wheel.read_bytes()
+    files = {"Dockerfile": real.DOCKERFILE, **real.web_app_files(base)}
     for name, data in files.items():
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_bytes(data.encode() if isinstance(data, str) else data)

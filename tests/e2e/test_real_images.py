@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.integration.test_buildah import registries_yaml
 from tests.support.cli import run_shipit
 from tests.support.debian_base import (
     BaseImage,
@@ -143,6 +144,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
 
 @pytest.fixture(scope="module")
 def app_files(base: BaseImage) -> dict[str, str | bytes]:
+    return web_app_files(base)
+
+
+def web_app_files(base: BaseImage) -> dict[str, str | bytes]:
+    """The app's files beside its Dockerfile: the server, its config template, the .deb files
+    of each stage and the two wheels (benchmarks/push_fanout.py --image debian builds it too)."""
     files: dict[str, str | bytes] = {
         "app/server.py": SERVER,
         "app/app.conf.in": "${GREETING} world\n",
@@ -155,15 +162,6 @@ def app_files(base: BaseImage) -> dict[str, str | bytes]:
         [wheel] = wheels.glob(pattern)
         files[f"wheels/{wheel.name}"] = wheel.read_bytes()
     return files
-
-
-def registries_yaml(regs: tuple[RunningRegistry, RunningRegistry], namespace: str) -> str:
-    plain, tls = regs
-    return (
-        "registries:\n"
-        f"  - {plain.host}/{namespace}\n"
-        f"  - {{url: {tls.host}/{namespace}, ca_file: {tls.ca_file}}}\n"
-    )
 
 
 def docker(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

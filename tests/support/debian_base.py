@@ -28,18 +28,17 @@ lacks (apt with a private state whose dpkg status is the base's own), so a Docke
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
 import shutil
 import subprocess
 import tarfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.processes import file_locked
 from tests.support.services import REPO, Registry, ToolMissingError, tool_path
 
 CACHE = REPO / ".cache" / "debian-base"
@@ -88,23 +87,10 @@ class BaseImage:
         return f"{major}.{minor}"
 
 
-@contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / f"{name}.lock").open("a") as lock:
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BaseImageError(f"could not lock {CACHE / name}.lock") from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _locked(name: str) -> contextlib.AbstractContextManager[None]:
+    return file_locked(
+        CACHE / f"{name}.lock", timeout=LOCK_TIMEOUT, interval=0.5, error=BaseImageError
+    )
 
 
 def _run(argv: Sequence[str], *, timeout: float, what: str) -> str:

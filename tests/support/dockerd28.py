@@ -31,7 +31,6 @@ left by a test session that died is deleted by the next start (its alias names t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -40,14 +39,14 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.processes import (
     ServiceError,
     exited,
+    file_locked,
     log_tail,
     spawn,
     start_time,
@@ -123,24 +122,9 @@ def _ip(*args: str) -> str:
     return done.stdout
 
 
-@contextlib.contextmanager
-def _bridges_locked() -> Iterator[None]:
+def _bridges_locked() -> contextlib.AbstractContextManager[None]:
     """Test sessions choosing bridge names and subnets at once take turns (bounded wait)."""
-    _LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with _LOCK.open("a") as lock:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ServiceError(f"could not lock {_LOCK}") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return file_locked(_LOCK, timeout=60, interval=0.1, error=ServiceError)
 
 
 def _owner() -> str:

@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Processes this interpreter started, so that we reap them ourselves and a PID cannot be
@@ -235,3 +236,27 @@ def log_tail(log: Path, lines: int = 40) -> str:
     except OSError:
         return f"(no log at {log})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def file_locked(
+    path: Path, *, timeout: float, interval: float, error: type[Exception]
+) -> Iterator[None]:
+    """An exclusive flock on `path` (made with its folder when missing) for the block, taken
+    within `timeout` seconds (polled every `interval`), else `error` naming the file: test
+    sessions running at once take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise error(f"could not lock {path}") from None
+                time.sleep(interval)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -29,7 +28,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from shipit.registry import Registry as RegistryClient
 from tests.support.processes import (
     ServiceError,
     exited,
+    file_locked,
     log_tail,
     spawn,
     stop_process,
@@ -126,21 +125,10 @@ def _docker_answers(host: str, timeout: float = 10) -> bool:
 def _dockerd_lock() -> Iterator[Path]:
     _DOCKERD_STATE.mkdir(parents=True, exist_ok=True)
     (_DOCKERD_STATE / "users").mkdir(exist_ok=True)
-    with (_DOCKERD_STATE / "lock").open("a") as lock:
-        # bounded: whoever holds the lock waits at most DOCKERD_START_TIMEOUT for dockerd
-        deadline = time.monotonic() + DOCKERD_START_TIMEOUT + 30
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ServiceError(f"could not lock {_DOCKERD_STATE / 'lock'}") from None
-                time.sleep(0.1)
-        try:
-            yield _DOCKERD_STATE
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # bounded: whoever holds the lock waits at most DOCKERD_START_TIMEOUT for dockerd
+    with file_locked(_DOCKERD_STATE / "lock", timeout=DOCKERD_START_TIMEOUT + 30,
+                     interval=0.1, error=ServiceError):  # fmt: skip
+        yield _DOCKERD_STATE
 
 
 def _read_started() -> dict[str, object] | None:
