@@ -216,7 +216,7 @@ def cosign_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A loopback stand-in for cosign's release download: this machine's cosign under its
     release name, served over HTTP. It is Debian's build, not the release's binary, so the
     jobs that download it pin its sha256 (cosign_sha256()) as a job pins another version's;
-    tests/integration/test_downloads.py shows the pinned sha256 refusing it otherwise."""
+    tests/integration/test_pinned_downloads.py shows the pinned sha256 refusing it otherwise."""
     folder = tmp_path_factory.mktemp("cosign-release")
     machine = platform.machine().lower()
     name = "cosign-linux-" + {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
