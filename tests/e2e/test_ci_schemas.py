@@ -88,7 +88,15 @@ def test_workflow_matches_githubs_workflow_schema(path: Path) -> None:
 
 def test_the_docs_workflow_matches_githubs_workflow_schema(tmp_path: Path) -> None:
     workflow = tmp_path / "release.yml"
-    workflow.write_text(docs_block("jobs:"), encoding="utf-8")
+    workflow.write_text(docs_block("name: release\n"), encoding="utf-8")
+    check_jsonschema("vendor.github-workflows", workflow)
+
+
+def test_the_docs_container_job_matches_githubs_workflow_schema(tmp_path: Path) -> None:
+    # a fragment (`jobs:` alone): made a workflow with the trigger of the one above
+    workflow = tmp_path / "container.yml"
+    job = docs_block("container: ghcr.io/")
+    workflow.write_text(f"name: release\non:\n  push:\n    tags: ['v*']\n{job}", encoding="utf-8")
     check_jsonschema("vendor.github-workflows", workflow)
 
 
@@ -105,7 +113,7 @@ def test_zizmor_on_the_docs_workflow_asks_only_to_pin_shipit_itself(tmp_path: Pa
     # action in the docs is pinned by sha already.
     workflow = tmp_path / ".github" / "workflows" / "release.yml"
     workflow.parent.mkdir(parents=True)
-    workflow.write_text(docs_block("jobs:"), encoding="utf-8")
+    workflow.write_text(docs_block("name: release\n"), encoding="utf-8")
     findings = zizmor_high(workflow)
     assert [f["ident"] for f in findings] == ["unpinned-uses"], json.dumps(findings, indent=2)
     assert "OWNER/shipit@v1" in json.dumps(findings)
