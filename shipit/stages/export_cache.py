@@ -193,6 +193,11 @@ class ExportCache:
             layers = [(_sha256(x["digest"]), int(x["size"])) for x in record["layers"]]
         except (OSError, ValueError, KeyError, TypeError):
             layers = []
+        return self._lend(layers, layout)
+
+    def _lend(self, layers: Iterable[tuple[str, int]], layout: Path) -> Lent:
+        """Hard links in `layout/blobs/sha256` to these kept layers (digest, size), each
+        hashed again in the background; one the cache no longer holds is left out."""
         lent = Lent(self)
         folder = layout / "blobs" / "sha256"
         for digest, size in layers:
@@ -268,7 +273,7 @@ class ExportCache:
             write_atomically(folder / _hex(key), config)
         except OSError:
             return None
-        lent = self.lend(key, layout)
+        lent = self._lend([(x.digest, x.size) for x in blobs[1:]], layout)  # the record's, checked
         if not all((folder / _hex(x.digest)).is_file() for x in blobs[1:]):
             lent.close()  # a layer the cache no longer holds
             return None
