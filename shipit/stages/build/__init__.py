@@ -122,7 +122,7 @@ class Engines:
         (`docker save`), which took 2.6 to 3.3 s for a 153 MB image on dockerd 28.5 however
         often it was asked (its layers are gzipped in the content store already: the export
         itself is slow), while BuildKit writes its OCI layout straight from the content store;
-        a cold run with the SDK engine was 1.8x the shell loop it replaces, with buildx 1.1x
+        a cold run with the SDK engine was 1.8x the shell loop it replaces, with buildx 0.97x
         (benchmarks/push_fanout.py). An image with `cache_from` keeps the SDK engine: its
         entries are images for the classic builder, which BuildKit would read as cache
         manifests. A spec that names `engine: sdk` always gets the classic builder."""
