@@ -296,6 +296,28 @@ class Daemon:
                 f"the export of {image} from the Docker daemon at {self.host} broke off: {exc}"
             ) from None
 
+    def push(self, ref: str) -> None:
+        """`docker push` of `ref` to a registry that asks no credentials (shipit's own
+        receiver, `stages.receive`); raises `DaemonError` with the daemon's message."""
+        repository, _, tag = ref.rpartition(":")
+        try:
+            # an empty X-Registry-Auth: nothing from the user's docker config goes along
+            stream = self._client.api.push(
+                repository, tag=tag, stream=True, decode=True, auth_config={}
+            )
+            for chunk in stream:
+                if "error" in chunk or "errorDetail" in chunk:
+                    detail = chunk.get("errorDetail") or {}
+                    raise DaemonError(str(chunk.get("error") or detail.get("message")).strip())
+        except docker.errors.APIError as exc:
+            raise DaemonError(_api_message(exc)) from None
+        except (
+            docker.errors.DockerException,
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,
+        ) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+
     def image_ids(self) -> set[str]:
         """The id of every image the daemon holds, intermediate ones included (`images -aq`)."""
         try:

@@ -29,6 +29,7 @@ from shipit.stages.export import ExportedImage, export_image
 from shipit.stages.export_cache import ExportCache
 from shipit.stages.layout import load_image, platform_manifests
 from shipit.stages.push import Artifact, PlatformExport
+from shipit.stages.receive import receive_export
 from shipit.stages.uploads import BlobUploads
 
 
@@ -237,14 +238,20 @@ def _export(
         return kept, True
     daemon = engines.daemon_for(item.docker_host)
     uploads.probe(item.image_id)  # answered while the daemon prepares its export
-    exported = export_image(
-        daemon.save(item.image_id),
-        item.image_id,
-        target,
-        on_layer_start=uploads.start_layer,
-        on_layer=uploads.add_layer,
-        oci=oci,
-    )
+    received = receive_export(daemon, item.image_id, target, uploads.start_layer, oci=oci)
+    if received is not None:  # pushed to shipit by a daemon on the containerd store
+        exported = received
+        for layer in exported.layers:
+            uploads.add_layer(layer)
+    else:
+        exported = export_image(
+            daemon.save(item.image_id),
+            item.image_id,
+            target,
+            on_layer_start=uploads.start_layer,
+            on_layer=uploads.add_layer,
+            oci=oci,
+        )
     uploads.add_config(exported.config)
     if cache is not None:
         with contextlib.suppress(OSError, ValueError):  # a cache never fails a run
