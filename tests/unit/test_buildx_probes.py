@@ -1,6 +1,7 @@
 """When `docker buildx inspect` need not be asked: the current builder is certainly the docker
 driver of the run's daemon (no BUILDX_BUILDER, no docker context chosen, no builder chosen
-with `docker buildx use`); anything else, or anything unreadable, asks it."""
+with `docker buildx use`); anything else, or anything unreadable, asks it. And when `docker
+buildx version` need not be asked again: it passed with the same CLI and plugin files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from shipit.stages.build.probes import default_builder_is_the_daemons
+from shipit.proc import ToolMissing
+from shipit.stages.build.probes import (
+    _SYSTEM_PLUGIN_DIRS,
+    buildx_stamp,
+    check_buildx,
+    default_builder_is_the_daemons,
+)
 
 
 def config(tmp_path: Path, *, current_context: str | None = None,
@@ -53,3 +60,62 @@ def test_anything_else_asks_buildx(
     assert not default_builder_is_the_daemons(
         {**config(tmp_path, current_context=context, buildx_current=current), **env}
     )
+
+
+def fake_docker(tmp_path: Path, version: str = "v0.29.1") -> tuple[dict[str, str], Path, Path]:
+    """A docker CLI that logs each start and a buildx plugin in the config's cli-plugins."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "starts.log"
+    docker = bin_dir / "docker"
+    docker.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\necho "github.com/docker/buildx {version} abc"\n'
+    )
+    docker.chmod(0o755)
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    plugin = plugins / "docker-buildx"
+    plugin.write_bytes(b"buildx 0.29.1")
+    env = {"PATH": str(bin_dir), "DOCKER_CONFIG": str(tmp_path / "docker-config")}
+    return env, log, plugin
+
+
+def starts(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_buildx_check_that_passed_is_not_made_again_while_the_files_are_the_same(
+    tmp_path: Path,
+) -> None:
+    env, log, plugin = fake_docker(tmp_path)
+    passed = tmp_path / "cache" / "probes"
+    check_buildx(env, passed)
+    check_buildx(env, passed)
+    assert starts(log) == 1  # the second check was remembered
+    plugin.write_bytes(b"buildx 0.30.0, another binary")  # another size: another stamp
+    check_buildx(env, passed)
+    assert starts(log) == 2
+    check_buildx(env)  # no cache folder: asked every time
+    assert starts(log) == 3
+
+
+def test_what_cannot_be_told_for_sure_is_asked_every_time(tmp_path: Path) -> None:
+    env, _, plugin = fake_docker(tmp_path)
+    docker = str(tmp_path / "bin" / "docker")
+    assert buildx_stamp(docker, env) is not None
+    (tmp_path / "docker-config" / "config.json").write_text('{"cliPluginsExtraDirs": ["/x"]}')
+    assert buildx_stamp(docker, env) is None  # another folder may hold another docker-buildx
+    (tmp_path / "docker-config" / "config.json").unlink()
+    plugin.unlink()  # found nowhere the test can see (a system folder may still hold one)
+    if not any(Path(d, "docker-buildx").exists() for d in _SYSTEM_PLUGIN_DIRS):
+        assert buildx_stamp(docker, env) is None
+
+
+def test_a_failed_or_too_old_buildx_is_never_remembered(tmp_path: Path) -> None:
+    env, log, _ = fake_docker(tmp_path, version="v0.9.0")
+    passed = tmp_path / "cache" / "probes"
+    for _ in range(2):
+        with pytest.raises(ToolMissing, match=r"docker buildx v0\.9\.0 is too old"):
+            check_buildx(env, passed)
+    assert starts(log) == 2
+    assert not passed.exists() or not list(passed.iterdir())

@@ -81,6 +81,8 @@ class Engines:
         self._buildah: str | None = None
         self._builders: dict[str | None, BuilderInfo] = {}
         self._daemons: dict[str | None, Daemon] = {}
+        cache = ExportCache.from_env(env)
+        self._passed = cache.root / "probes" if cache is not None else None
 
     @property
     def daemon(self) -> Daemon:
@@ -139,7 +141,7 @@ class Engines:
         except DaemonError:
             return tuple(images)  # preflight's check of the daemon says what is wrong
         try:
-            self._docker = self._docker or check_buildx(self.env)
+            self._docker = self._docker or check_buildx(self.env, self._passed)
         except proc.ToolMissing:
             console.write(
                 "the daemon keeps images in the containerd image store, where BuildKit is the"
@@ -182,7 +184,7 @@ class Engines:
                 containerd_store=self._default_store(),
             )  # fmt: skip
             wanted.remove(None)
-            self._docker = self._docker or check_buildx(self.env)
+            self._docker = self._docker or check_buildx(self.env, self._passed)
             self._say(self._builders[None], console)
         if wanted:
             self._inspect(wanted, console)
@@ -243,7 +245,9 @@ class Engines:
         or too old buildx is the error shown, whatever the inspects said."""
         docker = self._docker or find_docker(self.env)
         with ThreadPoolExecutor(max_workers=2 + len(wanted)) as pool:
-            version = pool.submit(check_buildx, self.env) if self._docker is None else None
+            version = (
+                pool.submit(check_buildx, self.env, self._passed) if self._docker is None else None
+            )
             default = pool.submit(self._default_store)
 
             def store_of(context: str | None) -> bool:

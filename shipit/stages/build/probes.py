@@ -10,7 +10,9 @@ need buildx 0.10.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -61,9 +63,18 @@ def find_docker(env: Mapping[str, str]) -> str:
     return proc.find_tool("docker", env, hint="install the docker CLI (Debian: docker.io)")
 
 
-def check_buildx(env: Mapping[str, str]) -> str:
-    """The docker CLI, once `docker buildx version` proves the plugin is there and recent."""
+def check_buildx(env: Mapping[str, str], passed: Path | None = None) -> str:
+    """The docker CLI, once `docker buildx version` proves the plugin is there and recent.
+
+    With `passed` (a folder of shipit's cache), a check that passed is remembered under a
+    stamp of the docker CLI and the plugin binary it runs (`buildx_stamp`), and not made
+    again while both are the same files: the CLI's start is a tenth of a second or more,
+    ahead of every BuildKit build."""
     docker = find_docker(env)
+    stamp = buildx_stamp(docker, env) if passed is not None else None
+    mark = passed / f"buildx-{stamp}" if passed is not None and stamp is not None else None
+    if mark is not None and mark.exists():
+        return docker
     result = proc.run([docker, "buildx", "version"], env=env, timeout=PROBE_TIMEOUT, check=False)
     text = (result.stdout + result.stderr).strip()
     if result.returncode != 0:
@@ -78,7 +89,56 @@ def check_buildx(env: Mapping[str, str]) -> str:
             f" {'.'.join(map(str, MIN_VERSION))} or newer",
             hint=BUILDX_HINT,
         )
+    if mark is not None:
+        with contextlib.suppress(OSError):  # a cache never fails a run
+            mark.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            mark.write_text(text + "\n", encoding="utf-8")
     return docker
+
+
+# Where the docker CLI looks for plugins, in order (docker/cli, cli-plugins/manager,
+# manager_unix.go and its doc comment, read at v26.1): the config folder's `cli-plugins`,
+# then config.json's `cliPluginsExtraDirs`, then these.
+_SYSTEM_PLUGIN_DIRS: Final = (
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+
+
+def buildx_stamp(docker: str, env: Mapping[str, str]) -> str | None:
+    """A digest of the files `docker buildx version` runs (the CLI and the first
+    `docker-buildx` on the CLI's plugin path: path, inode, size, modification time); None
+    when that cannot be told for sure (a config.json with `cliPluginsExtraDirs`, no plugin
+    found where the CLI looks)."""
+    home = env.get("HOME", "")
+    config = Path(env.get("DOCKER_CONFIG") or (Path(home) / ".docker" if home else ""))
+    if not str(config):
+        return None
+    try:
+        if "cliPluginsExtraDirs" in (config / "config.json").read_text(encoding="utf-8"):
+            return None
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = [
+        plugin
+        for folder in (config / "cli-plugins", *map(Path, _SYSTEM_PLUGIN_DIRS))
+        if (plugin := folder / "docker-buildx").is_file()
+    ]
+    if not found:
+        return None
+    facts = []
+    for path in (Path(docker), found[0]):
+        try:
+            real = path.resolve(strict=True)
+            info = real.stat()
+        except OSError:
+            return None
+        facts.append([str(real), info.st_ino, info.st_size, info.st_mtime_ns])
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:32]
 
 
 def inspect_builder(
