@@ -1,7 +1,8 @@
 """shipit's own client for the OCI distribution API: its one door to container registries.
 
 shipit does not push through the Docker daemon. The export stage takes the image out of the
-daemon once and compresses each layer once (`shipit.stages.export`); the push stage then
+daemon once and compresses each layer once (`shipit.stages.export`; on the containerd image
+store the daemon pushes it once, to shipit itself, `shipit.stages.receive`); the push stage then
 uploads those same blobs and the same manifest bytes itself, with this package, to every
 registry in parallel (`shipit.stages.push`). So every registry stores the same digest, and that
 digest is what shipit signs. For further repositories on a registry host that already has the
