@@ -11,7 +11,8 @@ Which stages count: under BuildKit only the stages the target needs (its `FROM` 
 `--from` chain); the classic builder builds every stage up to the target.
 
 `with_bases` writes a Dockerfile whose stages start from other images, for the SDK engine's
-platform bases (classic_platforms.py): only those `FROM` lines change.
+platform bases (classic_platforms.py): only those `FROM` lines change. `with_label_step`
+writes one with the build's labels as one `LABEL` step at the end of the stage built.
 """
 
 from __future__ import annotations
@@ -112,6 +113,45 @@ def with_bases(text: str, bases: Mapping[int, str]) -> str:
         for number in range(found.first + 1, found.last + 1):
             lines[number] = _ending(lines[number])
     return "".join(lines)
+
+
+# what a label may be to stand in a LABEL line as it is, between double quotes: no quote, no
+# escape character of either kind, no `$` (LABEL expands variables), no control character
+_PLAIN_LABEL = re.compile(r'[^"\\`$\x00-\x1f\x7f]*')
+
+
+def with_label_step(text: str, labels: Mapping[str, str], target: str | None) -> str | None:
+    """`text` with one `LABEL "key"="value" ...` step holding every label at the end of the
+    stage the build ends with (`target`, or the last one), where the classic builder puts the
+    labels it is given, one step and one intermediate container per label (Docker's
+    builder/dockerfile `buildLabelOptions`, appended to the last stage after the target cut).
+
+    None when it cannot be written that way for sure: a label that is not plain (see
+    `_PLAIN_LABEL`), a target no stage is named, a last line that continues.
+    """
+    if not labels or not all(_PLAIN_LABEL.fullmatch(f"{k}{v}") for k, v in labels.items()):
+        return None
+    froms = [found for found in parse_instructions(text) if found.word == "FROM"]
+    words = [[w for w in f.rest.split() if not w.startswith("--")] for f in froms]
+    names = [[*w, "", "", ""][1:3] for w in words]  # ["AS", name] after the image
+    index = len(froms) - 1
+    if target:
+        found = [i for i, (word, name) in enumerate(names) if word.lower() == "as"
+                 and name.lower() == target.lower()]  # fmt: skip
+        if not found:
+            return None
+        index = found[0]
+    if index < 0:
+        return None
+    step = "LABEL " + " ".join(f'"{k}"="{v}"' for k, v in labels.items()) + "\n"
+    lines = text.splitlines(keepends=True)
+    if index + 1 < len(froms):
+        at = froms[index + 1].first
+        return "".join([*lines[:at], step, *lines[at:]])
+    tail = text.rstrip()
+    if tail.endswith(("\\", "`")):
+        return None
+    return text + ("" if text.endswith("\n") or not text else "\n") + step
 
 
 def _ending(line: str) -> str:

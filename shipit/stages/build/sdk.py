@@ -38,12 +38,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from shipit.docker_api import BuildRequest, Daemon, DaemonError, StreamError
+from shipit.docker_api import (
+    BuildRequest,
+    Daemon,
+    DaemonError,
+    StreamError,
+    dockerfile_replaceable,
+)
 from shipit.errors import StageError
 from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
 from shipit.stages.build.classic_platforms import BaseUnavailable, PlatformBases
+from shipit.stages.build.dockerfile import with_label_step
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
 from shipit.stages.build.memo import BuildMemo, step_ids
 from shipit.stages.build.probes import EMULATION_HINT
@@ -93,7 +100,9 @@ class SdkBuilder:
             key = self._memo_key(request, text)
             recalled = self._recalled(key, args, settings, local_ref, console)
             if recalled is None:
-                sent = self._for_platform(request, text, image.name, console)
+                sent = _labels_in_one_step(
+                    self._for_platform(request, text, image.name, console), text
+                )
                 log, steps = step_ids(_build_log(console))
                 image_id = self._send(sent, image.name, platform, log)
                 bases = self._bases(args, settings)  # after the build: it may have pulled one
@@ -214,6 +223,22 @@ def _build_log(console: Console) -> Callable[[str], None]:
             console.write(line)
 
     return show
+
+
+def _labels_in_one_step(request: BuildRequest, text: str | None) -> BuildRequest:
+    """The request with its labels as one `LABEL` step of the Dockerfile sent, instead of the
+    build's `labels` (for which the classic builder adds one step, and one container, per
+    label: four OCI labels took 0.4 s of a cold build on dockerd 28.5, one step 0.1 s). The
+    image gets the same labels either way; where the Dockerfile cannot be sent changed, or a
+    label cannot be written as it is (`dockerfile.with_label_step`), the labels go as before."""
+    labels = request.labels or {}
+    source = request.dockerfile_text or text
+    if len(labels) < 2 or source is None:
+        return request
+    changed = with_label_step(source, labels, request.target)
+    if changed is None or not dockerfile_replaceable(request.context, request.dockerfile):
+        return request
+    return replace(request, dockerfile_text=changed, labels={})
 
 
 def _dockerfile_text(settings: BuildSettings) -> str | None:
