@@ -229,3 +229,48 @@ def test_step_ids_reads_the_classic_builders_log() -> None:
         read(line)
     assert steps == ["0123456789ab", "abcdefabcdef", "fedcba987654"]
     assert shown == lines
+
+
+# --- what is remembered of the context's files --------------------------------------------------
+
+
+def test_a_file_hashed_before_is_not_read_again_while_its_status_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memo_module, "_SETTLED_NS", 0)  # as if hashed long after its last write
+    root = context(tmp_path)
+    memo = BuildMemo(tmp_path / "memo")
+    first = memo.key(request(root), "FROM scratch\n", "unix:///d")
+    reads: list[str] = []
+    real_open = Path.open
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> Any:
+        reads.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting)
+    assert memo.key(request(root), "FROM scratch\n", "unix:///d") == first
+    assert not [name for name in reads if name.endswith(".bin")]  # every file remembered
+
+
+def test_a_file_written_again_is_read_again_even_with_its_old_times_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memo_module, "_SETTLED_NS", 0)
+    root = context(tmp_path)
+    memo = BuildMemo(tmp_path / "memo")
+    first = memo.key(request(root), "FROM scratch\n", "unix:///d")
+    target = root / "b.bin"
+    before = target.stat()
+    target.write_bytes(bytes(reversed(target.read_bytes())) + b"")  # same size, new bytes
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # the times as they were
+    assert target.stat().st_mtime_ns == before.st_mtime_ns
+    assert memo.key(request(root), "FROM scratch\n", "unix:///d") != first  # ctime moved on
+
+
+def test_a_file_changed_just_before_it_was_hashed_is_not_remembered(tmp_path: Path) -> None:
+    root = context(tmp_path)  # written just now: within _SETTLED_NS
+    memo = BuildMemo(tmp_path / "memo")
+    memo.key(request(root), "FROM scratch\n", "unix:///d")
+    remembered = list((tmp_path / "memo" / "files").glob("*.json"))
+    assert all(json.loads(p.read_text()) == {} for p in remembered)
