@@ -178,13 +178,19 @@ class Engines:
             i.build.platforms for i in images if i.build.engine == "buildx" and not i.build.builder
         ) and default_builder_is_the_daemons(self.env):  # fmt: skip
             # what `buildx inspect` would say without its start (0.3 s, the longest probe):
-            # the docker driver of DOCKER_HOST, whose store the SDK asks; no platforms wanted
+            # the docker driver of DOCKER_HOST, whose store the SDK asks; no platforms wanted.
+            # The plugin's check (a start of the CLI) runs meanwhile.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                version = (
+                    pool.submit(check_buildx, self.env, self._passed) if not self._docker else None
+                )
+                store = self._default_store()
+                if version is not None:
+                    self._docker = version.result()
             self._builders[None] = BuilderInfo(
-                name="default", driver="docker", endpoint="default",
-                containerd_store=self._default_store(),
-            )  # fmt: skip
+                name="default", driver="docker", endpoint="default", containerd_store=store
+            )
             wanted.remove(None)
-            self._docker = self._docker or check_buildx(self.env, self._passed)
             self._say(self._builders[None], console)
         if wanted:
             self._inspect(wanted, console)
