@@ -3,6 +3,7 @@ without the settings of the shell or CI job the session started in."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,20 @@ def _isolated_home(
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     _leave_out_machine_settings(monkeypatch)  # again: whatever an earlier test left behind
+
+
+@pytest.fixture(autouse=True)
+def _shipit_logging_restored() -> Iterator[None]:
+    """shipit's command run in-process sets up its logger (a console handler on the test's
+    captured stderr, the level -v asks for, no propagation); the next test gets it back as it
+    was. Left behind, a later test's caplog caught an earlier step's DEBUG records, and the
+    handler wrote to a stream pytest had closed."""
+    logger = logging.getLogger("shipit")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 def write(path: Path, text: str) -> Path:
