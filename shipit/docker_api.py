@@ -234,10 +234,7 @@ class Daemon:
         """Pull `name` for `platform` (the daemon's own credentials from the docker config)."""
         try:
             stream = self._client.api.pull(name, platform=platform, stream=True, decode=True)
-            for chunk in stream:
-                if "error" in chunk or "errorDetail" in chunk:
-                    detail = chunk.get("errorDetail") or {}
-                    raise DaemonError(str(chunk.get("error") or detail.get("message")).strip())
+            _drain(stream)
         except docker.errors.APIError as exc:
             raise DaemonError(_api_message(exc)) from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -305,10 +302,7 @@ class Daemon:
             stream = self._client.api.push(
                 repository, tag=tag, stream=True, decode=True, auth_config={}
             )
-            for chunk in stream:
-                if "error" in chunk or "errorDetail" in chunk:
-                    detail = chunk.get("errorDetail") or {}
-                    raise DaemonError(str(chunk.get("error") or detail.get("message")).strip())
+            _drain(stream)
         except docker.errors.APIError as exc:
             raise DaemonError(_api_message(exc)) from None
         except (
@@ -588,6 +582,14 @@ def _config_key(host: str) -> str:
         if host in ("docker.io", "index.docker.io", "registry-1.docker.io")
         else host
     )
+
+
+def _drain(stream: Iterable[Mapping[str, Any]]) -> None:
+    """Read a pull's or push's progress to its end; the first error in it as `DaemonError`."""
+    for chunk in stream:
+        if "error" in chunk or "errorDetail" in chunk:
+            detail = chunk.get("errorDetail") or {}
+            raise DaemonError(str(chunk.get("error") or detail.get("message")).strip())
 
 
 def _read_build(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None]) -> str:

@@ -149,7 +149,7 @@ class ExportCache:
                 )
         with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib lets go of the GIL
             for layer, (digest, size) in zip(
-                linked.values(), pool.map(_hash_file, [x.path for x in linked.values()]),
+                linked.values(), pool.map(hash_file, [x.path for x in linked.values()]),
                 strict=True,
             ):  # fmt: skip
                 if digest != layer.descriptor.digest or size != layer.descriptor.size:
@@ -337,7 +337,7 @@ class Lent:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lent")
         source = self.cache._blob_path(digest)  # not `path`, which the build may replace
-        self.digests[digest] = (size, path, self._pool.submit(_hash_file, source))
+        self.digests[digest] = (size, path, self._pool.submit(hash_file, source))
 
     def held(self) -> bool:
         """Whether every lent layer still in the layout as lent (the build did not write it
@@ -407,7 +407,8 @@ def _sha256(value: object) -> str:
     return text
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
+def hash_file(path: Path) -> tuple[str, int]:
+    """The file's digest (`sha256:<hex>`) and the number of bytes read."""
     hasher = hashlib.sha256()
     size = 0
     with path.open("rb") as file:

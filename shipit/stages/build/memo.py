@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths
-from shipit.stages.export_cache import remove, write_atomically
+from shipit.stages.export_cache import hash_file, remove, write_atomically
 
 _KEEP: Final = 200  # records; the ones used least recently go first
-_READ: Final = 1 << 20
 _SETTLED_NS: Final = 2_000_000_000  # a file changed this recently is hashed every time
 _STEP_ID: Final = re.compile(r"^(?: ---> ([0-9a-f]{12})|--> ([0-9a-f]{11}))$")  # Docker, Podman
 _ADD_URL: Final = re.compile(r"^\s*ADD\s+(--\S+\s+)*(https?|git)(://|@)", re.IGNORECASE | re.M)
@@ -242,16 +241,11 @@ class FileHashes:
         if known is not None and known[:5] == status and isinstance(known[5], str):
             self._seen[key] = known
             return known[5]
-        hasher = hashlib.sha256()
-        size = 0
-        with path.open("rb") as file:
-            while chunk := file.read(_READ):
-                hasher.update(chunk)
-                size += len(chunk)
+        digest, size = hash_file(path)
         after = os.lstat(path)
         if size != info.st_size or after.st_ctime_ns != info.st_ctime_ns:
             raise ValueError(f"{path} changed while it was read")
-        digest = hasher.hexdigest()
+        digest = digest.removeprefix("sha256:")
         if time.time_ns() - info.st_ctime_ns > _SETTLED_NS:
             self._seen[key] = [*status, digest]
         return digest
