@@ -120,14 +120,14 @@ class Engines:
         default on a new installation) and the buildx plugin is there; anything else is left
         as it is.
 
-        Why: there the classic builder's image can only come out through the daemon's export
-        (`docker save`), which took 2.6 to 3.3 s for a 153 MB image on dockerd 28.5 however
-        often it was asked (its layers are gzipped in the content store already: the export
-        itself is slow), while BuildKit writes its OCI layout straight from the content store;
-        a cold run with the SDK engine was 1.8x the shell loop it replaces, with buildx 0.97x
-        (benchmarks/push_fanout.py). An image with `cache_from` keeps the SDK engine: its
-        entries are images for the classic builder, which BuildKit would read as cache
-        manifests. A spec that names `engine: sdk` always gets the classic builder."""
+        Why: there BuildKit writes its OCI layout straight from the content store, while the
+        classic builder's image has to leave the daemon (its push to `stages.receive`, or
+        `docker save`) and the classic builder re-sends the whole context: a cold run to three
+        registries was 1.09x the shell loop it replaces with the SDK engine and 0.93x with
+        buildx, for a 153 MB image on dockerd 28.5 (benchmarks/push_fanout.py, docs/speed.md;
+        before the daemon's push to shipit, 1.8x). An image with `cache_from` keeps the SDK
+        engine: its entries are images for the classic builder, which BuildKit would read as
+        cache manifests. A spec that names `engine: sdk` always gets the classic builder."""
         wanted = [
             i for i in images
             if i.build.engine == "sdk" and i.build.engine_default and not i.build.cache_from
