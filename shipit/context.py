@@ -1,6 +1,6 @@
 """The build context: what is being built, and why, as one frozen record.
 
-Two steps. `shipit.gather` asks the repository (GitPython) for its facts and reads the event
+Two steps. `shipit.gather` asks the repository (git itself) for its facts and reads the event
 payload; `resolve` here is a pure function that combines those facts with the CI provider's
 variables (an environment mapping passed in, never `os.environ`), the event payload and the
 command-line overrides.

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from shipit import spec as spec_mod
 from shipit.errors import UsageError
+from shipit.gather import locate, remote_url
 
 ACTION: Final = "OWNER/shipit@v1"
 CHECKOUT: Final = "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683  # v4.2.2"
@@ -333,21 +334,11 @@ def _searchable(path: Path) -> bool:
 
 def read_repository(directory: Path) -> tuple[Path | None, str | None]:
     """The repository's top folder and its remote (origin, else the first), if any."""
-    import git  # noqa: PLC0415 (GitPython is slow to import)
-
-    try:
-        repo = git.Repo(directory, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+    found = locate(directory)
+    if found is None:
         return None, None
-    with repo:
-        top = Path(repo.working_tree_dir) if repo.working_tree_dir else None
-        remotes = list(repo.remotes)
-        chosen = next((r for r in remotes if r.name == "origin"), remotes[0] if remotes else None)
-        try:
-            url = str(chosen.url) if chosen is not None else None
-        except (git.GitCommandError, ValueError):  # a remote without a url
-            url = None
-    return top, url
+    top, _ = found
+    return top, remote_url(directory)
 
 
 def gather(
