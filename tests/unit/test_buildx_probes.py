@@ -1,7 +1,8 @@
 """When `docker buildx inspect` need not be asked: the current builder is certainly the docker
 driver of the run's daemon (no BUILDX_BUILDER, no docker context chosen, no builder chosen
 with `docker buildx use`); anything else, or anything unreadable, asks it. And when `docker
-buildx version` need not be asked again: it passed with the same CLI and plugin files."""
+buildx version` need not be asked again: it passed with the same CLI and plugin files. And
+that buildx runs as the docker CLI would run it, without the CLI's start, when that is safe."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shipit.stages.build.probes import (
     buildx_stamp,
     check_buildx,
     default_builder_is_the_daemons,
+    direct,
 )
 
 
@@ -119,3 +121,45 @@ def test_a_failed_or_too_old_buildx_is_never_remembered(tmp_path: Path) -> None:
             check_buildx(env, passed)
     assert starts(log) == 2
     assert not passed.exists() or not list(passed.iterdir())
+
+
+def plugin_mode(tmp_path: Path, *, docker_is_a_program: bool = True) -> tuple[dict[str, str], Path]:
+    """A docker CLI (an ELF program's first bytes, or a script) and a buildx plugin that logs
+    how it was started: its arguments, and the CLI it was told of."""
+    env, log, plugin = fake_docker(tmp_path)
+    if docker_is_a_program:
+        (tmp_path / "bin" / "docker").write_bytes(b"\x7fELF, never started by these tests")
+    plugin.write_text(
+        f'#!/bin/sh\necho "$DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND | $*" >> {log}\n'
+        'echo "github.com/docker/buildx v0.29.1 abc"\n'
+    )
+    plugin.chmod(0o755)
+    return env, log
+
+
+def test_buildx_runs_as_the_docker_cli_would_run_it_without_the_clis_start(
+    tmp_path: Path,
+) -> None:
+    env, log = plugin_mode(tmp_path)
+    docker = str(tmp_path / "bin" / "docker")
+    plugin = str(tmp_path / "docker-config" / "cli-plugins" / "docker-buildx")
+    argv, child = direct([docker, "--context", "ci", "buildx", "build", "."], env)
+    assert argv == [plugin, "--context", "ci", "buildx", "build", "."]
+    assert child == {**env, "DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND": docker}
+    assert check_buildx(env) == docker  # the plugin answered in the CLI's place
+    assert log.read_text().splitlines() == [f"{docker} | buildx version"]
+
+
+def test_buildx_goes_through_the_cli_when_its_plugin_is_not_known_for_sure(
+    tmp_path: Path,
+) -> None:
+    env, _ = plugin_mode(tmp_path)
+    docker = str(tmp_path / "bin" / "docker")
+    (tmp_path / "docker-config" / "config.json").write_text('{"cliPluginsExtraDirs": ["/x"]}')
+    assert direct([docker, "buildx", "version"], env) == ([docker, "buildx", "version"], env)
+    # a `docker` that is a script (podman-docker's runs podman) is run as it is
+    env, log = plugin_mode(tmp_path / "podman", docker_is_a_program=False)
+    script = str(tmp_path / "podman" / "bin" / "docker")
+    assert direct([script, "buildx", "version"], env) == ([script, "buildx", "version"], env)
+    check_buildx(env)
+    assert log.read_text().splitlines() == ["buildx version"]  # the script's own log line

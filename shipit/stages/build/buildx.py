@@ -57,7 +57,7 @@ from shipit.stages.build.images import (
     platform_args,
     platform_slug,
 )
-from shipit.stages.build.probes import EMULATION_HINT, PROBE_TIMEOUT, BuilderInfo
+from shipit.stages.build.probes import EMULATION_HINT, PROBE_TIMEOUT, BuilderInfo, direct
 from shipit.stages.export import ExportError
 from shipit.stages.export_cache import ExportCache
 from shipit.stages.layout import platform_manifests
@@ -248,8 +248,10 @@ def build_command(
     refuses `--builder NAME` for a context that is not the current one ("use `docker
     --context=NAME buildx` to switch to context", buildx 0.29); any other with `--builder`.
     """
-    child = {**env, **_QUIET_ENV}
-    chosen = builder_argv(docker, driver=info.driver, endpoint=info.endpoint, name=info.name)
+    chosen, child = direct(
+        builder_argv(docker, driver=info.driver, endpoint=info.endpoint, name=info.name), env
+    )
+    child |= _QUIET_ENV
     argv = [*chosen, "build", "--progress", "plain"]
     argv += ["--provenance=false", "--sbom=false"]
     argv += ["--file", str(Path(settings.context) / settings.dockerfile)]
