@@ -92,6 +92,7 @@ def _execute(run: RunState) -> RunResult:
                 with ThreadPoolExecutor(max_workers=1) as pool:  # registries answer meanwhile
                     registries = pool.submit(preflight.check_registries, images, access, console)
                     images = engines.choose_defaults(images, console)
+                    engines.look_ahead(images)
                     engines.prepare(images, console)
                     if engines.needs_daemon(images):  # not when every builder is elsewhere
                         preflight.check_daemon(engines.daemon, console)

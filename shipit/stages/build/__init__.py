@@ -21,6 +21,7 @@ the SDK engine's images name.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -123,11 +124,12 @@ class Engines:
         Why: there BuildKit writes its OCI layout straight from the content store, while the
         classic builder's image has to leave the daemon (its push to `stages.receive`, or
         `docker save`) and the classic builder re-sends the whole context: a cold run to three
-        registries was 1.09x the shell loop it replaces with the SDK engine and 0.93x with
-        buildx, for a 153 MB image on dockerd 28.5 (benchmarks/push_fanout.py, docs/speed.md;
-        before the daemon's push to shipit, 1.8x). An image with `cache_from` keeps the SDK
-        engine: its entries are images for the classic builder, which BuildKit would read as
-        cache manifests. A spec that names `engine: sdk` always gets the classic builder."""
+        registries was 1.03x the shell loop it replaces with the SDK engine and 0.90x with
+        buildx, for a 153 MB image on dockerd 28.5 (benchmarks/push_fanout.py, docs/speed.md,
+        2026-12-07; before the daemon's push to shipit, 1.8x). An image with `cache_from`
+        keeps the SDK engine: its entries are images for the classic builder, which BuildKit
+        would read as cache manifests. A spec that names `engine: sdk` always gets the
+        classic builder."""
         wanted = [
             i for i in images
             if i.build.engine == "sdk" and i.build.engine_default and not i.build.cache_from
@@ -207,6 +209,14 @@ class Engines:
                     " nothing was built",
                     hint=EMULATION_HINT,
                 )
+
+    def look_ahead(self, images: Sequence[ImagePlan]) -> None:
+        """Start asking the daemon what an SDK build's memo asks it first (every image it
+        holds: `Daemon.list_image_ids_ahead`), while preflight waits on the registries."""
+        if self._passed is None or not any(i.build.engine == "sdk" for i in images):
+            return  # no build memo without shipit's cache; no SDK build, no memo to ask
+        with contextlib.suppress(DaemonError):  # preflight's check of the daemon says why
+            self.daemon.list_image_ids_ahead()
 
     def check_sdk(self, images: Sequence[ImagePlan]) -> None:
         """Refuse, before anything is built, a platform that the run's daemon's classic builder
