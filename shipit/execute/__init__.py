@@ -92,11 +92,12 @@ def _execute(run: RunState) -> RunResult:
                 with ThreadPoolExecutor(max_workers=1) as pool:  # registries answer meanwhile
                     registries = pool.submit(preflight.check_registries, images, access, console)
                     images = engines.choose_defaults(images, console)
-                    engines.look_ahead(images)
                     engines.prepare(images, console)
                     if engines.needs_daemon(images):  # not when every builder is elsewhere
                         preflight.check_daemon(engines.daemon, console)
                         engines.check_sdk(images)  # platforms its classic builder cannot build
+                        # after those: the daemon answers them slower while it lists
+                        engines.look_ahead(images)
                     registries.result()
             ready = prepare_all(
                 run, images, engines=engines, access=access, workdir=workdir, stack=stack,

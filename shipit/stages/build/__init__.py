@@ -22,6 +22,7 @@ the SDK engine's images name.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -44,6 +45,7 @@ from shipit.stages.build.images import (
     platform_args,
     platform_slug,
 )
+from shipit.stages.build.memo import FOLDER as MEMO_FOLDER
 from shipit.stages.build.memo import BuildMemo
 from shipit.stages.build.probes import (
     EMULATION_HINT,
@@ -84,6 +86,7 @@ class Engines:
         self._daemons: dict[str | None, Daemon] = {}
         cache = ExportCache.from_env(env)
         self._passed = cache.root / "probes" if cache is not None else None
+        self._memo = cache.root / MEMO_FOLDER if cache is not None else None
 
     @property
     def daemon(self) -> Daemon:
@@ -213,8 +216,14 @@ class Engines:
     def look_ahead(self, images: Sequence[ImagePlan]) -> None:
         """Start asking the daemon what an SDK build's memo asks it first (every image it
         holds: `Daemon.list_image_ids_ahead`), while preflight waits on the registries."""
-        if self._passed is None or not any(i.build.engine == "sdk" for i in images):
+        if self._memo is None or not any(i.build.engine == "sdk" for i in images):
             return  # no build memo without shipit's cache; no SDK build, no memo to ask
+        try:
+            with os.scandir(self._memo) as entries:
+                if next(entries, None) is None:
+                    return  # no build recorded (a fresh runner): nothing the listing would serve
+        except OSError:
+            return
         with contextlib.suppress(DaemonError):  # preflight's check of the daemon says why
             self.daemon.list_image_ids_ahead()
 
@@ -310,7 +319,7 @@ class Engines:
             workdir.mkdir(parents=True, exist_ok=True)
             return BuildahBuilder(self._buildah, self.env, workdir, cache)
         if settings.engine != "buildx":
-            return SdkBuilder(self.daemon, BuildMemo(cache.root / "builds") if cache else None)
+            return SdkBuilder(self.daemon, BuildMemo(cache.root / MEMO_FOLDER) if cache else None)
         if self._docker is None or settings.builder not in self._builders:
             raise RuntimeError("Engines.prepare() was not called for this image")  # a bug
         workdir.mkdir(parents=True, exist_ok=True)

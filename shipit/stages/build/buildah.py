@@ -105,6 +105,7 @@ from shipit.stages.build.images import (
     platform_args,
     platform_slug,
 )
+from shipit.stages.build.memo import FOLDER as MEMO_FOLDER
 from shipit.stages.build.memo import (
     BuildMemo,
     FileHashes,
@@ -148,7 +149,7 @@ class BuildahBuilder:
         self.env = env
         self.workdir = workdir
         self.cache = cache
-        self.memo = BuildMemo(cache.root / "builds") if cache is not None else None
+        self.memo = BuildMemo(cache.root / MEMO_FOLDER) if cache is not None else None
         self.storage = Storage(buildah, env)
 
     def build(self, image: ImagePlan, console: Console) -> BuiltImage:

@@ -44,6 +44,7 @@ from typing import Any, Final, Protocol
 from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths
 from shipit.stages.export_cache import hash_file, remove, write_atomically
 
+FOLDER: Final = "builds"  # the memo's folder in shipit's cache
 _KEEP: Final = 200  # records; the ones used least recently go first
 _SETTLED_NS: Final = 2_000_000_000  # a file changed this recently is hashed every time
 _STEP_ID: Final = re.compile(r"^(?: ---> ([0-9a-f]{12})|--> ([0-9a-f]{11}))$")  # Docker, Podman
