@@ -127,7 +127,7 @@ class Engines:
         Why: there BuildKit writes its OCI layout straight from the content store, while the
         classic builder's image has to leave the daemon (its push to `stages.receive`, or
         `docker save`) and the classic builder re-sends the whole context: a cold run to three
-        registries was 1.03x the shell loop it replaces with the SDK engine and 0.90x with
+        registries was 1.00x the shell loop it replaces with the SDK engine and 0.88x with
         buildx, for a 153 MB image on dockerd 28.5 (benchmarks/push_fanout.py, docs/speed.md,
         2026-12-07; before the daemon's push to shipit, 1.8x). An image with `cache_from`
         keeps the SDK engine: its entries are images for the classic builder, which BuildKit
