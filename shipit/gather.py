@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -85,15 +84,18 @@ def locate(directory: Path) -> tuple[Path | None, Path] | None:
     """The work tree's top folder (None in a bare repository) and the git folder of the
     repository containing `directory`, or None when it is in none.
 
-    Raises `UsageError` when git cannot read it (a dubious owner, a broken .git, no git).
+    Raises `UsageError` when git cannot read it (a dubious owner, a broken .git), and
+    `proc.ToolMissing` when git is not installed where a `.git` says there is a repository.
     """
     if not directory.is_dir():
         return None
-    if shutil.which("git", path=os.environ.get("PATH", os.defpath)) is None and not any(
-        (folder / ".git").exists() for folder in (directory.resolve(), *directory.resolve().parents)
-    ):
-        return None  # no git and nothing for it to read: not a repository, as it says
-    done = _run_git(directory, "rev-parse", "--absolute-git-dir", "--show-toplevel")
+    try:
+        done = _run_git(directory, "rev-parse", "--absolute-git-dir", "--show-toplevel")
+    except proc.ToolMissing:
+        here = directory.resolve()
+        if not any((folder / ".git").exists() for folder in (here, *here.parents)):
+            return None  # no git and nothing for it to read: not a repository, as it says
+        raise
     if done.returncode == 0:
         git_dir, top = done.stdout.splitlines()[:2]
         return Path(top), Path(git_dir)
