@@ -169,13 +169,9 @@ class SdkBuilder:
             repository, _, tag = ref.rpartition(":")
             self.daemon.tag(image_id, repository, tag)
 
-        if len(refs) < 2:
-            for ref in refs:
-                one(ref)
-            return
-        with ThreadPoolExecutor(max_workers=min(len(refs), 4)) as pool:
-            for done in [pool.submit(one, ref) for ref in refs]:
-                done.result()
+        if refs:
+            with ThreadPoolExecutor(max_workers=min(len(refs), 4)) as pool:
+                list(pool.map(one, refs))  # the first failure, if any, is raised here
 
     def _memo_key(self, request: BuildRequest, text: str | None) -> str | None:
         if self.memo is None or text is None:
