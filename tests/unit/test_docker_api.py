@@ -4,7 +4,9 @@ image listing a run starts ahead, while preflight waits on the registries."""
 from __future__ import annotations
 
 import http.server
+import shutil
 import socketserver
+import tempfile
 import threading
 from pathlib import Path
 
@@ -95,9 +97,11 @@ class _FakeDaemon(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def test_a_listing_started_ahead_is_taken_once_and_a_build_drops_it(tmp_path: Path) -> None:
-    fake = _FakeDaemon(tmp_path / "docker.sock")
+    # a unix socket's path has room for 107 bytes: not under pytest's long tmp_path
+    folder = Path(tempfile.mkdtemp(prefix="shipit-fake-", dir="/tmp"))
+    fake = _FakeDaemon(folder / "docker.sock")
     try:
-        daemon = Daemon({"DOCKER_HOST": f"unix://{tmp_path / 'docker.sock'}"})
+        daemon = Daemon({"DOCKER_HOST": f"unix://{folder / 'docker.sock'}"})
         daemon.list_image_ids_ahead()
         daemon.list_image_ids_ahead()  # one listing under way at a time
         assert daemon.image_ids() == {"sha256:1"}
@@ -122,3 +126,4 @@ def test_a_listing_started_ahead_is_taken_once_and_a_build_drops_it(tmp_path: Pa
         fake.released.set()
         fake.shutdown()
         fake.server_close()
+        shutil.rmtree(folder, ignore_errors=True)
