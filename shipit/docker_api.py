@@ -23,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import queue
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +48,22 @@ from shipit import log
 _log = log.get(__name__)
 _STEP = re.compile(r"^(?:Step (\d+/\d+) :|STEP (\d+/\d+):) (.*)$")  # Docker's, Podman's
 _PODMAN: Final = "Podman Engine"  # the version's component that names Podman
+# the classic builder's line before it runs a base image's ONBUILD triggers (moby's
+# builder/dockerfile: "# Executing %d build %s...\n" in 20.10's dispatchers.go; dockerd 28.5
+# sends "# Executing 1 build trigger" without the dots)
+_TRIGGERS = re.compile(r"# Executing \d+ build triggers?\b")
 _PIPE_CHUNK = 1024 * 1024
 _PIPE_DEPTH = 8
 
 
 class DaemonError(Exception):
     """The Docker daemon is unreachable or refused a request; says which and why."""
+
+
+class ContextNarrowed(Exception):
+    """A build sent with only part of its context (`BuildRequest.context_names`) began to run
+    a base image's ONBUILD triggers, which may read any file of the context: the build was
+    stopped there, and is to be sent again with the whole context."""
 
 
 class StreamError(DaemonError):
@@ -79,6 +90,10 @@ class BuildRequest:
     # the Dockerfile to build instead of the context's (the SDK engine's platform bases); sent
     # so that the daemon drops it from the build context, which stays the user's
     dockerfile_text: str | None = None
+    # only these top-level entries of the context are sent, with the Dockerfile and
+    # .dockerignore: what the Dockerfile's COPY and ADD can read (dockerfile.context_names);
+    # None, or a link among them that leads elsewhere in the context: the whole context
+    context_names: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,10 +167,20 @@ class Daemon:
         The context is docker-py's own archive (its `.dockerignore` rules, its tar), sent to
         the daemon while it is written (`_ContextPipe`) rather than written whole to a
         temporary file first, as docker-py's `build(path=...)` does.
+
+        With `context_names`, only part of the context is sent; if the build then starts to
+        run a base image's ONBUILD triggers (which can read any file), the request is closed
+        there (the daemon cancels a build whose client went away) and `ContextNarrowed` is
+        raised.
         """
         self._listing = None  # a build adds images: a listing from before it is out of date
         try:
-            pipe = _ContextPipe(request.context, request.dockerfile, request.dockerfile_text)
+            pipe = _ContextPipe(
+                request.context,
+                request.dockerfile,
+                request.dockerfile_text,
+                names=request.context_names,
+            )
         except OSError as exc:
             raise StreamError(f"cannot read the build context: {exc}") from None
         kwargs: dict[str, Any] = {
@@ -171,10 +196,11 @@ class Daemon:
             "labels": dict(request.labels or {}),
         }
         kwargs.update(self._options(request))
+        stream: Generator[Mapping[str, Any], None, None] | None = None
         try:
             pipe.start()
             stream = self._client.api.build(**kwargs)
-            return _read_build(stream, on_line)
+            return _read_build(stream, _watching(on_line) if pipe.narrowed else on_line)
         except ContextError as exc:
             raise StreamError(f"cannot send the build context: {exc}") from None
         except docker.errors.APIError as exc:
@@ -188,6 +214,8 @@ class Daemon:
             ) from None
         finally:
             pipe.abandon()
+            if stream is not None:
+                stream.close()  # ends docker-py's reader and with it the connection
 
     def _options(self, request: BuildRequest) -> dict[str, Any]:
         """The build's optional parameters, as docker-py names them."""
@@ -363,15 +391,40 @@ class Daemon:
             _log.debug("could not remove the local tag %s: %s", ref, exc)
 
 
-def context_paths(context: Path, dockerfile: str) -> tuple[list[str], str | None]:
+def context_paths(
+    context: Path, dockerfile: str, names: frozenset[str] | None = None
+) -> tuple[list[str], str | None]:
     """What `build` sends of `context`: the paths docker-py's archive holds (after
-    `.dockerignore`), sorted, and the Dockerfile's text when it lies outside the context (it
-    is then added to the archive under a name of its own). OSError if it cannot be read."""
-    pipe = _ContextPipe(context, dockerfile)
-    name, outside = pipe.dockerfile_entry
-    root = str(context.absolute())  # as docker.utils.tar reads it
-    paths = docker.utils.build.exclude_paths(root, pipe.exclude or [], dockerfile=name)
-    return sorted(paths), outside
+    `.dockerignore`; with `names`, those of them `_narrowed` keeps), sorted, and the
+    Dockerfile's text when it lies outside the context (it is then added to the archive under
+    a name of its own). OSError if it cannot be read."""
+    pipe = _ContextPipe(context, dockerfile, names=names)
+    return pipe.files, pipe.dockerfile_entry[1]
+
+
+def _narrowed(
+    root: str, files: list[str], names: frozenset[str], kept: set[str]
+) -> list[str] | None:
+    """The paths of `files` (sorted, relative to `root`) under the top-level `names`, with the
+    paths `kept`; None when a link among them leads out of `names` (the builder follows a
+    source's links within the context, moby's FollowSymlinkInScope, so its target would be
+    needed too), or when nothing would be left out."""
+    found = [path for path in files if path.split("/", 1)[0] in names or path in kept]
+    if len(found) == len(files):
+        return None
+    for path in found:
+        full = os.path.join(root, path)
+        if not os.path.islink(full):
+            continue
+        target = os.readlink(full)
+        where = posixpath.normpath(
+            target.lstrip("/")
+            if target.startswith("/")
+            else posixpath.join(posixpath.dirname(path), target)
+        )
+        if where.split("/", 1)[0] not in names:
+            return None
+    return found
 
 
 def dockerfile_replaceable(context: Path, dockerfile: str) -> bool:
@@ -481,9 +534,17 @@ class _ContextPipe:
     so the daemon unpacks the context while the rest is still being read from disk.
 
     With `replacement`, the archive holds that Dockerfile instead of the context's, placed so
-    that the daemon drops it from the build context (`_replace_dockerfile`)."""
+    that the daemon drops it from the build context (`_replace_dockerfile`). With `names`, it
+    holds only the paths `_narrowed` keeps of those (`narrowed` says whether it did)."""
 
-    def __init__(self, context: Path, dockerfile: str, replacement: str | None = None) -> None:
+    def __init__(
+        self,
+        context: Path,
+        dockerfile: str,
+        replacement: str | None = None,
+        *,
+        names: frozenset[str] | None = None,
+    ) -> None:
         self._context = str(context)
         ignore = context / ".dockerignore"
         self._exclude: list[str] | None = None
@@ -499,6 +560,16 @@ class _ContextPipe:
             )
             if self._replaced is None:
                 raise StreamError(unreplaceable_dockerfile(context))
+        self._files: list[str] | None = None  # None: docker-py's tar chooses, as it always did
+        self.narrowed = False
+        if names is not None:
+            files = self.files
+            kept = {".dockerignore", *(e[0] for e in self._extra())}
+            if (own := self.dockerfile_entry[0]) and self.dockerfile_entry[1] is None:
+                kept.add(os.path.normpath(own))
+            only = _narrowed(os.path.abspath(self._context), files, names, kept)
+            self.narrowed = only is not None
+            self._files = only
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_PIPE_DEPTH)
         self._buffer = bytearray()
         self._offset = 0
@@ -522,21 +593,43 @@ class _ContextPipe:
     def exclude(self) -> list[str] | None:
         return self._exclude
 
+    @property
+    def files(self) -> list[str]:
+        """The context's paths the archive holds, sorted (extra files aside)."""
+        if self._files is not None:
+            return self._files
+        if self._replaced is not None:
+            return self._replaced.files
+        root = os.path.abspath(self._context)  # as docker.utils.tar reads it
+        name = self.dockerfile_entry[0]
+        return sorted(exclude_paths(root, list(self._exclude or []), dockerfile=name))
+
+    def _extra(self) -> list[tuple[str, str]]:
+        """The files the archive adds: shipit's Dockerfile, or one from outside the context
+        with its `.dockerignore` (as docker.utils.tar adds them)."""
+        if self._replaced is not None:
+            return self._replaced.extra
+        name, text = self.dockerfile_entry
+        if text is None or name is None:
+            return []
+        ignore = "\n".join([*(self._exclude or [".dockerignore"]), name])
+        return [(".dockerignore", ignore), (name, text)]
+
     def start(self) -> None:
         self._thread.start()
 
     def _produce(self) -> None:
         try:
-            if self._replaced is None:
+            if self._replaced is None and self._files is None:
                 docker.utils.tar(
                     self._context, exclude=self._exclude, dockerfile=self._dockerfile, fileobj=self
                 )
             else:
                 create_archive(
                     os.path.abspath(self._context),
-                    files=self._replaced.files,
+                    files=self.files,
                     fileobj=self,
-                    extra_files=self._replaced.extra,
+                    extra_files=self._extra(),
                 )
             if self._buffer:
                 self._put(bytes(self._buffer))
@@ -621,6 +714,17 @@ def _drain(stream: Iterable[Mapping[str, Any]]) -> None:
         if "error" in chunk or "errorDetail" in chunk:
             detail = chunk.get("errorDetail") or {}
             raise DaemonError(str(chunk.get("error") or detail.get("message")).strip())
+
+
+def _watching(on_line: Callable[[str], None]) -> Callable[[str], None]:
+    """`on_line`, raising `ContextNarrowed` at the line that starts a base's ONBUILD triggers."""
+
+    def watch(line: str) -> None:
+        on_line(line)
+        if _TRIGGERS.search(line):
+            raise ContextNarrowed(line)
+
+    return watch
 
 
 def _read_build(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None]) -> str:

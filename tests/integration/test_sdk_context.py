@@ -167,3 +167,81 @@ def test_an_unchanged_build_is_not_sent_again_and_a_changed_one_is(
     rebuilt, err = run()
     assert NOT_SENT not in err
     assert image_files(dockerd.host, rebuilt)["ctx/a.txt"] == b"two\n"
+
+
+def test_a_base_with_onbuild_triggers_gets_the_whole_context(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The classic builder is sent only what COPY and ADD name (dockerfile.context_names),
+    but a base image's `ONBUILD COPY . /all/` reads the whole context: the build stops at the
+    trigger line and is sent again with everything, so the image holds what the builder
+    would have copied."""
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
+    docker_env = {**os.environ, "DOCKER_HOST": dockerd.host}
+    base = project(tmp_path / "base", plain_registry.host, "image: {name: onbuild-base}")
+    (base / "Dockerfile").write_text(
+        "FROM scratch\nCOPY marker /marker\nONBUILD COPY . /all/\n", encoding="utf-8"
+    )
+    (base / "marker").write_text("base\n", encoding="utf-8")
+    git(base, "add", "-A")
+    git(base, "commit", "-q", "-m", "base")
+    argv = ["run", "-C", str(base), "--no-push", "--skip", "scan", "--json"]
+    code, out, err = run_shipit(argv, capsys, env)
+    assert code == 0, err
+    base_id = json.loads(out)["images"][0]["image_id"]
+    subprocess.run(
+        ["docker", "tag", base_id, "shipit-test/onbuild-base:1"], env=docker_env, check=True
+    )
+
+    child = project(tmp_path / "child", plain_registry.host, "image: {name: onbuild-child}")
+    (child / "Dockerfile").write_text(
+        "FROM shipit-test/onbuild-base:1\nCOPY a.txt /a.txt\n", encoding="utf-8"
+    )
+    (child / "a.txt").write_text("named\n", encoding="utf-8")
+    (child / "b.txt").write_text("read by the trigger alone\n", encoding="utf-8")
+    git(child, "add", "-A")
+    git(child, "commit", "-q", "-m", "child")
+    argv = ["run", "-C", str(child), "--no-push", "--skip", "scan", "--json"]
+    code, out, err = run_shipit(argv, capsys, env)
+    assert code == 0, err
+    assert "ONBUILD triggers" in err
+    files = image_files(dockerd.host, json.loads(out)["images"][0]["image_id"])
+    assert files["all/b.txt"] == b"read by the trigger alone\n"
+    assert files["a.txt"] == b"named\n"
+    assert "all/.git/HEAD" in files  # the whole context, as `docker build` sends it
+
+
+def test_a_build_that_names_its_files_gets_those_files(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only what COPY names is sent (the archive is checked in tests/unit/
+    test_context_names.py); the image is what the whole context would give, and a rebuild
+    with a file outside those names changed is recalled from the memo."""
+    root = project(tmp_path / "p", plain_registry.host, "image: {name: named}")
+    (root / "Dockerfile").write_text(
+        "FROM scratch\nCOPY app /app\nCOPY conf/x.ini /etc/x.ini\n", encoding="utf-8"
+    )
+    (root / "app").mkdir()
+    (root / "app" / "main.py").write_text("print('hi')\n", encoding="utf-8")
+    (root / "conf").mkdir()
+    (root / "conf" / "x.ini").write_text("[x]\n", encoding="utf-8")
+    (root / "notes.txt").write_text("one\n", encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "context")
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
+    argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
+    code, out, err = run_shipit(argv, capsys, env)
+    assert code == 0, err
+    first = json.loads(out)["images"][0]["image_id"]
+    files = image_files(dockerd.host, first)
+    assert files == {"app/main.py": b"print('hi')\n", "etc/x.ini": b"[x]\n"}
+    (root / "notes.txt").write_text("two\n", encoding="utf-8")
+    code, out, err = run_shipit(argv, capsys, env)
+    assert code == 0, err
+    assert (json.loads(out)["images"][0]["image_id"], NOT_SENT in err) == (first, True)

@@ -10,6 +10,9 @@ defaults) expanded in `FROM` as `$NAME`, `${NAME}`, `${NAME:-word}` and `${NAME:
 Which stages count: under BuildKit only the stages the target needs (its `FROM` and
 `--from` chain); the classic builder builds every stage up to the target.
 
+`context_names` finds which top-level entries of the build context its `COPY` and `ADD`
+can read, for the SDK engine to send only those (docker_api.BuildRequest.context_names).
+
 `with_bases` writes a Dockerfile whose stages start from other images, for the SDK engine's
 platform bases (classic_platforms.py): only those `FROM` lines change. `with_label_step`
 writes one with the build's labels as one `LABEL` step at the end of the stage built.
@@ -17,6 +20,8 @@ writes one with the build's labels as one `LABEL` step at the end of the stage b
 
 from __future__ import annotations
 
+import json
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -209,6 +214,60 @@ def stages(
     if result:
         result[-1] = _with_steps(result[-1], steps, copies)
     return result
+
+
+def context_names(text: str) -> frozenset[str] | None:
+    """The top-level names in the build context that the classic builder's `COPY` and `ADD`
+    can read for this Dockerfile, or None when that cannot be told from its text alone.
+
+    The classic builder reads the context only for the sources of `COPY` and `ADD` without
+    `--from` (moby's builder/dockerfile copy.go: a source is a path from the context's root,
+    a leading `/` included, followed through links within the context; a folder is copied
+    whole; `ADD` of an `http(s)://` or git URL fetches it instead). The names are each
+    source's first path element, so a folder named is sent whole. None when a source could
+    name anything: `.`, a wildcard in its first element, a variable (`$`, expanded from
+    `ENV`/`ARG` by the builder), quotes or an escape character (removed by its word
+    processing), a heredoc, or a path out of the context. `ONBUILD COPY` lines run in a later
+    build, not this one; triggers of a base image are not in the text (the SDK engine sends
+    the whole context again when the build runs any)."""
+    names: set[str] = set()
+    for word, rest in instructions(text):
+        if word not in ("COPY", "ADD"):
+            continue
+        sources = _copy_sources(rest)
+        if sources is None:
+            return None
+        for source in sources:
+            if word == "ADD" and re.match(r"(https?://|git@|git://)", source):
+                continue
+            if any(c in source for c in "$\\`\"'") or source.startswith("<<"):
+                return None
+            path = posixpath.normpath(source.lstrip("/"))
+            first = path.split("/")[0]
+            if first in ("", ".", "..") or any(c in first for c in "*?["):
+                return None
+            names.add(first)
+    return frozenset(names)
+
+
+def _copy_sources(rest: str) -> list[str] | None:
+    """The sources of one `COPY`/`ADD` (its words but the flags and the destination): [] for
+    `--from=`, None when its arguments cannot be read."""
+    arguments = rest
+    while match := re.match(r"(--\S+)\s*", arguments):
+        if match[1].lower().startswith("--from="):
+            return []
+        arguments = arguments[match.end() :]
+    words = arguments.split()
+    if arguments.startswith("["):
+        try:
+            listed = json.loads(arguments)
+        except ValueError:
+            return None
+        if not isinstance(listed, list) or not all(isinstance(w, str) for w in listed):
+            return None
+        words = listed
+    return words[:-1]
 
 
 def _with_steps(stage: Stage, steps: list[str], copies: list[str]) -> Stage:

@@ -8,8 +8,10 @@ command's text, and for COPY/ADD the files' paths, types, modes, owners, sizes a
 X, and X and the image of every step that led to it are still in the daemon, the builder
 would walk its cache to X again. The memo then takes X without sending anything. The inputs:
 
-- the context as the archive would hold it (docker-py's `.dockerignore` rules): every path's
-  type, mode, owner, size, device, link target and content, in order;
+- the context as the archive would hold it (docker-py's `.dockerignore` rules, and only what
+  the Dockerfile's COPY and ADD name when the request says so): every path's type, mode,
+  owner, size, device, link target and content, in order (a build that ran a base image's
+  ONBUILD triggers, and so was sent the whole context, is not recorded);
 - the Dockerfile (also when it lies outside the context), the build args, labels, target,
   platform and network, and the daemon;
 - the image id of every image the Dockerfile starts from (`FROM`, `COPY --from`), as the
@@ -78,7 +80,9 @@ class BuildMemo:
             return None
         hashes = self.file_hashes(request.context)
         try:
-            paths, outside = context_paths(request.context, request.dockerfile)
+            paths, outside = context_paths(
+                request.context, request.dockerfile, request.context_names
+            )
             files = _context_digest(request.context, paths, hashes)
         except (OSError, ValueError):
             return None  # the build will say what is wrong with the context

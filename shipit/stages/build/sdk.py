@@ -41,6 +41,7 @@ from pathlib import Path
 
 from shipit.docker_api import (
     BuildRequest,
+    ContextNarrowed,
     Daemon,
     DaemonError,
     StreamError,
@@ -51,7 +52,7 @@ from shipit.log import Console, counted
 from shipit.plan import BuildSettings, ImagePlan
 from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_bases
 from shipit.stages.build.classic_platforms import BaseUnavailable, PlatformBases
-from shipit.stages.build.dockerfile import with_label_step
+from shipit.stages.build.dockerfile import context_names, with_label_step
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
 from shipit.stages.build.memo import BuildMemo, step_ids
 from shipit.stages.build.probes import EMULATION_HINT
@@ -91,6 +92,7 @@ class SdkBuilder:
             # would be reused for the next, so several platforms build without the cache
             no_cache=settings.no_cache or many,
             network=settings.network,
+            context_names=self._context_names(settings),
         )
         title = f"build {image.name} {image.version.text}" + (
             f" for {platform}" if platform else ""
@@ -105,7 +107,18 @@ class SdkBuilder:
                     self._for_platform(request, text, image.name, console), text
                 )
                 log, steps = step_ids(_build_log(console))
-                image_id = self._send(sent, image.name, platform, log)
+                try:
+                    image_id = self._send(sent, image.name, platform, log)
+                except ContextNarrowed:
+                    console.write(
+                        f"image {image.name}: a base image has ONBUILD triggers, which may"
+                        " read any file of the build context: the build is sent again with the"
+                        " whole context"
+                    )
+                    key = None  # the memo's key covers only the files first sent
+                    log, steps = step_ids(_build_log(console))
+                    whole = replace(sent, context_names=None)
+                    image_id = self._send(whole, image.name, platform, log)
                 bases = self._bases(args, settings)  # after the build: it may have pulled one
                 if key is not None and self.memo is not None:
                     self.memo.keep(key, image_id, steps, _ids(bases))
@@ -172,6 +185,22 @@ class SdkBuilder:
         if refs:
             with ThreadPoolExecutor(max_workers=min(len(refs), 4)) as pool:
                 list(pool.map(one, refs))  # the first failure, if any, is raised here
+
+    def _context_names(self, settings: BuildSettings) -> frozenset[str] | None:
+        """What of the context a Docker daemon's classic builder is sent: the top-level
+        entries its COPY and ADD name (dockerfile.context_names), not the rest (a `.git`
+        folder, say), as BuildKit reads only what a build uses. Podman gets the whole context:
+        its builder (buildah) runs a base image's ONBUILD triggers without the line that
+        `Daemon.build` watches for."""
+        text = _dockerfile_text(settings)
+        if text is None:
+            return None
+        try:
+            if self.daemon.describe().podman:
+                return None
+        except DaemonError:
+            return None  # the build says what is wrong
+        return context_names(text)
 
     def _memo_key(self, request: BuildRequest, text: str | None) -> str | None:
         if self.memo is None or text is None:
