@@ -406,13 +406,20 @@ def _narrowed(
     root: str, files: list[str], names: frozenset[str], kept: set[str]
 ) -> list[str] | None:
     """The paths of `files` (sorted, relative to `root`) under the top-level `names`, with the
-    paths `kept`; None when a link among them leads out of `names` (the builder follows a
-    source's links within the context, moby's FollowSymlinkInScope, so its target would be
-    needed too), or when nothing would be left out."""
+    paths `kept`; None when a link among them leads out of `names` (`links_within`), or when
+    nothing would be left out."""
     found = [path for path in files if path.split("/", 1)[0] in names or path in kept]
-    if len(found) == len(files):
+    if len(found) == len(files) or not links_within(root, found, names):
         return None
-    for path in found:
+    return found
+
+
+def links_within(root: str, paths: Iterable[str], names: frozenset[str]) -> bool:
+    """Whether every link among `paths` (relative to `root`) leads to a path under the
+    top-level `names`: a builder follows a source's links within the context (moby's
+    FollowSymlinkInScope; an absolute target is taken from the context's root), so a link out
+    of them would need its target too."""
+    for path in paths:
         full = os.path.join(root, path)
         if not os.path.islink(full):
             continue
@@ -423,8 +430,8 @@ def _narrowed(
             else posixpath.join(posixpath.dirname(path), target)
         )
         if where.split("/", 1)[0] not in names:
-            return None
-    return found
+            return False
+    return True
 
 
 def dockerfile_replaceable(context: Path, dockerfile: str) -> bool:

@@ -103,3 +103,63 @@ def test_an_unchanged_build_is_taken_from_the_memo_and_a_change_or_a_removed_ima
     assert removed.returncode == 0, removed.stderr
     _, _, err = run()
     assert RECALLED not in err and "STEP 1/" in err
+
+
+def test_only_named_sources_key_the_memo_and_a_base_with_onbuild_triggers_is_not_recorded(
+    tmp_path: Path,
+    storage: Storage,
+    registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The memo's key covers what COPY names (dockerfile.context_names): a changed file beside
+    it (the project's .git, a note) keeps the recorded image. A base image whose ONBUILD
+    triggers copy the whole context makes a build the memo does not record, so a change to
+    any file builds again and lands in the image."""
+    namespace = f"bm{os.urandom(3).hex()}"
+    spec = f"version: 1\nregistries: [{registry.host}/{namespace}]\nimage: {{name: app, engine: buildah}}\n"
+    project = make_project(
+        tmp_path / "project",
+        spec,
+        dockerfile="FROM scratch\nCOPY hello.txt /hello\n",
+        files={"notes.txt": "one\n"},
+    )
+    env = env_for(tmp_path, storage, SHIPIT_CACHE_DIR=str(tmp_path / "cache"))
+    argv = ["run", "-C", str(project), "--skip", "scan", "--no-push", "-v"]
+
+    def run() -> str:
+        code, _, err = run_shipit(argv, capsys, env)
+        assert code == 0, err
+        return err
+
+    assert RECALLED not in run()
+    (project / "notes.txt").write_text("two\n", encoding="utf-8")
+    assert RECALLED in run()
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "Dockerfile").write_text("FROM scratch\nONBUILD COPY . /all/\n", encoding="utf-8")
+    made = storage.tool(
+        "buildah", "build", "--format", "docker", "-t", "localhost/obase:1", str(base)
+    )
+    assert made.returncode == 0, made.stderr
+    (project / "Dockerfile").write_text(
+        "FROM localhost/obase:1\nCOPY hello.txt /hello\n", encoding="utf-8"
+    )
+    for _ in range(2):  # built both times: nothing recorded
+        err = run()
+        assert RECALLED not in err and "STEP 1/" in err
+    (project / "notes.txt").write_text("three\n", encoding="utf-8")
+    err = run()
+    assert RECALLED not in err and "STEP 1/" in err
+    found = BUILT.search(err)
+    assert found is not None, err
+    mounted = storage.tool("buildah", "from", found[1])
+    assert mounted.returncode == 0, mounted.stderr
+    container = mounted.stdout.strip().splitlines()[-1]
+    try:
+        mount = storage.tool("buildah", "mount", container)
+        assert mount.returncode == 0, mount.stderr
+        root = Path(mount.stdout.strip())
+        assert (root / "all" / "notes.txt").read_text(encoding="utf-8") == "three\n"
+    finally:
+        storage.tool("buildah", "rm", container)

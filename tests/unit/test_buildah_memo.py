@@ -191,7 +191,9 @@ def test_a_context_that_cannot_be_read_has_no_key(
     """The build runs and says what is wrong (run as root, no folder is unreadable: the
     failure is made)."""
 
-    def unreadable(folder: Path, skipped: object = (), hashes: object = None) -> str:
+    def unreadable(
+        folder: Path, skipped: object = (), hashes: object = None, names: object = None
+    ) -> str:
         raise PermissionError(13, "Permission denied", str(folder / "locked"))
 
     monkeypatch.setattr(buildah_module, "folder_digest", unreadable)
@@ -304,3 +306,34 @@ def test_a_record_answers_only_while_buildahs_storage_holds_the_image_and_its_st
     else:
         assert recalled is None
         assert not (tmp_path / "tagged").exists()
+
+
+def test_with_named_sources_only_their_paths_are_in_the_key(root: Path) -> None:
+    """A Dockerfile whose COPY names what it reads (dockerfile.context_names): the key covers
+    those top-level entries, not the rest of the folder (a .git, notes)."""
+    (root / "Dockerfile").write_text("FROM scratch\nCOPY src /src\n", encoding="utf-8")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+    first = key_of(root)
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/other\n", encoding="utf-8")
+    (root / "b.bin").write_bytes(b"changed")
+    (root / "new.txt").write_text("new\n", encoding="utf-8")
+    assert key_of(root) == first
+    (root / "src" / "a.txt").write_text("two\n", encoding="utf-8")
+    assert key_of(root) != first
+
+
+def test_a_link_out_of_the_named_sources_puts_the_whole_folder_in_the_key(root: Path) -> None:
+    (root / "Dockerfile").write_text("FROM scratch\nCOPY src /src\n", encoding="utf-8")
+    os.symlink("../b.bin", root / "src" / "b")  # buildah follows a source's links
+    first = key_of(root)
+    (root / "b.bin").write_bytes(b"changed")
+    assert key_of(root) != first
+
+
+def test_a_base_with_onbuild_triggers_is_seen_in_buildahs_inspect() -> None:
+    docker_format = {"Docker": {"config": {"OnBuild": ["COPY . /all/"]}}}
+    assert buildah_module.onbuild_triggers(docker_format)
+    assert not buildah_module.onbuild_triggers({"Docker": {"config": {"OnBuild": None}}})
+    assert not buildah_module.onbuild_triggers({"OCIv1": {"config": {}}})
+    assert not buildah_module.onbuild_triggers([])

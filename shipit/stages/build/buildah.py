@@ -56,7 +56,10 @@ storage still holds X and the image of every step of that build, `buildah build`
 its cache to X again, and X is taken without running it (then tagged as the build would tag
 it). The inputs (`memo_key`):
 
-- every path of the context folder but those its ignore files leave out for certain
+- every path of the context folder, or, when the Dockerfile says what its COPY and ADD read
+  (`dockerfile.context_names`), every path under the top-level names they name (a `.git`
+  beside them is not hashed; a build whose base image has ONBUILD triggers, which may read any
+  file, is then not recorded); but those its ignore files leave out for certain
   (`skipped_paths`): buildah 1.28 reads `.containerignore` or `.dockerignore` with a
   matcher of its libraries' (a fork of Docker's), whose every rule shipit does not reproduce;
   only a plain path (no wildcard) that every ignore file names, in files with no `!`
@@ -98,6 +101,7 @@ from shipit.registry import Manifest
 from shipit.spec.build import buildah_cache
 from shipit.stages.build.bases import BaseImage, dockerfile_bases, resolve_bases
 from shipit.stages.build.buildx import secret_values
+from shipit.stages.build.dockerfile import context_names
 from shipit.stages.build.images import (
     BuiltImage,
     PlatformImage,
@@ -151,6 +155,7 @@ class BuildahBuilder:
         self.cache = cache
         self.memo = BuildMemo(cache.root / MEMO_FOLDER) if cache is not None else None
         self.storage = Storage(buildah, env)
+        self._triggers: set[str] = set()  # base images seen with ONBUILD triggers
 
     def build(self, image: ImagePlan, console: Console) -> BuiltImage:
         chosen: tuple[str | None, ...] = image.build.platforms or (None,)
@@ -311,6 +316,8 @@ class BuildahBuilder:
         it found in the cache (see the module docstring). Never fails the build."""
         if key is None or before is None or self.memo is None:
             return
+        if any(base.name in self._triggers for base in bases):
+            return  # its ONBUILD triggers may read any file: the key may not cover them
         try:
             made = self.storage.image_ids() - before
         except HeldUnknown:
@@ -386,6 +393,8 @@ class BuildahBuilder:
             document = json.loads(result.stdout)
         except ValueError:
             return None
+        if onbuild_triggers(document):
+            self._triggers.add(name)
         return inspect_record(name, document)
 
 
@@ -421,10 +430,11 @@ def memo_key(
     context = Path(settings.context)
     try:
         dockerfile = (context / settings.dockerfile).read_bytes()
-        if fetches_url(dockerfile.decode("utf-8", errors="replace")):
+        text = dockerfile.decode("utf-8", errors="replace")
+        if fetches_url(text):
             return None
         ignore, skipped = skipped_paths(context, settings.dockerfile)
-        files = folder_digest(context, skipped, hashes)
+        files = folder_digest(context, skipped, hashes, context_names(text))
         tool = os.stat(buildah)
     except (OSError, ValueError):
         return None  # the build says what is wrong with the context
@@ -496,6 +506,14 @@ def storage_identity(env: Mapping[str, str]) -> dict[str, object]:
         if isinstance(table, dict):
             found.update({k: str(table.get(k)) for k in ("graphroot", "runroot", "driver")})
     return found
+
+
+def onbuild_triggers(document: object) -> bool:
+    """Whether `buildah inspect --type image` shows ONBUILD triggers (`Docker.config.OnBuild`:
+    only a Docker-format image keeps them; buildah 1.28 drops them from an OCI one)."""
+    docker = document.get("Docker") if isinstance(document, dict) else None
+    config = docker.get("config") if isinstance(docker, dict) else None
+    return isinstance(config, dict) and bool(config.get("OnBuild"))
 
 
 def inspect_record(name: str, document: object) -> dict[str, object] | None:

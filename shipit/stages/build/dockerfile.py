@@ -227,11 +227,14 @@ def context_names(text: str) -> frozenset[str] | None:
     source's first path element, so a folder named is sent whole. None when a source could
     name anything: `.`, a wildcard in its first element, a variable (`$`, expanded from
     `ENV`/`ARG` by the builder), quotes or an escape character (removed by its word
-    processing), a heredoc, or a path out of the context. `ONBUILD COPY` lines run in a later
+    processing), a heredoc, or a path out of the context; also when a `RUN --mount` could bind
+    the context (buildah and BuildKit have those). `ONBUILD COPY` lines run in a later
     build, not this one; triggers of a base image are not in the text (the SDK engine sends
     the whole context again when the build runs any)."""
     names: set[str] = set()
     for word, rest in instructions(text):
+        if word == "RUN" and "--mount" in rest:
+            return None  # a bind mount reads the context (buildah's, BuildKit's)
         if word not in ("COPY", "ADD"):
             continue
         sources = _copy_sources(rest)

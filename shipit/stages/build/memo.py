@@ -43,7 +43,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths
+from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths, links_within
 from shipit.stages.export_cache import hash_file, remove, write_atomically
 
 FOLDER: Final = "builds"  # the memo's folder in shipit's cache
@@ -186,16 +186,26 @@ def fetches_url(dockerfile_text: str) -> bool:
 
 
 def folder_digest(
-    folder: Path, skipped: Collection[str] = (), hashes: FileHashes | None = None
+    folder: Path,
+    skipped: Collection[str] = (),
+    hashes: FileHashes | None = None,
+    names: frozenset[str] | None = None,
 ) -> str:
     """Every path under `folder` (links not followed) as `_context_digest` hashes them, but
-    the paths `skipped` (relative, with `/`) and all below them; OSError or ValueError when it
-    cannot be read whole."""
+    the paths `skipped` (relative, with `/`) and all below them, and with `names` only those
+    under these top-level names (all of them when a link there leads elsewhere,
+    `docker_api.links_within`); OSError or ValueError when it cannot be read whole."""
     paths = []
     for top, dirs, files in os.walk(folder, onerror=_raise):
         relative = Path(top).relative_to(folder)
+        kept = files
+        if names is not None and relative == Path("."):
+            dirs[:] = [name for name in dirs if name in names]
+            kept = [name for name in files if name in names]
         dirs[:] = [name for name in dirs if (relative / name).as_posix() not in skipped]
-        paths += [(relative / name).as_posix() for name in (*dirs, *files)]
+        paths += [(relative / name).as_posix() for name in (*dirs, *kept)]
+    if names is not None and not links_within(str(folder), paths, names):
+        return folder_digest(folder, skipped, hashes)
     return _context_digest(folder, sorted(p for p in paths if p not in skipped), hashes)
 
 
