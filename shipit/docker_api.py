@@ -44,6 +44,7 @@ from docker.api.build import process_dockerfile
 from docker.utils.build import PatternMatcher, create_archive, exclude_paths
 
 from shipit import log
+from shipit.ahead import ahead
 
 _log = log.get(__name__)
 _STEP = re.compile(r"^(?:Step (\d+/\d+) :|STEP (\d+/\d+):) (.*)$")  # Docker's, Podman's
@@ -361,16 +362,7 @@ class Daemon:
         run starts it in preflight, which spends that time waiting on the registries. A build
         in between drops it (`build`)."""
         if self._listing is None:
-            listing: Future[set[str]] = Future()
-
-            def run() -> None:
-                try:
-                    listing.set_result(self._image_ids())
-                except BaseException as exc:  # handed to whoever takes the listing
-                    listing.set_exception(exc)
-
-            threading.Thread(target=run, name="shipit-image-ids", daemon=True).start()
-            self._listing = listing
+            self._listing = ahead(self._image_ids, "shipit-image-ids")
 
     def _image_ids(self) -> set[str]:
         try:

@@ -274,3 +274,14 @@ def test_a_file_changed_just_before_it_was_hashed_is_not_remembered(tmp_path: Pa
     memo.key(request(root), "FROM scratch\n", "unix:///d")
     remembered = list((tmp_path / "memo" / "files").glob("*.json"))
     assert all(json.loads(p.read_text()) == {} for p in remembered)
+
+
+def test_holds_any_says_whether_a_build_is_recorded(tmp_path: Path) -> None:
+    """On a fresh runner nothing is recorded, and a build starts without waiting for its key
+    (sdk.py and buildah.py hash the context beside the build then)."""
+    memo = BuildMemo(tmp_path / "builds")
+    assert not memo.holds_any()  # no folder yet
+    (tmp_path / "builds" / "files").mkdir(parents=True)  # the file hashes are no record
+    assert not memo.holds_any()
+    memo.keep("k" * 64, "sha256:" + "a" * 64, ["b" * 12], {})
+    assert memo.holds_any()

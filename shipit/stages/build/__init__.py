@@ -22,7 +22,6 @@ the SDK engine's images name.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -218,12 +217,8 @@ class Engines:
         holds: `Daemon.list_image_ids_ahead`), while preflight waits on the registries."""
         if self._memo is None or not any(i.build.engine == "sdk" for i in images):
             return  # no build memo without shipit's cache; no SDK build, no memo to ask
-        try:
-            with os.scandir(self._memo) as entries:
-                if next(entries, None) is None:
-                    return  # no build recorded (a fresh runner): nothing the listing would serve
-        except OSError:
-            return
+        if not BuildMemo(self._memo).holds_any():
+            return  # no build recorded (a fresh runner): nothing the listing would serve
         with contextlib.suppress(DaemonError):  # preflight's check of the daemon says why
             self.daemon.list_image_ids_ahead()
 

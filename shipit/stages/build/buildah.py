@@ -90,10 +90,12 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Final
 
 from shipit import proc
+from shipit.ahead import ahead
 from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
@@ -180,14 +182,23 @@ class BuildahBuilder:
         )
         which = f" for {platform}" if platform else ""
         with console.group(f"build {image.name} {image.version.text} with buildah{which}"):
-            key = self._memo_key(settings, platform)
+            later: Future[str | None] | None = None
+            if self.memo is not None and not self.memo.holds_any():
+                # nothing recorded: the key is only for recording, so buildah need not wait
+                # for the context's hashing (its own thread, while buildah builds)
+                later = ahead(lambda: self._memo_key(settings, platform), "shipit-memo-key")
+                key = None
+            else:
+                key = self._memo_key(settings, platform)
             recalled = self._memo_recall(key, settings, platform, tag, console)
             if recalled is None:
-                held = self._held(key)
+                held = self._held(key is not None or later is not None)
                 image_id, cached = self._run(
                     argv, child, iidfile, settings, name=image.name, which=which, console=console
                 )
                 bases = self._bases(settings, platform)  # after the build: it may have pulled
+                if later is not None:
+                    key = later.result()
                 self._memo_keep(key, image_id, held, cached, bases)
             else:
                 image_id, bases = recalled
@@ -295,9 +306,9 @@ class BuildahBuilder:
         )
         return image_id, looked[-1]  # recall checked the bases before it answered
 
-    def _held(self, key: str | None) -> set[str] | None:
+    def _held(self, recording: bool) -> set[str] | None:
         """The images the storage holds before a build that the memo is to record."""
-        if key is None:
+        if not recording:
             return None
         try:
             return self.storage.image_ids()

@@ -100,6 +100,15 @@ class BuildMemo:
         }
         return inputs_digest(inputs)
 
+    def holds_any(self) -> bool:
+        """Whether any build is recorded. On a fresh runner none is: no key can find a record,
+        so a build need not wait for its key (the hashing of its context) before it starts."""
+        try:
+            with os.scandir(self.root) as entries:
+                return any(entry.name.endswith(".json") for entry in entries)
+        except OSError:
+            return False
+
     def file_hashes(self, context: Path) -> FileHashes:
         """What is remembered of the files of `context` (one record per context folder)."""
         name = hashlib.sha256(str(Path(context).resolve()).encode()).hexdigest()[:32]

@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from shipit.ahead import ahead
 from shipit.docker_api import (
     BuildRequest,
     ContextNarrowed,
@@ -100,7 +101,14 @@ class SdkBuilder:
         with console.group(title):
             args = dict(request.build_args or {})
             text = _dockerfile_text(settings)
-            key = self._memo_key(request, text)
+            later: Future[str | None] | None = None
+            if self.memo is not None and not self.memo.holds_any():
+                # nothing recorded: the key is only for recording, so the build need not wait
+                # for the context's hashing (its own thread, while the daemon builds)
+                later = ahead(lambda: self._memo_key(request, text), "shipit-memo-key")
+                key = None
+            else:
+                key = self._memo_key(request, text)
             recalled = self._recalled(key, args, settings, console)
             if recalled is None:
                 sent = _labels_in_one_step(
@@ -115,11 +123,13 @@ class SdkBuilder:
                         " read any file of the build context: the build is sent again with the"
                         " whole context"
                     )
-                    key = None  # the memo's key covers only the files first sent
+                    key = later = None  # the memo's key covers only the files first sent
                     log, steps = step_ids(_build_log(console))
                     whole = replace(sent, context_names=None)
                     image_id = self._send(whole, image.name, platform, log)
                 bases = self._bases(args, settings)  # after the build: it may have pulled one
+                if later is not None:
+                    key = later.result()
                 if key is not None and self.memo is not None:
                     self.memo.keep(key, image_id, steps, _ids(bases))
             else:
