@@ -184,6 +184,12 @@ class Daemon:
             )
         except OSError as exc:
             raise StreamError(f"cannot read the build context: {exc}") from None
+        if pipe.narrowed:
+            _log.debug(
+                "sending the build context's %s (what the Dockerfile's COPY and ADD name), not"
+                " the rest of it",
+                ", ".join(sorted(request.context_names or ())),
+            )
         kwargs: dict[str, Any] = {
             "fileobj": pipe.chunks(),
             "custom_context": True,

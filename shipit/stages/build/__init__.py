@@ -125,10 +125,11 @@ class Engines:
 
         Why: there BuildKit writes its OCI layout straight from the content store, while the
         classic builder's image has to leave the daemon (its push to `stages.receive`, or
-        `docker save`) and the classic builder re-sends the whole context: a cold run to three
-        registries was 1.00x the shell loop it replaces with the SDK engine and 0.88x with
-        buildx, for a 153 MB image on dockerd 28.5 (benchmarks/push_fanout.py, docs/speed.md,
-        2026-12-07; before the daemon's push to shipit, 1.8x). An image with `cache_from`
+        `docker save`) and the classic builder commits a container for every step (0.55 s
+        each on that store): a cold run to three registries of a multi-stage Debian image was
+        2.2x the shell loop it replaces with the SDK engine and 0.93x with buildx, on dockerd
+        28.5 (benchmarks/push_fanout.py, docs/speed.md, 2026-12-07; for a 153 MB image of five
+        steps both were 0.93x). An image with `cache_from`
         keeps the SDK engine: its entries are images for the classic builder, which BuildKit
         would read as cache manifests. A spec that names `engine: sdk` always gets the
         classic builder."""
