@@ -90,12 +90,10 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Final
 
 from shipit import proc
-from shipit.ahead import ahead
 from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
@@ -119,6 +117,7 @@ from shipit.stages.build.memo import (
     fetches_url,
     folder_digest,
     inputs_digest,
+    key_now_or_later,
 )
 from shipit.stages.build.probes import EMULATION_HINT, PROBE_TIMEOUT
 from shipit.stages.export import ExportError
@@ -182,14 +181,7 @@ class BuildahBuilder:
         )
         which = f" for {platform}" if platform else ""
         with console.group(f"build {image.name} {image.version.text} with buildah{which}"):
-            later: Future[str | None] | None = None
-            if self.memo is not None and not self.memo.holds_any():
-                # nothing recorded: the key is only for recording, so buildah need not wait
-                # for the context's hashing (its own thread, while buildah builds)
-                later = ahead(lambda: self._memo_key(settings, platform), "shipit-memo-key")
-                key = None
-            else:
-                key = self._memo_key(settings, platform)
+            key, later = key_now_or_later(self.memo, lambda: self._memo_key(settings, platform))
             recalled = self._memo_recall(key, settings, platform, tag, console)
             if recalled is None:
                 held = self._held(key is not None or later is not None)

@@ -42,9 +42,11 @@ import re
 import stat
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from shipit.ahead import ahead
 from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths, links_within
 from shipit.stages.export_cache import hash_file, remove, write_atomically
 
@@ -171,6 +173,17 @@ class BuildMemo:
 
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.json"
+
+
+def key_now_or_later(
+    memo: BuildMemo | None, compute: Callable[[], str | None]
+) -> tuple[str | None, Future[str | None] | None]:
+    """A build's memo key now, when a record could answer it; else (nothing recorded, a
+    fresh runner: `BuildMemo.holds_any`) None now and the key worked out beside the build, in
+    a thread of its own, for the record (the build need not wait for the context's hashing)."""
+    if memo is not None and not memo.holds_any():
+        return None, ahead(compute, "shipit-memo-key")
+    return compute(), None
 
 
 def step_ids(on_line: Callable[[str], None]) -> tuple[Callable[[str], None], list[str]]:

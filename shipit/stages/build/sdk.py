@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from shipit.ahead import ahead
 from shipit.docker_api import (
     BuildRequest,
     ContextNarrowed,
@@ -55,7 +54,7 @@ from shipit.stages.build.bases import BaseImage, base_from_inspect, dockerfile_b
 from shipit.stages.build.classic_platforms import BaseUnavailable, PlatformBases
 from shipit.stages.build.dockerfile import context_names, with_label_step
 from shipit.stages.build.images import BuiltImage, PlatformImage, local_name, platform_args
-from shipit.stages.build.memo import BuildMemo, step_ids
+from shipit.stages.build.memo import BuildMemo, key_now_or_later, step_ids
 from shipit.stages.build.probes import EMULATION_HINT
 
 
@@ -101,14 +100,7 @@ class SdkBuilder:
         with console.group(title):
             args = dict(request.build_args or {})
             text = _dockerfile_text(settings)
-            later: Future[str | None] | None = None
-            if self.memo is not None and not self.memo.holds_any():
-                # nothing recorded: the key is only for recording, so the build need not wait
-                # for the context's hashing (its own thread, while the daemon builds)
-                later = ahead(lambda: self._memo_key(request, text), "shipit-memo-key")
-                key = None
-            else:
-                key = self._memo_key(request, text)
+            key, later = key_now_or_later(self.memo, lambda: self._memo_key(request, text))
             recalled = self._recalled(key, args, settings, console)
             if recalled is None:
                 sent = _labels_in_one_step(
