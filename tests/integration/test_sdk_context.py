@@ -245,3 +245,25 @@ def test_a_build_that_names_its_files_gets_those_files(
     code, out, err = run_shipit(argv, capsys, env)
     assert code == 0, err
     assert (json.loads(out)["images"][0]["image_id"], NOT_SENT in err) == (first, True)
+
+
+def test_a_dockerfile_in_a_folder_of_the_context_with_named_sources(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The archive then holds `build/Dockerfile` without its folder's own entry, and neither
+    the rest of `build/` nor the rest of the context; the daemon finds the Dockerfile all the
+    same."""
+    image = "image: {name: infolder, dockerfile: build/Dockerfile}"
+    root = project(tmp_path / "p", plain_registry.host, image)
+    (root / "build").mkdir()
+    (root / "build" / "Dockerfile").write_text("FROM scratch\nCOPY app /app/\n", encoding="utf-8")
+    (root / "build" / "notes.txt").write_text("not sent\n", encoding="utf-8")
+    (root / "app").mkdir()
+    (root / "app" / "hello.txt").write_text("hello\n", encoding="utf-8")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "context")
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
+    assert build(root, env, capsys) == {"app/hello.txt": b"hello\n"}

@@ -171,3 +171,14 @@ def test_a_dockerfile_outside_the_context_goes_with_them(tmp_path: Path) -> None
     assert name is not None and archive[name] == outside.read_bytes()
     assert "conf.ini" not in archive and "app/main.py" in archive
     assert context_paths(root, str(outside), frozenset({"app"}))[1] == outside.read_text()
+
+
+def test_a_dockerfile_in_a_folder_goes_without_the_rest_of_that_folder(tmp_path: Path) -> None:
+    root = context(tmp_path)
+    (root / "build").mkdir()
+    (root / "build" / "Dockerfile").write_text("FROM scratch\nCOPY app /app\n", encoding="utf-8")
+    (root / "build" / "notes.txt").write_text("not sent\n", encoding="utf-8")
+    for given in ("build/Dockerfile", "./build/Dockerfile"):
+        archive = sent(_ContextPipe(root, given, names=frozenset({"app"})))
+        assert "build/Dockerfile" in archive and "build/notes.txt" not in archive
+        assert "app/main.py" in archive and "conf.ini" not in archive
