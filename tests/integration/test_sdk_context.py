@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,20 @@ def build(root: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -
     return image_files(env["DOCKER_HOST"], json.loads(out)["images"][0]["image_id"])
 
 
-def project(root: Path, registry: str, image: str) -> Path:
+def project(
+    root: Path, registry: str, image: str, files: Mapping[str, str | bytes] | None = None
+) -> Path:
+    """A repository with the spec; with `files` (path: text or bytes), those too, committed."""
     make_repo(root, [{}])
     (root / "shipit.yml").write_text(
         f"version: 1\nregistries: [{registry}/ctx]\n{image}\n", encoding="utf-8"
     )
+    if files:
+        for name, data in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data.encode() if isinstance(data, str) else data)
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "context")
     return root
 
 
@@ -181,13 +191,15 @@ def test_a_base_with_onbuild_triggers_gets_the_whole_context(
     would have copied."""
     env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
     docker_env = {**os.environ, "DOCKER_HOST": dockerd.host}
-    base = project(tmp_path / "base", plain_registry.host, "image: {name: onbuild-base}")
-    (base / "Dockerfile").write_text(
-        "FROM scratch\nCOPY marker /marker\nONBUILD COPY . /all/\n", encoding="utf-8"
+    base = project(
+        tmp_path / "base",
+        plain_registry.host,
+        "image: {name: onbuild-base}",
+        {
+            "Dockerfile": "FROM scratch\nCOPY marker /marker\nONBUILD COPY . /all/\n",
+            "marker": "base\n",
+        },
     )
-    (base / "marker").write_text("base\n", encoding="utf-8")
-    git(base, "add", "-A")
-    git(base, "commit", "-q", "-m", "base")
     argv = ["run", "-C", str(base), "--no-push", "--skip", "scan", "--json"]
     code, out, err = run_shipit(argv, capsys, env)
     assert code == 0, err
@@ -196,14 +208,16 @@ def test_a_base_with_onbuild_triggers_gets_the_whole_context(
         ["docker", "tag", base_id, "shipit-test/onbuild-base:1"], env=docker_env, check=True
     )
 
-    child = project(tmp_path / "child", plain_registry.host, "image: {name: onbuild-child}")
-    (child / "Dockerfile").write_text(
-        "FROM shipit-test/onbuild-base:1\nCOPY a.txt /a.txt\n", encoding="utf-8"
+    child = project(
+        tmp_path / "child",
+        plain_registry.host,
+        "image: {name: onbuild-child}",
+        {
+            "Dockerfile": "FROM shipit-test/onbuild-base:1\nCOPY a.txt /a.txt\n",
+            "a.txt": "named\n",
+            "b.txt": "read by the trigger alone\n",
+        },
     )
-    (child / "a.txt").write_text("named\n", encoding="utf-8")
-    (child / "b.txt").write_text("read by the trigger alone\n", encoding="utf-8")
-    git(child, "add", "-A")
-    git(child, "commit", "-q", "-m", "child")
     argv = ["run", "-C", str(child), "--no-push", "--skip", "scan", "--json"]
     code, out, err = run_shipit(argv, capsys, env)
     assert code == 0, err
@@ -223,17 +237,17 @@ def test_a_build_that_names_its_files_gets_those_files(
     """Only what COPY names is sent (the archive is checked in tests/unit/
     test_context_names.py); the image is what the whole context would give, and a rebuild
     with a file outside those names changed is recalled from the memo."""
-    root = project(tmp_path / "p", plain_registry.host, "image: {name: named}")
-    (root / "Dockerfile").write_text(
-        "FROM scratch\nCOPY app /app\nCOPY conf/x.ini /etc/x.ini\n", encoding="utf-8"
+    root = project(
+        tmp_path / "p",
+        plain_registry.host,
+        "image: {name: named}",
+        {
+            "Dockerfile": "FROM scratch\nCOPY app /app\nCOPY conf/x.ini /etc/x.ini\n",
+            "app/main.py": "print('hi')\n",
+            "conf/x.ini": "[x]\n",
+            "notes.txt": "one\n",
+        },
     )
-    (root / "app").mkdir()
-    (root / "app" / "main.py").write_text("print('hi')\n", encoding="utf-8")
-    (root / "conf").mkdir()
-    (root / "conf" / "x.ini").write_text("[x]\n", encoding="utf-8")
-    (root / "notes.txt").write_text("one\n", encoding="utf-8")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "context")
     env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
     argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
     code, out, err = run_shipit(argv, capsys, env)
@@ -257,13 +271,11 @@ def test_a_dockerfile_in_a_folder_of_the_context_with_named_sources(
     the rest of `build/` nor the rest of the context; the daemon finds the Dockerfile all the
     same."""
     image = "image: {name: infolder, dockerfile: build/Dockerfile}"
-    root = project(tmp_path / "p", plain_registry.host, image)
-    (root / "build").mkdir()
-    (root / "build" / "Dockerfile").write_text("FROM scratch\nCOPY app /app/\n", encoding="utf-8")
-    (root / "build" / "notes.txt").write_text("not sent\n", encoding="utf-8")
-    (root / "app").mkdir()
-    (root / "app" / "hello.txt").write_text("hello\n", encoding="utf-8")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "context")
+    files = {
+        "build/Dockerfile": "FROM scratch\nCOPY app /app/\n",
+        "build/notes.txt": "not sent\n",
+        "app/hello.txt": "hello\n",
+    }
+    root = project(tmp_path / "p", plain_registry.host, image, files)
     env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
     assert build(root, env, capsys) == {"app/hello.txt": b"hello\n"}
