@@ -129,10 +129,9 @@ class Engines:
         each on that store): a cold run to three registries of a multi-stage Debian image was
         2.2x the shell loop it replaces with the SDK engine and 0.93x with buildx, on dockerd
         28.5 (benchmarks/push_fanout.py, docs/speed.md, 2026-12-07; for a 153 MB image of five
-        steps both were 0.93x). An image with `cache_from`
-        keeps the SDK engine: its entries are images for the classic builder, which BuildKit
-        would read as cache manifests. A spec that names `engine: sdk` always gets the
-        classic builder."""
+        steps both were 0.93x). An image with `cache_from` keeps the SDK engine: its entries
+        are images for the classic builder, which BuildKit would read as cache manifests. A
+        spec that names `engine: sdk` always gets the classic builder."""
         wanted = [
             i for i in images
             if i.build.engine == "sdk" and i.build.engine_default and not i.build.cache_from

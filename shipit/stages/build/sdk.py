@@ -78,6 +78,7 @@ class SdkBuilder:
     ) -> PlatformImage:
         settings = image.build
         local_ref = local_name(image, platform if many else None)
+        text = _dockerfile_text(settings)
         request = BuildRequest(
             context=Path(settings.context),
             dockerfile=settings.dockerfile,
@@ -92,14 +93,13 @@ class SdkBuilder:
             # would be reused for the next, so several platforms build without the cache
             no_cache=settings.no_cache or many,
             network=settings.network,
-            context_names=self._context_names(settings),
+            context_names=self._context_names(text),
         )
         title = f"build {image.name} {image.version.text}" + (
             f" for {platform}" if platform else ""
         )
         with console.group(title):
             args = dict(request.build_args or {})
-            text = _dockerfile_text(settings)
             key, later = key_now_or_later(self.memo, lambda: self._memo_key(request, text))
             recalled = self._recalled(key, args, settings, console)
             if recalled is None:
@@ -188,14 +188,13 @@ class SdkBuilder:
             with ThreadPoolExecutor(max_workers=min(len(refs), 4)) as pool:
                 list(pool.map(one, refs))  # the first failure, if any, is raised here
 
-    def _context_names(self, settings: BuildSettings) -> frozenset[str] | None:
+    def _context_names(self, text: str | None) -> frozenset[str] | None:
         """What of the context a Docker daemon's classic builder is sent: the top-level
         entries its COPY and ADD name (dockerfile.context_names), not the rest (a `.git`
         folder, say), as BuildKit reads only what a build uses. Podman gets the whole context:
         its builder is buildah, whose log is not known to mark where a base image's ONBUILD
         triggers start, as the classic builder's does (the line `Daemon.build` watches for;
         on dockerd 28.5 the build closed there ran no trigger, seen in `docker events`)."""
-        text = _dockerfile_text(settings)
         if text is None:
             return None
         try:
