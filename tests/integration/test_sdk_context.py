@@ -27,7 +27,10 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def image_files(docker_host: str, ref: str) -> dict[str, bytes]:
-    """Every regular file in the image's layers, by path, read from `docker save`."""
+    """Every regular file in the image's layers, by path, read from `docker save`: the
+    layers its manifest.json lists, as the classic store writes them (`<id>/layer.tar`) or
+    the containerd store (`blobs/sha256/<digest>`, gzipped as stored), so the daemon the
+    session finds may keep images either way."""
     saved = subprocess.run(
         ["docker", "save", ref],
         env={**os.environ, "DOCKER_HOST": docker_host},
@@ -36,12 +39,13 @@ def image_files(docker_host: str, ref: str) -> dict[str, bytes]:
     ).stdout
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(saved)) as outer:
-        for member in outer:
-            if not member.name.endswith("layer.tar") or not member.isfile():
-                continue
-            layer = outer.extractfile(member)
+        listed = outer.extractfile("manifest.json")
+        assert listed is not None
+        [manifest] = json.loads(listed.read())
+        for name in manifest["Layers"]:
+            layer = outer.extractfile(name)
             assert layer is not None
-            with tarfile.open(fileobj=io.BytesIO(layer.read())) as inner:
+            with tarfile.open(fileobj=io.BytesIO(layer.read()), mode="r:*") as inner:
                 for item in inner:
                     handle = inner.extractfile(item) if item.isfile() else None
                     if handle is not None:
@@ -60,10 +64,12 @@ def build(root: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -
 def project(
     root: Path, registry: str, image: str, files: Mapping[str, str | bytes] | None = None
 ) -> Path:
-    """A repository with the spec; with `files` (path: text or bytes), those too, committed."""
+    """A repository with the spec; with `files` (path: text or bytes), those too, committed.
+    The spec names `engine: sdk`: on a daemon with the containerd image store an image that
+    names no engine is built with buildx (Engines.choose_defaults)."""
     make_repo(root, [{}])
     (root / "shipit.yml").write_text(
-        f"version: 1\nregistries: [{registry}/ctx]\n{image}\n", encoding="utf-8"
+        f"version: 1\nengine: sdk\nregistries: [{registry}/ctx]\n{image}\n", encoding="utf-8"
     )
     if files:
         for name, data in files.items():
