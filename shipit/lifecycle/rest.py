@@ -22,6 +22,7 @@ from shipit import __version__
 from shipit.registry.endpoint import is_loopback_host
 from shipit.registry.errors import ErrorKind, RegistryError, redact
 from shipit.registry.retry import is_retryable_status, parse_retry_after, retry_delay
+from shipit.registry.tls import SharedTLSAdapter
 
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;[^,]*\brel="?next"?')
 MAX_PAGES: Final = 1000  # 100 000 versions at 100 a page: more is a loop, not a registry
@@ -76,6 +77,7 @@ class Rest:
                 host=url.netloc,
             )
         self._session = requests.Session()
+        self._session.mount("https://", SharedTLSAdapter())  # the run's TLS context: tls.py
         self._session.headers.update({"User-Agent": f"shipit/{__version__}", **headers})
         self._session.trust_env = False  # no ~/.netrc credentials of someone else's
         self._verify = not insecure

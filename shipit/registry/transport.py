@@ -1,7 +1,8 @@
 """One HTTP exchange with a registry, and the retries around it.
 
 `Transport` is the bottom layer of the `Registry` client: one `requests` session per registry
-(its CA file or `insecure`, a shipit User-Agent, a pool big enough for parallel uploads), an
+(its CA file or `insecure`, a shipit User-Agent, a pool big enough for parallel uploads, the
+run's TLS context for its trust setting: `tls`), an
 exchange that is logged at debug level without credentials or query strings, and retries of
 transient failures with the waits `retry` computes. Each retry is announced through `on_retry`
 (the caller shows it with the registry's name) or, without one, the log. Authentication, the
@@ -34,6 +35,7 @@ from shipit.registry.errors import (
     says_rate_limited,
 )
 from shipit.registry.retry import is_retryable_status, parse_retry_after, retry_delay
+from shipit.registry.tls import SharedTLSAdapter
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class Transport:
         elif endpoint.ca_file is not None:
             self._verify = str(endpoint.ca_file)
         self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16)
+        adapter = SharedTLSAdapter(pool_connections=4, pool_maxsize=16)  # one TLS context
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._session.headers["User-Agent"] = f"shipit/{__version__}"

@@ -294,8 +294,11 @@ def _openssl(args: list[str], cwd: Path) -> None:
         raise ServiceError(f"openssl {' '.join(args)} failed:\n{done.stderr}")
 
 
-def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
-    """A private CA and a server certificate for 127.0.0.1 and localhost (SAN).
+def make_tls_files(
+    folder: Path, names: str = "IP:127.0.0.1,DNS:localhost"
+) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for `names` (its subjectAltName: 127.0.0.1 and
+    localhost unless told).
 
     Returns (ca.crt, server.crt, server.key), all in folder.
     """
@@ -312,7 +315,7 @@ def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        f"subjectAltName={names}\n"
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid\n"
     )

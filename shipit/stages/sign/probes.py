@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from shipit.registry.tls import SharedTLSAdapter
 from shipit.stages.sign.child import system_ca_file
 from shipit.stages.sign.services import SIGNING_CONFIG_TARGET, Service, TufRepo
 
@@ -44,6 +45,7 @@ class Http:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.session = requests.Session()
+        self.session.mount("https://", SharedTLSAdapter())  # the run's TLS context: tls.py
         self.session.trust_env = False  # the run's environment, not this process's
         ca_file = system_ca_file(env)
         self.verify: str | bool = str(ca_file) if ca_file else True
