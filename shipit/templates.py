@@ -13,60 +13,37 @@ import functools
 import operator
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-from jinja2 import meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+if TYPE_CHECKING:
+    import jinja2
+
+# Jinja2 is imported when a string first holds a "{" (every template does; a plain string is
+# never parsed), not at shipit's start: its import is a tenth of the start-up of every command.
 
 MAX_OUTPUT = 4096
 MAX_RANGE = 1000
 MAX_EXPONENT = 64
 _TOO_DEEP = "the template nests expressions too deeply"
-# Statements a template may not use: each could loop, recurse or read other files.
-_FORBIDDEN = (
-    nodes.For,
-    nodes.Macro,
-    nodes.CallBlock,
-    nodes.FilterBlock,
-    nodes.Include,
-    nodes.Import,
-    nodes.FromImport,
-    nodes.Extends,
-    nodes.Block,
-)
 
 
 class TemplateError(Exception):
     """A template failed to parse or render; the message says why, without a traceback."""
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "**":
-            if isinstance(right, int) and abs(right) > MAX_EXPONENT:
-                raise TemplateError(f"an exponent of {right} is larger than {MAX_EXPONENT}")
-            if (
-                isinstance(left, int)
-                and isinstance(right, int)
-                and left.bit_length() * right > 4096
-            ):
-                raise TemplateError("the power is too large")
-            return operator.pow(left, right)
-        for sequence, count in ((left, right), (right, left)):
-            repeated = isinstance(sequence, str | list | tuple) and isinstance(count, int)
-            if repeated and len(sequence) * count > MAX_OUTPUT:
-                raise TemplateError(f"repeating a value {count} times makes it too large")
-        return operator.mul(left, right)
-
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        # Only plain data is exposed; no attribute that starts with an underscore, and no
-        # reaching into modules, functions or classes through their attributes.
-        if attr.startswith("_"):
-            return False
-        return super().is_safe_attribute(obj, attr, value)
+def _call_binop(operator_name: str, left: Any, right: Any) -> Any:
+    """The sandbox's `*` and `**` (the only binary operators it intercepts), bounded."""
+    if operator_name == "**":
+        if isinstance(right, int) and abs(right) > MAX_EXPONENT:
+            raise TemplateError(f"an exponent of {right} is larger than {MAX_EXPONENT}")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > 4096:
+            raise TemplateError("the power is too large")
+        return operator.pow(left, right)
+    for sequence, count in ((left, right), (right, left)):
+        repeated = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+        if repeated and len(sequence) * count > MAX_OUTPUT:
+            raise TemplateError(f"repeating a value {count} times makes it too large")
+    return operator.mul(left, right)
 
 
 def _bounded_range(*args: int) -> range:
@@ -77,8 +54,24 @@ def _bounded_range(*args: int) -> range:
 
 
 @functools.lru_cache(maxsize=1)
-def _environment() -> _Sandbox:
-    env = _Sandbox(
+def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
+    import jinja2  # noqa: PLC0415 (see the top of the module)
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # noqa: PLC0415
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+            return _call_binop(operator_name, left, right)
+
+        def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+            # Only plain data is exposed; no attribute that starts with an underscore, and no
+            # reaching into modules, functions or classes through their attributes.
+            if attr.startswith("_"):
+                return False
+            return bool(super().is_safe_attribute(obj, attr, value))
+
+    env = Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
@@ -88,12 +81,25 @@ def _environment() -> _Sandbox:
     return env
 
 
+@functools.lru_cache(maxsize=1)
+def _forbidden() -> tuple[type[jinja2.nodes.Node], ...]:
+    """Statements a template may not use: each could loop, recurse or read other files."""
+    from jinja2 import nodes  # noqa: PLC0415
+
+    return (
+        nodes.For, nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.Include,
+        nodes.Import, nodes.FromImport, nodes.Extends, nodes.Block,
+    )  # fmt: skip
+
+
 @functools.lru_cache(maxsize=512)
 def _compile(source: str) -> jinja2.Template:
+    import jinja2  # noqa: PLC0415
+
     environment = _environment()
     try:
         ast = environment.parse(source)
-        for node in ast.find_all(_FORBIDDEN):
+        for node in ast.find_all(_forbidden()):
             word = type(node).__name__.lower()
             raise TemplateError(f"'{word}' is not allowed in a template (expressions and if only)")
         with warnings.catch_warnings():  # Python's compiler warns of things like `1[0]` on stderr
@@ -107,6 +113,8 @@ def _compile(source: str) -> jinja2.Template:
 
 def check(source: str) -> str | None:
     """The syntax error in `source`, or None if it parses."""
+    if "{" not in source:  # no template syntax: plain text parses
+        return None
     try:
         _compile(source)
     except TemplateError as exc:
@@ -116,6 +124,11 @@ def check(source: str) -> str | None:
 
 def names(source: str) -> frozenset[str]:
     """The names a template reads from its context (for floating-tag scopes)."""
+    if "{" not in source:
+        return frozenset()
+    import jinja2  # noqa: PLC0415
+    from jinja2 import meta  # noqa: PLC0415
+
     try:
         ast = _environment().parse(source)
         return frozenset(meta.find_undeclared_variables(ast))
@@ -129,6 +142,8 @@ def render(source: str, values: Mapping[str, Any]) -> str:
     """Render `source` with `values`; every failure is a TemplateError with a short reason."""
     if "{" not in source:  # the common case: a plain string
         return source
+    import jinja2  # noqa: PLC0415
+
     template = _compile(source)
     try:
         text = template.render(**values)
