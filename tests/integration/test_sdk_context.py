@@ -168,7 +168,8 @@ def test_an_unchanged_build_is_not_sent_again_and_a_changed_one_is(
     assert changed != first
     assert image_files(dockerd.host, changed)["ctx/a.txt"] == b"two\n"
     (root / "shipit.yml").write_text(  # the spec is not in the context: only the args change
-        f"version: 1\nregistries: [{plain_registry.host}/ctx]\n{image.format('hello')}\n",
+        f"version: 1\nengine: sdk\nregistries: [{plain_registry.host}/ctx]\n"
+        f"{image.format('hello')}\n",
         encoding="utf-8",
     )
     other, err = run()
