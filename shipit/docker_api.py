@@ -28,8 +28,7 @@ import queue
 import re
 import secrets
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -44,7 +43,6 @@ from docker.api.build import process_dockerfile
 from docker.utils.build import PatternMatcher, create_archive, exclude_paths
 
 from shipit import log
-from shipit.ahead import ahead
 
 _log = log.get(__name__)
 _STEP = re.compile(r"^(?:Step (\d+/\d+) :|STEP (\d+/\d+):) (.*)$")  # Docker's, Podman's
@@ -55,6 +53,7 @@ _PODMAN: Final = "Podman Engine"  # the version's component that names Podman
 _TRIGGERS = re.compile(r"# Executing \d+ build triggers?\b")
 _PIPE_CHUNK = 1024 * 1024
 _PIPE_DEPTH = 8
+_MOST_STAGES: Final = 16  # histories walked for one record before the listing decides
 
 
 class DaemonError(Exception):
@@ -137,10 +136,8 @@ class Daemon:
         except docker.errors.DockerException as exc:
             raise DaemonError(_daemon_message(exc, env)) from None
         self._info: DaemonInfo | None = None
-        self._listing: Future[set[str]] | None = None  # `list_image_ids_ahead`'s
 
     def close(self) -> None:
-        self._listing = None  # a listing under way ends with an error nobody reads
         self._client.close()
 
     def __enter__(self) -> Daemon:
@@ -174,7 +171,6 @@ class Daemon:
         there (the daemon cancels a build whose client went away) and `ContextNarrowed` is
         raised.
         """
-        self._listing = None  # a build adds images: a listing from before it is out of date
         try:
             pipe = _ContextPipe(
                 request.context,
@@ -351,26 +347,49 @@ class Daemon:
         ) as exc:
             raise DaemonError(_daemon_message(exc, self.env)) from None
 
+    def holds(self, image_id: str, steps: Sequence[str]) -> bool:
+        """Whether the daemon holds `image_id` and an image for each of `steps` (ids, or their
+        first hex digits as a build printed them): what the build memo asks (memo.HeldImages).
+
+        First from the histories of the image and of the last step of each other stage
+        (`GET /images/{id}/history` names each image of the chain the daemon holds, and
+        `<missing>` from the first one it does not): one or two requests of 40 ms where the
+        listing of every image takes 0.25 to 0.4 s on the containerd image store (dockerd
+        28.5, 20 to 60 images, measured 2026-12-07). An image that is gone settles it; where
+        the histories do not (a history that names a step in another way, as Podman's may),
+        the listing does (`held_in`)."""
+        try:
+            walked = self._walk_histories(image_id, steps)
+        except docker.errors.NotFound:
+            return False  # the image, or a stage's last step, is gone
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DaemonError(_daemon_message(exc, self.env)) from None
+        return walked or held_in(self.image_ids(), image_id, steps)
+
+    def _walk_histories(self, image_id: str, steps: Sequence[str]) -> bool:
+        """Whether the chains of `image_id` and of the latest step outside every chain seen
+        so far (another stage's last step) name every step; False when they do not."""
+        seen: set[str] = set()
+        asked: set[str] = set()
+        tip = image_id
+        for _ in range(_MOST_STAGES):
+            asked.add(tip)
+            for entry in self._client.api.history(tip):
+                found = str(entry.get("Id") or "")
+                if found.startswith("sha256:"):
+                    seen.add(found.removeprefix("sha256:"))
+            if image_id.removeprefix("sha256:") not in seen:
+                return False
+            missing = [s for s in steps if not any(x.startswith(s) for x in seen)]
+            if not missing:
+                return True
+            tip = missing[-1]
+            if tip in asked:
+                return False
+        return False
+
     def image_ids(self) -> set[str]:
-        """The id of every image the daemon holds, intermediate ones included (`images -aq`);
-        the listing `list_image_ids_ahead` started, if there is one (taken once)."""
-        listing, self._listing = self._listing, None
-        if listing is not None:
-            return listing.result()
-        return self._image_ids()
-
-    def list_image_ids_ahead(self) -> None:
-        """Start listing the daemon's images in a thread of its own, for the next `image_ids`.
-
-        On the containerd image store the listing is slow (`GET /images/json?all=1` took
-        0.25 s for 20 images with dockerd 28.5, each image's size worked out from its
-        snapshots, measured 2026-12-07), and the build memo needs it before an SDK build; a
-        run starts it in preflight, which spends that time waiting on the registries. A build
-        in between drops it (`build`)."""
-        if self._listing is None:
-            self._listing = ahead(self._image_ids, "shipit-image-ids")
-
-    def _image_ids(self) -> set[str]:
+        """The id of every image the daemon holds, intermediate ones included (`images -aq`)."""
         try:
             return {str(x) for x in self._client.api.images(all=True, quiet=True)}
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -387,6 +406,15 @@ class Daemon:
             self._client.api.remove_image(ref, noprune=True)
         except docker.errors.DockerException as exc:
             _log.debug("could not remove the local tag %s: %s", ref, exc)
+
+
+def held_in(ids: Collection[str], image_id: str, steps: Sequence[str]) -> bool:
+    """Whether the ids of every image a store holds (intermediate ones included) take in
+    `image_id` and every step (a step is held when an image id starts with it)."""
+    if image_id not in ids:
+        return False
+    short = {x.removeprefix("sha256:")[:n] for x in ids for n in {len(s) for s in steps}}
+    return all(step in short for step in steps)
 
 
 def context_paths(

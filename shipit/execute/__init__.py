@@ -96,8 +96,6 @@ def _execute(run: RunState) -> RunResult:
                     if engines.needs_daemon(images):  # not when every builder is elsewhere
                         preflight.check_daemon(engines.daemon, console)
                         engines.check_sdk(images)  # platforms its classic builder cannot build
-                        # after those: the daemon answers them slower while it lists
-                        engines.look_ahead(images)
                     registries.result()
             ready = prepare_all(
                 run, images, engines=engines, access=access, workdir=workdir, stack=stack,

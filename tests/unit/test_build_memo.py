@@ -6,12 +6,13 @@ import dataclasses
 import json
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shipit.docker_api import BuildRequest, DaemonError
+from shipit.docker_api import BuildRequest, DaemonError, held_in
 from shipit.stages.build import memo as memo_module
 from shipit.stages.build.memo import BuildMemo, step_ids
 
@@ -20,16 +21,17 @@ STEPS = ["111111111111", "222222222222"]
 
 
 class FakeDaemon:
-    """What the memo asks of a daemon: the ids of the images it holds."""
+    """What the memo asks of a daemon: whether it holds an image and its steps, answered from
+    the ids of the images it holds (docker_api.held_in, as buildah's storage answers)."""
 
     def __init__(self, held: set[str] | None = None, *, fails: bool = False) -> None:
         self.held = held if held is not None else {IMAGE, *(f"sha256:{s}{'0' * 52}" for s in STEPS)}
         self.fails = fails
 
-    def image_ids(self) -> set[str]:
+    def holds(self, image_id: str, steps: Sequence[str]) -> bool:
         if self.fails:
             raise DaemonError("the daemon went away")
-        return self.held
+        return held_in(self.held, image_id, steps)
 
 
 def context(tmp_path: Path) -> Path:

@@ -21,7 +21,6 @@ the SDK engine's images name.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -85,7 +84,6 @@ class Engines:
         self._daemons: dict[str | None, Daemon] = {}
         cache = ExportCache.from_env(env)
         self._passed = cache.root / "probes" if cache is not None else None
-        self._memo = cache.root / MEMO_FOLDER if cache is not None else None
 
     @property
     def daemon(self) -> Daemon:
@@ -211,16 +209,6 @@ class Engines:
                     " nothing was built",
                     hint=EMULATION_HINT,
                 )
-
-    def look_ahead(self, images: Sequence[ImagePlan]) -> None:
-        """Start asking the daemon what an SDK build's memo asks it first (every image it
-        holds: `Daemon.list_image_ids_ahead`), while preflight waits on the registries."""
-        if self._memo is None or not any(i.build.engine == "sdk" for i in images):
-            return  # no build memo without shipit's cache; no SDK build, no memo to ask
-        if not BuildMemo(self._memo).holds_any():
-            return  # no build recorded (a fresh runner): nothing the listing would serve
-        with contextlib.suppress(DaemonError):  # preflight's check of the daemon says why
-            self.daemon.list_image_ids_ahead()
 
     def check_sdk(self, images: Sequence[ImagePlan]) -> None:
         """Refuse, before anything is built, a platform that the run's daemon's classic builder

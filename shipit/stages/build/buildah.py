@@ -89,11 +89,12 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from shipit import proc
+from shipit.docker_api import held_in
 from shipit.errors import StageError
 from shipit.log import Console
 from shipit.plan import BuildSettings, ImagePlan
@@ -407,6 +408,9 @@ class Storage:
     def __init__(self, buildah: str, env: Mapping[str, str]) -> None:
         self.buildah = buildah
         self.env = env
+
+    def holds(self, image_id: str, steps: Sequence[str]) -> bool:
+        return held_in(self.image_ids(), image_id, steps)
 
     def image_ids(self) -> set[str]:
         """The id of every image it holds, intermediate ones included, in one call."""

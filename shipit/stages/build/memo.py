@@ -28,8 +28,10 @@ On Podman (buildah builds) a step's image shows as `--> <11 hex>` rather than ` 
 both are read, and a step is held when an image id starts with it.
 
 The buildah engine keeps its records here too (buildah.py has its inputs and why), keyed with
-the same helpers (`inputs_digest`, `folder_digest`); its store is buildah's storage, asked
-through anything with `image_ids()` (`HeldImages`).
+the same helpers (`inputs_digest`, `folder_digest`); its store is buildah's storage. A store
+is asked whether it still holds a record's image and steps (`HeldImages.holds`): buildah's
+lists its images (`held_in`); a daemon walks the histories of the image and of its other
+stages' last steps, and lists its images only when those do not settle it (`Daemon.holds`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from shipit.ahead import ahead
-from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths, links_within
+from shipit.docker_api import (
+    BuildRequest,
+    Daemon,
+    DaemonError,
+    context_paths,
+    links_within,
+)
 from shipit.stages.export_cache import hash_file, remove, write_atomically
 
 FOLDER: Final = "builds"  # the memo's folder in shipit's cache
@@ -62,11 +70,11 @@ class HeldUnknown(Exception):
 
 
 class HeldImages(Protocol):
-    """What the memo asks of an image store (a Docker daemon, buildah's storage): the id of
-    every image it holds, intermediate ones included; DaemonError or HeldUnknown when it
-    cannot tell."""
+    """What the memo asks of an image store (a Docker daemon, buildah's storage): whether it
+    holds `image_id` and an image for every one of `steps` (ids, or the first hex digits of
+    ids, as the build printed them); DaemonError or HeldUnknown when it cannot tell."""
 
-    def image_ids(self) -> Collection[str]: ...
+    def holds(self, image_id: str, steps: Sequence[str]) -> bool: ...
 
 
 class BuildMemo:
@@ -139,11 +147,10 @@ class BuildMemo:
             remove(path)
             return None
         try:
-            held = set(store.image_ids())
+            held = store.holds(image_id, steps)
         except (DaemonError, HeldUnknown):
             return None
-        short = {x.removeprefix("sha256:")[:n] for x in held for n in {len(s) for s in steps}}
-        if image_id not in held or not all(step in short for step in steps):
+        if not held:
             remove(path)  # pruned: the builder would not walk the same steps
             return None
         if dict(bases()) != kept_bases:
