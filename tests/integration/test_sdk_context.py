@@ -286,3 +286,52 @@ def test_a_dockerfile_in_a_folder_of_the_context_with_named_sources(
     root = project(tmp_path / "p", plain_registry.host, image, files)
     env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
     assert build(root, env, capsys) == {"app/hello.txt": b"hello\n"}
+
+
+def test_a_multi_stage_build_is_recalled_until_another_stages_last_step_goes(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The memo asks the daemon for the image's history and for that of every other stage's
+    last step (Daemon.holds): a two-stage build is recalled while both chains are there, and
+    built again (the context sent) once the first stage's last image is removed."""
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
+    root = project(
+        tmp_path / "p",
+        plain_registry.host,
+        "image: {name: stages}",
+        {
+            "Dockerfile": (
+                "FROM scratch AS builder\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\n"
+                "FROM scratch\nCOPY --from=builder /b.txt /from-builder.txt\nCOPY c.txt /c.txt\n"
+            ),
+            "a.txt": "a\n",
+            "b.txt": "b\n",
+            "c.txt": "c\n",
+        },
+    )
+    argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
+
+    def run() -> tuple[str, bool]:
+        code, out, err = run_shipit(argv, capsys, env)
+        assert code == 0, err
+        return json.loads(out)["images"][0]["image_id"], NOT_SENT in err
+
+    first, recalled = run()
+    assert not recalled
+    [record] = tmp_path.glob("**/shipit/builds/*.json")  # the memo's record of the build
+    steps = json.loads(record.read_text(encoding="utf-8"))["steps"]
+    assert len(steps) == 5  # a, b (the builder's last step), the copy from it, c, the labels
+    assert run() == (first, True)  # both chains held: recalled
+    subprocess.run(  # the builder stage's last image, which nothing else keeps
+        ["docker", "rmi", steps[1]],
+        env={**os.environ, "DOCKER_HOST": dockerd.host},
+        capture_output=True,
+        check=True,
+    )
+    again, recalled = run()
+    assert not recalled
+    assert image_files(dockerd.host, again)["from-builder.txt"] == b"b\n"
+    assert run()[1]  # recorded again: recalled
