@@ -356,8 +356,9 @@ class Daemon:
         `<missing>` from the first one it does not): one or two requests of 40 ms where the
         listing of every image takes 0.25 to 0.4 s on the containerd image store (dockerd
         28.5, 20 to 60 images, measured 2026-12-07). An image that is gone settles it; where
-        the histories do not (a history that names a step in another way, as Podman's may),
-        the listing does (`held_in`)."""
+        the histories do not, the listing does (`held_in`): Podman's history names one image
+        per layer, so the image and its steps that add no layer (`USER`, `EXPOSE`) go unnamed
+        there (podman 4.3, checked 2026-12-07)."""
         try:
             walked = self._walk_histories(image_id, steps)
         except docker.errors.NotFound:

@@ -49,13 +49,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from shipit.ahead import ahead
-from shipit.docker_api import (
-    BuildRequest,
-    Daemon,
-    DaemonError,
-    context_paths,
-    links_within,
-)
+from shipit.docker_api import BuildRequest, Daemon, DaemonError, context_paths, links_within
 from shipit.stages.export_cache import hash_file, remove, write_atomically
 
 FOLDER: Final = "builds"  # the memo's folder in shipit's cache
