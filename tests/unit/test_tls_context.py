@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+import requests.adapters
 
 from shipit.registry import tls
 from tests.support.services import make_tls_files
@@ -80,9 +81,12 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def _session() -> requests.Session:
+def _session(adapter: requests.adapters.HTTPAdapter | None = None) -> requests.Session:
+    """A session that reads nothing from this machine's environment (no HTTPS_PROXY, no
+    REQUESTS_CA_BUNDLE), with the shared-context adapter unless told."""
     session = requests.Session()
-    session.mount("https://", tls.SharedTLSAdapter(pool_maxsize=8))
+    session.trust_env = False
+    session.mount("https://", adapter or tls.SharedTLSAdapter(pool_maxsize=8))
     return session
 
 
@@ -105,7 +109,7 @@ def test_without_the_adapter_every_connection_loads_it_again(
 ) -> None:
     """What the adapter saves, shown on the same server: requests' own adapter."""
     url, ca = server
-    session = requests.Session()
+    session = _session(requests.adapters.HTTPAdapter())
     for _ in range(3):
         assert session.get(url, verify=str(ca), timeout=10).status_code == 200
     assert loads == ["load_verify_locations"] * 3
