@@ -20,13 +20,18 @@ network in it. So `network: none` is sent to Podman as "NetworkDisabled". Its lo
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import io
 import json
 import os
 import posixpath
 import queue
 import re
 import secrets
+import stat
+import tarfile
 import threading
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +47,7 @@ import urllib3.exceptions
 from docker.api.build import process_dockerfile
 from docker.utils.build import PatternMatcher, create_archive, exclude_paths
 
-from shipit import log
+from shipit import buildkit_status, log
 
 _log = log.get(__name__)
 _STEP = re.compile(r"^(?:Step (\d+/\d+) :|STEP (\d+/\d+):) (.*)$")  # Docker's, Podman's
@@ -94,6 +99,9 @@ class BuildRequest:
     # .dockerignore: what the Dockerfile's COPY and ADD can read (dockerfile.context_names);
     # None, or a link among them that leads elsewhere in the context: the whole context
     context_names: frozenset[str] | None = None
+    # built by the daemon's BuildKit (`/build?version=2`, no client session) instead of its
+    # classic builder
+    buildkit: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +114,9 @@ class DaemonInfo:
     os: str = "linux"  # the daemon's own platform
     arch: str = "amd64"
     podman: bool = False  # Podman's Docker API (`podman system service`), builds by buildah
+    # the daemon builds with BuildKit when asked (`/_ping` says `Builder-Version: 2`; a
+    # daemon.json with `"features": {"buildkit": false}` says 1)
+    buildkit: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +188,7 @@ class Daemon:
                 request.dockerfile,
                 request.dockerfile_text,
                 names=request.context_names,
+                buildkit=request.buildkit,
             )
         except OSError as exc:
             raise StreamError(f"cannot read the build context: {exc}") from None
@@ -202,6 +214,9 @@ class Daemon:
         stream: Generator[Mapping[str, Any], None, None] | None = None
         try:
             pipe.start()
+            if request.buildkit:
+                stream = self._buildkit(kwargs)
+                return _read_buildkit(stream, on_line, narrowed=pipe.narrowed)
             stream = self._client.api.build(**kwargs)
             return _read_build(stream, _watching(on_line) if pipe.narrowed else on_line)
         except ContextError as exc:
@@ -219,6 +234,41 @@ class Daemon:
             pipe.abandon()
             if stream is not None:
                 stream.close()  # ends docker-py's reader and with it the connection
+
+    def _buildkit(self, kwargs: Mapping[str, Any]) -> Generator[Mapping[str, Any], None, None]:
+        """The build request with `version=2`, which docker-py's `build()` cannot send: the
+        daemon's BuildKit then builds from the context in the request's body, with no client
+        session (moby's daemon/internal/builder-next/builder.go: the body is served to the
+        Dockerfile frontend as its `context`; target, filename, build args, labels, no-cache,
+        pull, platform, cache-from and network none/host are passed on as frontend attributes).
+        No registry credentials go along: BuildKit takes them only from a session (the classic
+        builder alone reads `X-Registry-Config`, daemon/builder/dockerfile/imagecontext.go),
+        which is why `SdkBuilder` sends a build whose bases need them to the classic builder."""
+        api = self._client.api
+        params: dict[str, Any] = {
+            "version": "2",
+            "t": kwargs["tag"],
+            "dockerfile": kwargs["dockerfile"],
+            "pull": "1" if kwargs.get("pull") else None,
+            "nocache": "1" if kwargs.get("nocache") else None,
+            "target": kwargs.get("target"),
+            "platform": kwargs.get("platform"),
+            "networkmode": kwargs.get("network_mode"),
+            "buildargs": json.dumps(kwargs.get("buildargs") or {}),
+            "labels": json.dumps(kwargs.get("labels") or {}),
+            "cachefrom": json.dumps(kwargs["cache_from"]) if kwargs.get("cache_from") else None,
+        }
+        response = api._post(
+            api._url("/build"),
+            data=kwargs["fileobj"],
+            params={k: v for k, v in params.items() if v is not None},
+            headers={"Content-Type": "application/x-tar"},
+            stream=True,
+            timeout=None,
+        )
+        api._raise_for_status(response)
+        stream: Generator[Mapping[str, Any], None, None] = api._stream_helper(response, decode=True)
+        return stream
 
     def _options(self, request: BuildRequest) -> dict[str, Any]:
         """The build's optional parameters, as docker-py names them."""
@@ -250,9 +300,11 @@ class Daemon:
     def describe(self) -> DaemonInfo:
         """The daemon's version, API version, image store and platform (asked once)."""
         if self._info is None:
+            api = self._client.api
             try:
                 version = self._client.version()
                 info = self._client.info()
+                builder = api._get(api._url("/_ping")).headers.get("Builder-Version")
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 raise DaemonError(_daemon_message(exc, self.env)) from None
             self._info = DaemonInfo(
@@ -262,13 +314,22 @@ class Daemon:
                 os=str(version.get("Os") or "linux"),
                 arch=str(version.get("Arch") or "amd64"),
                 podman=_is_podman(version),
+                buildkit=builder == "2",
             )
         return self._info
 
     def pull(self, name: str, platform: str) -> None:
-        """Pull `name` for `platform` (the daemon's own credentials from the docker config)."""
+        """Pull `name` for `platform`, with the credentials the docker config of the run's
+        environment holds for its registry (`config_auth`; docker-py alone would read the
+        config of the process's own HOME)."""
+        repository, _ = docker.utils.parse_repository_tag(name)
+        registry, _ = docker.auth.resolve_repository_name(repository)
+        found = config_auth(registry, self.env)
+        auth = {"username": found.username, "password": found.password} if found else None
         try:
-            stream = self._client.api.pull(name, platform=platform, stream=True, decode=True)
+            stream = self._client.api.pull(
+                name, platform=platform, stream=True, decode=True, auth_config=auth
+            )
             _drain(stream)
         except docker.errors.APIError as exc:
             raise DaemonError(_api_message(exc)) from None
@@ -578,8 +639,10 @@ class _ContextPipe:
         replacement: str | None = None,
         *,
         names: frozenset[str] | None = None,
+        buildkit: bool = False,
     ) -> None:
         self._context = str(context)
+        self._buildkit = buildkit
         ignore = context / ".dockerignore"
         self._exclude: list[str] | None = None
         if ignore.is_file():  # read as docker-py's build(path=...) reads it
@@ -654,7 +717,11 @@ class _ContextPipe:
 
     def _produce(self) -> None:
         try:
-            if self._replaced is None and self._files is None:
+            if self._buildkit:
+                _archive_for_buildkit(
+                    os.path.abspath(self._context), self.files, self, self._extra()
+                )
+            elif self._replaced is None and self._files is None:
                 docker.utils.tar(
                     self._context, exclude=self._exclude, dockerfile=self._dockerfile, fileobj=self
                 )
@@ -710,6 +777,57 @@ class _ContextPipe:
                 self._queue.get_nowait()
 
 
+def _archive_for_buildkit(
+    root: str, files: Sequence[str], out: Any, extra: Sequence[tuple[str, str]]
+) -> None:
+    """The context as docker-py's `create_archive` writes it (the same paths, extra files
+    last and overriding), but with a first member whose header stands alone in 512 bytes.
+
+    The daemon's BuildKit takes a request body for an archive only when Go's tar reader finds
+    a header in its first 1024 bytes (buildkit frontend/dockerui/context.go, `isArchive` over a
+    1024-byte range); anything else is read as the Dockerfile itself. Python's tarfile gives a
+    file whose modification time has a fraction a pax header first (3 blocks before the
+    file's own header: seen as `unknown instruction: ././@PaxHeader` on dockerd 28.5), and a
+    name over 100 bytes or a link target a GNU long-name block. So the first member is the
+    first path of a short name that is not a link, its time in whole seconds."""
+    extra_names = {name for name, _ in extra}
+    paths = [path for path in files if path not in extra_names]
+    first = next((i for i, p in enumerate(paths) if _plain_header(root, p)), None)
+    if first:
+        paths.insert(0, paths.pop(first))
+    with tarfile.open(mode="w", fileobj=out) as archive:
+        for index, path in enumerate(paths):
+            full = os.path.join(root, path)
+            # None for a socket (typeshed says otherwise)
+            info: tarfile.TarInfo | None = archive.gettarinfo(full, arcname=path)
+            if info is None:
+                continue  # docker-py skips it too
+            if index == 0 or not 0 <= info.mtime <= 8**11 - 1:
+                info.mtime = int(info.mtime)
+            if info.isfile():
+                with open(full, "rb") as data:
+                    archive.addfile(info, data)
+            else:
+                archive.addfile(info)
+        for name, text in extra:
+            encoded = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(encoded)
+            archive.addfile(info, io.BytesIO(encoded))
+
+
+def _plain_header(root: str, path: str) -> bool:
+    """Whether `path` gets a ustar header of its own once its time is whole seconds."""
+    if len(path.encode()) > 100 or not path.isascii():
+        return False
+    try:
+        info = os.lstat(os.path.join(root, path))
+    except OSError:
+        return False
+    limit = 8**7
+    return not stat.S_ISLNK(info.st_mode) and info.st_uid < limit and info.st_gid < limit
+
+
 def config_auth(host: str, env: Mapping[str, str]) -> RegistryAuth | None:
     """Credentials for `host` from the docker config (auths, credsStore, credHelpers)."""
     config_dir = env.get("DOCKER_CONFIG") or str(
@@ -759,6 +877,42 @@ def _watching(on_line: Callable[[str], None]) -> Callable[[str], None]:
             raise ContextNarrowed(line)
 
     return watch
+
+
+def _read_buildkit(
+    stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None], *, narrowed: bool
+) -> str:
+    """The image id from a BuildKit build's stream (buildkit_status has its messages); its
+    steps and output to `on_line`. With `narrowed`, `ContextNarrowed` as soon as a base image's
+    ONBUILD trigger is named, before it runs."""
+    progress = buildkit_status.Progress(on_line)
+    image_id: str | None = None
+    for chunk in stream:
+        if "error" in chunk or "errorDetail" in chunk:
+            progress.finish()
+            detail = chunk.get("errorDetail") or {}
+            message = str(chunk.get("error") or detail.get("message") or "build failed").strip()
+            raise StreamError(message, step=progress.failed)
+        kind, aux = chunk.get("id"), chunk.get("aux")
+        if kind == "moby.buildkit.trace" and isinstance(aux, str):
+            try:
+                status = buildkit_status.decode(base64.b64decode(aux, validate=True))
+            except (ValueError, binascii.Error) as exc:
+                _log.debug("a BuildKit status report that does not parse: %s", exc)
+                continue
+            progress.feed(status)
+            if narrowed and progress.onbuild is not None:
+                raise ContextNarrowed(progress.onbuild)
+        elif kind == "moby.image.id" and isinstance(aux, dict) and isinstance(aux.get("ID"), str):
+            image_id = aux["ID"]
+        elif isinstance(text := chunk.get("stream"), str):
+            for line in text.splitlines():
+                if line.strip():
+                    on_line(line)
+    progress.finish()
+    if image_id is None:
+        raise StreamError("the daemon finished the build without an image id", step=None)
+    return image_id
 
 
 def _read_build(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None]) -> str:

@@ -1,15 +1,16 @@
 """How an image is built: the engine and its BuildKit keys (DESIGN section 8).
 
-`engine: sdk` (the default) is docker-py's classic builder; `engine: buildx` is BuildKit
-through `docker buildx build`; `engine: buildah` is the buildah CLI, with no daemon. The keys
-only BuildKit has (`builder`, `secrets`, `ssh`, `cache_to`, and `type=` cache sources) and a
-Dockerfile that needs BuildKit (a `# syntax=` line, `RUN --mount`, heredocs, `--link`) are
-located errors under `sdk` that say to set `engine: buildx`. Under `buildah`, what buildah
-cannot do is a located error too: `builder`, a cache that is not a registry repository, and
-the Dockerfile syntax Debian 12's buildah 1.28 refuses (heredocs, which it misreads as
-instructions, `COPY`/`ADD --link`, `--parents`, `--exclude`, `ADD --checksum`,
-`--keep-git-dir`, `RUN --network`, `--security`; it does build `RUN --mount`). `isolation`
-(chroot, oci, rootless: how buildah runs `RUN` steps) is buildah's alone.
+`engine: sdk` (the default) is docker-py's `/build` (the classic builder; on the containerd
+image store the daemon's BuildKit, with the classic builder's limits kept); `engine: buildx`
+is BuildKit through `docker buildx build`; `engine: buildah` is the buildah CLI, with no
+daemon. The keys only BuildKit has (`builder`, `secrets`, `ssh`, `cache_to`, and `type=`
+cache sources) and a Dockerfile that needs BuildKit (a `# syntax=` line, `RUN --mount`,
+heredocs, `--link`) are located errors under `sdk` that say to set `engine: buildx`. Under
+`buildah`, what buildah cannot do is a located error too: `builder`, a cache that is not a
+registry repository, and the Dockerfile syntax Debian 12's buildah 1.28 refuses (heredocs,
+which it misreads as instructions, `COPY`/`ADD --link`, `--parents`, `--exclude`, `ADD
+--checksum`, `--keep-git-dir`, `RUN --network`, `--security`; it does build `RUN --mount`).
+`isolation` (chroot, oci, rootless: how buildah runs `RUN` steps) is buildah's alone.
 `platform: X` is shorthand for `platforms: [X]`.
 
 `engine`, `builder`, `platforms`/`platform`, `network` and `isolation` may stand at the top of

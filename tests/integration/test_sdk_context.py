@@ -7,6 +7,8 @@ its own (docker-py's way). Checked in the image the real daemon built (`docker s
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import io
 import json
@@ -18,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from shipit.registry import Manifest, Registry
 from tests.support.cli import run_shipit
+from tests.support.dockerd28 import Dockerd28
 from tests.support.gitrepo import git, make_repo
-from tests.support.services import Dockerd
+from tests.support.services import Dockerd, registry_client
 from tests.support.services import Registry as RunningRegistry
 
 pytestmark = pytest.mark.timeout(300)
@@ -186,18 +190,22 @@ def test_an_unchanged_build_is_not_sent_again_and_a_changed_one_is(
     assert image_files(dockerd.host, rebuilt)["ctx/a.txt"] == b"two\n"
 
 
+@pytest.mark.parametrize("store", ["session", "containerd"])
 def test_a_base_with_onbuild_triggers_gets_the_whole_context(
     tmp_path: Path,
-    dockerd: Dockerd,
+    store: str,
+    request: pytest.FixtureRequest,
     plain_registry: RunningRegistry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The classic builder is sent only what COPY and ADD name (dockerfile.context_names),
-    but a base image's `ONBUILD COPY . /all/` reads the whole context: the build stops at the
-    trigger line and is sent again with everything, so the image holds what the builder
-    would have copied."""
-    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
-    docker_env = {**os.environ, "DOCKER_HOST": dockerd.host}
+    """A build is sent only what COPY and ADD name (dockerfile.context_names), but a base
+    image's `ONBUILD COPY . /all/` reads the whole context: the build stops where the trigger
+    is named (the classic builder's trigger line on the session's daemon; BuildKit's step
+    `[2/3] ONBUILD COPY . /all/` on dockerd 28's containerd store, before it runs) and is sent
+    again with everything, so the image holds what the builder would have copied."""
+    daemon = request.getfixturevalue("dockerd" if store == "session" else "dockerd_containerd")
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": daemon.host}
+    docker_env = {**os.environ, "DOCKER_HOST": daemon.host}
     base = project(
         tmp_path / "base",
         plain_registry.host,
@@ -211,16 +219,17 @@ def test_a_base_with_onbuild_triggers_gets_the_whole_context(
     code, out, err = run_shipit(argv, capsys, env)
     assert code == 0, err
     base_id = json.loads(out)["images"][0]["image_id"]
-    subprocess.run(
-        ["docker", "tag", base_id, "shipit-test/onbuild-base:1"], env=docker_env, check=True
-    )
+    # in a registry of the test's own: BuildKit looks a base up in its registry first
+    base_ref = f"{plain_registry.host}/ctx/onbuild-base:{store}{os.urandom(3).hex()}"
+    subprocess.run(["docker", "tag", base_id, base_ref], env=docker_env, check=True)
+    subprocess.run(["docker", "push", base_ref], env=docker_env, check=True, capture_output=True)
 
     child = project(
         tmp_path / "child",
         plain_registry.host,
         "image: {name: onbuild-child}",
         {
-            "Dockerfile": "FROM shipit-test/onbuild-base:1\nCOPY a.txt /a.txt\n",
+            "Dockerfile": f"FROM {base_ref}\nCOPY a.txt /a.txt\n",
             "a.txt": "named\n",
             "b.txt": "read by the trigger alone\n",
         },
@@ -229,7 +238,7 @@ def test_a_base_with_onbuild_triggers_gets_the_whole_context(
     code, out, err = run_shipit(argv, capsys, env)
     assert code == 0, err
     assert "ONBUILD triggers" in err
-    files = image_files(dockerd.host, json.loads(out)["images"][0]["image_id"])
+    files = image_files(daemon.host, json.loads(out)["images"][0]["image_id"])
     assert files["all/b.txt"] == b"read by the trigger alone\n"
     assert files["a.txt"] == b"named\n"
     assert "all/.git/HEAD" in files  # the whole context, as `docker build` sends it
@@ -335,3 +344,140 @@ def test_a_multi_stage_build_is_recalled_until_another_stages_last_step_goes(
     assert not recalled
     assert image_files(dockerd.host, again)["from-builder.txt"] == b"b\n"
     assert run()[1]  # recorded again: recalled
+
+
+def push_marked_base(
+    client: Registry, repository: str, tag: str, text: bytes = b"from the base\n"
+) -> str:
+    """An image of one layer holding /marker (`text`), pushed as `repository:tag`; its
+    digest."""
+    layer_tar = io.BytesIO()
+    with tarfile.open(fileobj=layer_tar, mode="w") as archive:
+        info = tarfile.TarInfo("marker")
+        info.size = len(text)
+        archive.addfile(info, io.BytesIO(text))
+    plain = layer_tar.getvalue()
+    layer = gzip.compress(plain, mtime=0)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": [f"sha256:{hashlib.sha256(plain).hexdigest()}"],
+            },
+        }
+    ).encode()
+    config_blob, layer_blob = (client.upload_blob(repository, blob) for blob in (config, layer))
+    document = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_blob.digest,
+            "size": config_blob.size,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_blob.digest,
+                "size": layer_blob.size,
+            }
+        ],
+    }
+    manifest = Manifest.from_bytes(json.dumps(document).encode())
+    return client.put_manifest(repository, tag, manifest)
+
+
+@pytest.mark.parametrize("logged_in", [True, False], ids=["logged-in", "no-credentials"])
+def test_on_buildkit_a_base_behind_credentials_is_pulled_with_the_docker_configs(
+    tmp_path: Path,
+    logged_in: bool,
+    dockerd_containerd: Dockerd28,
+    auth_registry: RunningRegistry,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """dockerd 28 on the containerd store builds an SDK-engine image with its BuildKit, which
+    takes registry credentials only from a client session the Engine API request has not got.
+    So the daemon pulls a base it does not hold first, with the docker config's credentials
+    (as the classic builder is sent them), and BuildKit builds on it from the daemon's store;
+    without credentials the run fails with the registry's refusal, naming the base."""
+    namespace = f"bkauth{os.urandom(3).hex()}"
+    base = f"{auth_registry.host}/{namespace}/base:1"
+    digest = push_marked_base(registry_client(auth_registry), f"{namespace}/base", "1")
+    home = tmp_path / "home"
+    if logged_in:
+        login = base64.b64encode(f"{auth_registry.username}:{auth_registry.password}".encode())
+        (home / ".docker").mkdir(parents=True)
+        (home / ".docker" / "config.json").write_text(
+            json.dumps({"auths": {auth_registry.host: {"auth": login.decode()}}})
+        )
+    root = project(
+        tmp_path / "child",
+        plain_registry.host,
+        "image: {name: behind-credentials}",
+        {"Dockerfile": f"FROM {base}\nCOPY a.txt /a.txt\n", "a.txt": "ours\n"},
+    )
+    env = {"HOME": str(home), "DOCKER_HOST": dockerd_containerd.host}
+    argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
+    code, out, err = run_shipit(argv, capsys, env)
+    assert f"pulling base image {base}" in err
+    if not logged_in:
+        assert code == 1
+        assert f"cannot pull base image {base}" in err and "no basic auth credentials" in err, err
+        assert "Traceback" not in err
+        return
+    assert code == 0, err
+    assert "Step 1/" not in err and "[2/2] COPY a.txt /a.txt" in err  # BuildKit's steps
+    files = image_files(dockerd_containerd.host, json.loads(out)["images"][0]["image_id"])
+    assert files["marker"] == b"from the base\n" and files["a.txt"] == b"ours\n"
+    docker_env = {**os.environ, "DOCKER_HOST": dockerd_containerd.host}
+    held = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", base],
+        env=docker_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{auth_registry.host}/{namespace}/base@{digest}" in held.stdout
+    subprocess.run(["docker", "rmi", base], env=docker_env, capture_output=True, check=False)
+
+
+def test_on_buildkit_a_base_moved_in_its_registry_is_built_on_not_recalled(
+    tmp_path: Path,
+    dockerd_containerd: Dockerd28,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """BuildKit looks each base up in its registry on every build, so the memo recalls an
+    image only while the base the daemon pulls first is the one it recorded: the same inputs
+    are recalled; once the base's tag moves in the registry, the build runs on the new base."""
+    namespace = f"bkmove{os.urandom(3).hex()}"
+    base = f"{plain_registry.host}/{namespace}/base:1"
+    client = registry_client(plain_registry)
+    push_marked_base(client, f"{namespace}/base", "1", b"first\n")
+    root = project(
+        tmp_path / "p",
+        plain_registry.host,
+        "image: {name: moved}",
+        {"Dockerfile": f"FROM {base}\nCOPY a.txt /a.txt\n", "a.txt": "ours\n"},
+    )
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd_containerd.host}
+
+    def run() -> tuple[str, str]:
+        argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
+        code, out, err = run_shipit(argv, capsys, env)
+        assert code == 0, err
+        return json.loads(out)["images"][0]["image_id"], err
+
+    first, err = run()
+    assert NOT_SENT not in err and "[2/2] COPY a.txt /a.txt" in err
+    assert image_files(dockerd_containerd.host, first)["marker"] == b"first\n"
+    again, err = run()
+    assert (again, NOT_SENT in err) == (first, True)
+    push_marked_base(client, f"{namespace}/base", "1", b"second\n")
+    moved, err = run()
+    assert NOT_SENT not in err and moved != first
+    assert image_files(dockerd_containerd.host, moved)["marker"] == b"second\n"

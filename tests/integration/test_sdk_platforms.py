@@ -6,6 +6,10 @@ run` to a registry of the test's own, runs as itself (`uname -m`) and its config
 architecture. What the classic builder cannot build is refused before any build.
 
 See shipit/stages/build/classic_platforms.py for why the classic builder needs help.
+
+On the containerd store the SDK engine builds with the daemon's BuildKit unless told otherwise
+(`DOCKER_BUILDKIT=0`, as `docker build` is told): the classic builder's tests say so, and
+the last test here is BuildKit's.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -68,6 +73,11 @@ def daemon(request: pytest.FixtureRequest, dockerd: Dockerd, qemu_arm64: Any) ->
 @pytest.fixture(scope="module")
 def registry(registry_factory: RegistryFactory) -> RunningRegistry:
     return registry_factory()
+
+
+def classic_env(host: str, home: Path) -> dict[str, str]:
+    """A run's environment that asks for the classic builder on either store."""
+    return run_env(host, home, DOCKER_BUILDKIT="0")
 
 
 def arch_of(platform: str) -> str:
@@ -190,7 +200,7 @@ def test_a_from_scratch_image_with_an_arg_before_its_copy_builds_for_both_platfo
     project = project_with(tmp_path / "p", spec_for(registry, namespace, PLATFORMS), SCRATCH)
     report = tmp_path / "report.json"
     code, _, err = run_shipit(
-        ["run", "-C", str(project), "--report", str(report)], capsys, run_env(daemon, tmp_path)
+        ["run", "-C", str(project), "--report", str(report)], capsys, classic_env(daemon, tmp_path)
     )
     assert code == 0, err
     # the classic builder; shipit's four labels are one LABEL step, the fifth
@@ -232,7 +242,7 @@ def test_its_twin_on_a_base_image_builds_each_platform_on_that_platforms_base(
     project = project_with(tmp_path / "p", spec, FROM_IMAGE.format(base=base))
     report = tmp_path / "report.json"
     code, _, err = run_shipit(
-        ["run", "-C", str(project), "--report", str(report)], capsys, run_env(daemon, tmp_path)
+        ["run", "-C", str(project), "--report", str(report)], capsys, classic_env(daemon, tmp_path)
     )
     assert code == 0, err
     tag, platforms = built_platforms(report)
@@ -273,7 +283,7 @@ def test_a_copy_right_after_from_image_takes_the_layers_of_that_platforms_base(
     project = project_with(tmp_path / "p", spec_for(registry, namespace, order), dockerfile)
     report = tmp_path / "report.json"
     code, _, err = run_shipit(
-        ["run", "-C", str(project), "--report", str(report)], capsys, run_env(daemon, tmp_path)
+        ["run", "-C", str(project), "--report", str(report)], capsys, classic_env(daemon, tmp_path)
     )
     assert code == 0, err
     tag, platforms = built_platforms(report)
@@ -305,7 +315,7 @@ def test_a_platform_whose_variant_the_containerd_store_drops_is_refused_before_t
         tmp_path / "p", spec, dockerfile="FROM scratch\nENV A=1\nCOPY hello.txt /\n"
     )
     code, out, err = run_shipit(
-        ["run", "-C", str(project)], capsys, run_env(dockerd_containerd.host, tmp_path)
+        ["run", "-C", str(project)], capsys, classic_env(dockerd_containerd.host, tmp_path)
     )
     assert code == 1, err
     assert "preflight: image app:" in err and "linux/arm/v6" in err
@@ -368,3 +378,43 @@ def files_of(archive: bytes) -> dict[str, bytes]:
                     if member.isfile():
                         found[member.name] = layer.extractfile(member).read()  # type: ignore[union-attr]
         return found
+
+
+def test_on_the_containerd_store_the_daemons_buildkit_builds_each_platform_from_its_own_base(
+    tmp_path: Path,
+    dockerd_containerd: Any,
+    qemu_arm64: Any,
+    registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Unless told otherwise, the SDK engine sends a containerd-store daemon's build to its
+    BuildKit: issue 19's Dockerfile for both platforms, with BuildKit's own platform args, a
+    step per instruction and none for shipit's labels, each image running as itself."""
+    namespace = f"bk{os.urandom(3).hex()}"
+    project = project_with(tmp_path / "p", spec_for(registry, namespace, PLATFORMS), SCRATCH)
+    report = tmp_path / "report.json"
+    host = dockerd_containerd.host
+    code, _, err = run_shipit(
+        ["run", "-C", str(project), "--report", str(report)], capsys, run_env(host, tmp_path)
+    )
+    assert code == 0, err
+    assert re.search(r"^\[[^\]]*1/1\] COPY busybox-", err, re.M), err
+    assert "Step 1/" not in err  # not the classic builder
+    tag, platforms = built_platforms(report)
+    assert sorted(platforms) == sorted(PLATFORMS)
+    client = registry_client(registry)
+    repository = f"{namespace}/app"
+    for platform, digest in platforms.items():
+        config, layers = config_of(client, repository, digest)
+        assert (config["os"], config["architecture"]) == ("linux", arch_of(platform))
+        assert layers == 1
+        assert all(h.get("comment") == "buildkit.dockerfile.v0" for h in config["history"])
+        steps = [h["created_by"].split(" ")[0] for h in config["history"]]
+        assert steps == ["ARG", "COPY", "CMD"], config["history"]  # labels add no step
+        assert config["history"][0]["created_by"] == f"ARG TARGETARCH={arch_of(platform)}"
+        labels = config["config"]["Labels"]
+        assert (
+            labels["org.opencontainers.image.revision"] == git(project, "rev-parse", "HEAD").strip()
+        )
+        ref = f"{registry.host}/{repository}:{tag}"
+        assert run_as(host, ref, platform) == UNAME[arch_of(platform)]

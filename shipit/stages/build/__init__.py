@@ -53,7 +53,7 @@ from shipit.stages.build.probes import (
     find_docker,
     inspect_builder,
 )
-from shipit.stages.build.sdk import SdkBuilder
+from shipit.stages.build.sdk import SdkBuilder, builds_with_buildkit
 from shipit.stages.export_cache import ExportCache
 
 __all__ = [
@@ -229,6 +229,8 @@ class Engines:
             except OSError:
                 continue  # the build says what is wrong
             for platform in settings.platforms:
+                if builds_with_buildkit(self.daemon.env, info, settings):
+                    continue  # BuildKit builds each platform from its own base
                 reason = refusal(
                     info,
                     text,

@@ -104,6 +104,8 @@ class BuildMemo:
             "labels": sorted((request.labels or {}).items()),
             "network": request.network,
         }
+        if request.buildkit:  # another builder: another image from the same inputs
+            inputs["builder"] = "buildkit"
         return inputs_digest(inputs)
 
     def holds_any(self) -> bool:
