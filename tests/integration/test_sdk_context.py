@@ -57,12 +57,17 @@ def image_files(docker_host: str, ref: str) -> dict[str, bytes]:
     return files
 
 
-def build(root: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> dict[str, bytes]:
-    """Build the project with shipit (no push) and read back the image the daemon holds."""
+def built(root: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    """Build the project with shipit (no push): the image's id and the run's log."""
     argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
     code, out, err = run_shipit(argv, capsys, env)
     assert code == 0, err
-    return image_files(env["DOCKER_HOST"], json.loads(out)["images"][0]["image_id"])
+    return json.loads(out)["images"][0]["image_id"], err
+
+
+def build(root: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> dict[str, bytes]:
+    """Build the project with shipit (no push) and read back the image the daemon holds."""
+    return image_files(env["DOCKER_HOST"], built(root, env, capsys)[0])
 
 
 def project(
@@ -153,21 +158,15 @@ def test_an_unchanged_build_is_not_sent_again_and_a_changed_one_is(
     git(root, "commit", "-q", "-m", "context")
     env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host}
 
-    def run() -> tuple[str, str]:
-        argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
-        code, out, err = run_shipit(argv, capsys, env)
-        assert code == 0, err
-        return json.loads(out)["images"][0]["image_id"], err
-
-    first, err = run()
+    first, err = built(root, env, capsys)
     assert NOT_SENT not in err
-    again, err = run()
+    again, err = built(root, env, capsys)
     assert (again, NOT_SENT in err) == (first, True)
     (root / "ignored.txt").write_text("not in the context\n", encoding="utf-8")
-    again, err = run()
+    again, err = built(root, env, capsys)
     assert (again, NOT_SENT in err) == (first, True)
     (root / "a.txt").write_text("two\n", encoding="utf-8")
-    changed, err = run()
+    changed, err = built(root, env, capsys)
     assert NOT_SENT not in err
     assert changed != first
     assert image_files(dockerd.host, changed)["ctx/a.txt"] == b"two\n"
@@ -176,7 +175,7 @@ def test_an_unchanged_build_is_not_sent_again_and_a_changed_one_is(
         f"{image.format('hello')}\n",
         encoding="utf-8",
     )
-    other, err = run()
+    other, err = built(root, env, capsys)
     assert NOT_SENT not in err
     assert other != changed
     subprocess.run(  # the image goes: its record no longer holds, the build is sent again
@@ -185,7 +184,7 @@ def test_an_unchanged_build_is_not_sent_again_and_a_changed_one_is(
         capture_output=True,
         check=True,
     )
-    rebuilt, err = run()
+    rebuilt, err = built(root, env, capsys)
     assert NOT_SENT not in err
     assert image_files(dockerd.host, rebuilt)["ctx/a.txt"] == b"two\n"
 
@@ -390,6 +389,12 @@ def push_marked_base(
     return client.put_manifest(repository, tag, manifest)
 
 
+def on_base(root: Path, registry: str, name: str, base: str) -> Path:
+    """A project whose image `name` is `base` with /a.txt (`ours`) copied on."""
+    files = {"Dockerfile": f"FROM {base}\nCOPY a.txt /a.txt\n", "a.txt": "ours\n"}
+    return project(root, registry, f"image: {{name: {name}}}", files)
+
+
 @pytest.mark.parametrize("logged_in", [True, False], ids=["logged-in", "no-credentials"])
 def test_on_buildkit_a_base_behind_credentials_is_pulled_with_the_docker_configs(
     tmp_path: Path,
@@ -414,12 +419,7 @@ def test_on_buildkit_a_base_behind_credentials_is_pulled_with_the_docker_configs
         (home / ".docker" / "config.json").write_text(
             json.dumps({"auths": {auth_registry.host: {"auth": login.decode()}}})
         )
-    root = project(
-        tmp_path / "child",
-        plain_registry.host,
-        "image: {name: behind-credentials}",
-        {"Dockerfile": f"FROM {base}\nCOPY a.txt /a.txt\n", "a.txt": "ours\n"},
-    )
+    root = on_base(tmp_path / "child", plain_registry.host, "behind-credentials", base)
     env = {"HOME": str(home), "DOCKER_HOST": dockerd_containerd.host}
     argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
     code, out, err = run_shipit(argv, capsys, env)
@@ -458,26 +458,15 @@ def test_on_buildkit_a_base_moved_in_its_registry_is_built_on_not_recalled(
     base = f"{plain_registry.host}/{namespace}/base:1"
     client = registry_client(plain_registry)
     push_marked_base(client, f"{namespace}/base", "1", b"first\n")
-    root = project(
-        tmp_path / "p",
-        plain_registry.host,
-        "image: {name: moved}",
-        {"Dockerfile": f"FROM {base}\nCOPY a.txt /a.txt\n", "a.txt": "ours\n"},
-    )
+    root = on_base(tmp_path / "p", plain_registry.host, "moved", base)
     env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd_containerd.host}
 
-    def run() -> tuple[str, str]:
-        argv = ["run", "-C", str(root), "--no-push", "--skip", "scan", "--json"]
-        code, out, err = run_shipit(argv, capsys, env)
-        assert code == 0, err
-        return json.loads(out)["images"][0]["image_id"], err
-
-    first, err = run()
+    first, err = built(root, env, capsys)
     assert NOT_SENT not in err and "[2/2] COPY a.txt /a.txt" in err
     assert image_files(dockerd_containerd.host, first)["marker"] == b"first\n"
-    again, err = run()
+    again, err = built(root, env, capsys)
     assert (again, NOT_SENT in err) == (first, True)
     push_marked_base(client, f"{namespace}/base", "1", b"second\n")
-    moved, err = run()
+    moved, err = built(root, env, capsys)
     assert NOT_SENT not in err and moved != first
     assert image_files(dockerd_containerd.host, moved)["marker"] == b"second\n"

@@ -117,6 +117,22 @@ def built_platforms(report: Path) -> tuple[str, dict[str, str]]:
     return image["tags"][0], {p["platform"]: p["digest"] for p in image["platforms"]}
 
 
+def pushed_configs(
+    report: Path, registry: RunningRegistry, namespace: str
+) -> tuple[str, list[tuple[str, dict[str, Any], int]]]:
+    """The tag `shipit run` pushed, and each platform's image config and number of layers
+    read back from the registry: both platforms, each config naming its own."""
+    tag, platforms = built_platforms(report)
+    assert sorted(platforms) == sorted(PLATFORMS)
+    client = registry_client(registry)
+    found = []
+    for platform, digest in platforms.items():
+        config, layers = config_of(client, f"{namespace}/app", digest)
+        assert (config["os"], config["architecture"]) == ("linux", arch_of(platform))
+        found.append((platform, config, layers))
+    return tag, found
+
+
 def diff_id(client: Registry, repository: str, layer: Descriptor) -> str:
     """The digest of a layer's tar, as an image config's diff ids name it."""
     with client._open_blob(repository, layer) as response:
@@ -205,13 +221,8 @@ def test_a_from_scratch_image_with_an_arg_before_its_copy_builds_for_both_platfo
     assert code == 0, err
     # the classic builder; shipit's four labels are one LABEL step, the fifth
     assert "Step 2/5 : ARG TARGETARCH" in err
-    tag, platforms = built_platforms(report)
-    assert sorted(platforms) == sorted(PLATFORMS)
-    client = registry_client(registry)
-    repository = f"{namespace}/app"
-    for platform, digest in platforms.items():
-        config, layers = config_of(client, repository, digest)
-        assert (config["os"], config["architecture"]) == ("linux", arch_of(platform))
+    tag, configs = pushed_configs(report, registry, namespace)
+    for platform, config, layers in configs:
         assert "variant" not in config
         # what the Dockerfile makes, nothing more: one layer, and the history of its steps
         assert layers == 1
@@ -220,7 +231,7 @@ def test_a_from_scratch_image_with_an_arg_before_its_copy_builds_for_both_platfo
         assert steps[2] == 'CMD ["/bin/busybox" "uname" "-m"]', steps
         assert len(steps) == 4 and steps[3].startswith("LABEL org.opencontainers.image."), steps
         assert config["config"]["Cmd"] == ["/bin/busybox", "uname", "-m"]
-        ref = f"{registry.host}/{repository}:{tag}"
+        ref = f"{registry.host}/{namespace}/app:{tag}"
         assert run_as(daemon, ref, platform) == UNAME[arch_of(platform)]
 
 
@@ -400,13 +411,8 @@ def test_on_the_containerd_store_the_daemons_buildkit_builds_each_platform_from_
     assert code == 0, err
     assert re.search(r"^\[[^\]]*1/1\] COPY busybox-", err, re.M), err
     assert "Step 1/" not in err  # not the classic builder
-    tag, platforms = built_platforms(report)
-    assert sorted(platforms) == sorted(PLATFORMS)
-    client = registry_client(registry)
-    repository = f"{namespace}/app"
-    for platform, digest in platforms.items():
-        config, layers = config_of(client, repository, digest)
-        assert (config["os"], config["architecture"]) == ("linux", arch_of(platform))
+    tag, configs = pushed_configs(report, registry, namespace)
+    for platform, config, layers in configs:
         assert layers == 1
         assert all(h.get("comment") == "buildkit.dockerfile.v0" for h in config["history"])
         steps = [h["created_by"].split(" ")[0] for h in config["history"]]
@@ -416,5 +422,5 @@ def test_on_the_containerd_store_the_daemons_buildkit_builds_each_platform_from_
         assert (
             labels["org.opencontainers.image.revision"] == git(project, "rev-parse", "HEAD").strip()
         )
-        ref = f"{registry.host}/{repository}:{tag}"
+        ref = f"{registry.host}/{namespace}/app:{tag}"
         assert run_as(host, ref, platform) == UNAME[arch_of(platform)]
