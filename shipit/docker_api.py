@@ -114,9 +114,11 @@ class DaemonInfo:
     os: str = "linux"  # the daemon's own platform
     arch: str = "amd64"
     podman: bool = False  # Podman's Docker API (`podman system service`), builds by buildah
-    # the daemon builds with BuildKit when asked (`/_ping` says `Builder-Version: 2`; a
-    # daemon.json with `"features": {"buildkit": false}` says 1)
-    buildkit: bool = False
+    # the builder a client is to use by default, as `/_ping`'s `Builder-Version` says: "2"
+    # BuildKit (Docker 23 and later), "1" the classic builder (a daemon.json with
+    # `"features": {"buildkit": false}`), "" unsaid (Docker 20.10's default); BuildKit
+    # answers `version=2` whatever it says (checked on dockerd 20.10 and 28.5)
+    builder_version: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -314,7 +316,7 @@ class Daemon:
                 os=str(version.get("Os") or "linux"),
                 arch=str(version.get("Arch") or "amd64"),
                 podman=_is_podman(version),
-                buildkit=builder == "2",
+                builder_version=str(builder or ""),
             )
         return self._info
 

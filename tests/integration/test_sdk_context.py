@@ -470,3 +470,30 @@ def test_on_buildkit_a_base_moved_in_its_registry_is_built_on_not_recalled(
     moved, err = built(root, env, capsys)
     assert NOT_SENT not in err and moved != first
     assert image_files(dockerd_containerd.host, moved)["marker"] == b"second\n"
+
+
+def test_docker_buildkit_1_builds_with_the_session_daemons_buildkit_and_is_recalled(
+    tmp_path: Path,
+    dockerd: Dockerd,
+    plain_registry: RunningRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`DOCKER_BUILDKIT=1`, as `docker build` reads it: the SDK engine's build goes to the
+    daemon's BuildKit whatever its store (on bookworm's dockerd 20.10, whose `/_ping` names no
+    default builder, too): BuildKit's steps in the log, the files where the Dockerfile puts
+    them, and the same inputs recalled by the memo the next time."""
+    root = project(
+        tmp_path / "p",
+        plain_registry.host,
+        "image: {name: asked}",
+        {"Dockerfile": "FROM scratch\nCOPY a.txt /a.txt\nUSER 1000\n", "a.txt": "asked\n"},
+    )
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd.host, "DOCKER_BUILDKIT": "1"}
+    first, err = built(root, env, capsys)
+    assert "[1/1] COPY a.txt /a.txt" in err and "Step 1/" not in err, err
+    assert image_files(dockerd.host, first)["a.txt"] == b"asked\n"
+    again, err = built(root, env, capsys)
+    assert (again, NOT_SENT in err) == (first, True)
+    classic, err = built(root, {**env, "DOCKER_BUILDKIT": "0"}, capsys)
+    assert "Step 1/" in err and NOT_SENT not in err  # another builder: not the same record
+    assert image_files(dockerd.host, classic)["a.txt"] == b"asked\n"

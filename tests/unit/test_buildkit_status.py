@@ -269,7 +269,7 @@ def _info(**changes: Any) -> DaemonInfo:
         "version": "28.5.2",
         "api_version": "1.51",
         "containerd_store": True,
-        "buildkit": True,
+        "builder_version": "2",
     }
     return DaemonInfo(**{**values, **changes})
 
@@ -277,21 +277,24 @@ def _info(**changes: Any) -> DaemonInfo:
 @pytest.mark.parametrize(
     ("variable", "store", "podman", "offered", "chosen"),
     [
-        (None, True, False, True, True),  # the containerd store: BuildKit
-        (None, False, False, True, False),  # the classic store: its classic builder
-        ("0", True, False, True, False),  # as `DOCKER_BUILDKIT=0 docker build`
-        ("false", True, False, True, False),
-        ("1", False, False, True, True),  # as `DOCKER_BUILDKIT=1 docker build`
-        ("yes", False, False, True, False),  # not a Go boolean: as if unset
-        ("1", True, False, False, False),  # BuildKit turned off in daemon.json
-        (None, True, True, True, False),  # Podman builds with buildah
+        (None, True, False, "2", True),  # the containerd store: BuildKit
+        (None, False, False, "2", False),  # the classic store: its classic builder
+        (None, False, False, "", False),  # dockerd 20.10
+        ("0", True, False, "2", False),  # as `DOCKER_BUILDKIT=0 docker build`
+        ("false", True, False, "2", False),
+        ("1", False, False, "", True),  # as `DOCKER_BUILDKIT=1 docker build`, even on 20.10
+        ("yes", False, False, "2", False),  # not a Go boolean: as if unset
+        (None, True, False, "1", False),  # BuildKit not the default in daemon.json
+        ("1", True, False, "1", True),  # ... but asked for: as the docker CLI asks
+        (None, True, True, "2", False),  # Podman builds with buildah
+        ("1", True, True, "2", False),
     ],
 )
 def test_which_builder_an_sdk_build_gets(
-    tmp_path: Path, variable: str | None, store: bool, podman: bool, offered: bool, chosen: bool
+    tmp_path: Path, variable: str | None, store: bool, podman: bool, offered: str, chosen: bool
 ) -> None:
     env = {} if variable is None else {"DOCKER_BUILDKIT": variable}
-    info = _info(containerd_store=store, podman=podman, buildkit=offered)
+    info = _info(containerd_store=store, podman=podman, builder_version=offered)
     settings, _ = _request(tmp_path, "FROM scratch\n")
     assert builds_with_buildkit(env, info, settings) is chosen
     cached = replace(settings, cache_from=("registry.example/team/app:cache",))

@@ -377,8 +377,9 @@ def builds_with_buildkit(env: Mapping[str, str], info: DaemonInfo, settings: Bui
     """Whether an SDK-engine build goes to the daemon's BuildKit (`/build?version=2`).
 
     As `docker build` chooses (docker/cli: `DOCKER_BUILDKIT` set to a false value means the
-    classic builder, a true one BuildKit; unset, BuildKit where the daemon offers it since
-    Docker 23), except that, unset, only a daemon on the containerd image store gets BuildKit:
+    classic builder, a true one BuildKit; unset, BuildKit where the daemon's `/_ping` says
+    `Builder-Version: 2`, Docker 23 and later), except that, unset, only a daemon on the
+    containerd image store gets BuildKit:
     there the classic builder commits a container for every step (0.55 s each on dockerd
     28.5: 19 s of a cold build of the Debian example, which BuildKit built in 7 s), while on
     the classic store the classic builder's cache and the build memo are what was measured
@@ -386,9 +387,9 @@ def builds_with_buildkit(env: Mapping[str, str], info: DaemonInfo, settings: Bui
     classic builder: its entries are images whose layers that builder reuses, where BuildKit
     would read them as cache manifests (or inline cache) and find none in a plain image."""
     wanted = _bool_env(env.get("DOCKER_BUILDKIT"))
-    if info.podman or not info.buildkit or wanted is False or settings.cache_from:
+    if info.podman or wanted is False or settings.cache_from:
         return False
-    return wanted is True or info.containerd_store
+    return wanted is True or (info.containerd_store and info.builder_version == "2")
 
 
 def _held(daemon: Daemon, name: str) -> bool:
