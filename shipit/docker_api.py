@@ -245,7 +245,7 @@ class Daemon:
         pull, platform, cache-from and network none/host are passed on as frontend attributes).
         No registry credentials go along: BuildKit takes them only from a session (the classic
         builder alone reads `X-Registry-Config`, daemon/builder/dockerfile/imagecontext.go),
-        which is why `SdkBuilder` sends a build whose bases need them to the classic builder."""
+        which is why `SdkBuilder` has the daemon pull the bases first (`_bases_pulled`)."""
         api = self._client.api
         params: dict[str, Any] = {
             "version": "2",
@@ -324,11 +324,11 @@ class Daemon:
         """Pull `name` for `platform`, with the credentials the docker config of the run's
         environment holds for its registry (`config_auth`; docker-py alone would read the
         config of the process's own HOME)."""
-        repository, _ = docker.utils.parse_repository_tag(name)
-        registry, _ = docker.auth.resolve_repository_name(repository)
-        found = config_auth(registry, self.env)
-        auth = {"username": found.username, "password": found.password} if found else None
         try:
+            repository, _ = docker.utils.parse_repository_tag(name)
+            registry, _ = docker.auth.resolve_repository_name(repository)
+            found = config_auth(registry, self.env)
+            auth = {"username": found.username, "password": found.password} if found else None
             stream = self._client.api.pull(
                 name, platform=platform, stream=True, decode=True, auth_config=auth
             )
