@@ -881,6 +881,14 @@ def _watching(on_line: Callable[[str], None]) -> Callable[[str], None]:
     return watch
 
 
+def _build_error(chunk: Mapping[str, Any]) -> str | None:
+    """The error a build stream's message reports (either builder's), or None."""
+    if "error" not in chunk and "errorDetail" not in chunk:
+        return None
+    detail = chunk.get("errorDetail") or {}
+    return str(chunk.get("error") or detail.get("message") or "build failed").strip()
+
+
 def _read_buildkit(
     stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], None], *, narrowed: bool
 ) -> str:
@@ -890,10 +898,8 @@ def _read_buildkit(
     progress = buildkit_status.Progress(on_line)
     image_id: str | None = None
     for chunk in stream:
-        if "error" in chunk or "errorDetail" in chunk:
+        if (message := _build_error(chunk)) is not None:
             progress.finish()
-            detail = chunk.get("errorDetail") or {}
-            message = str(chunk.get("error") or detail.get("message") or "build failed").strip()
             raise StreamError(message, step=progress.failed)
         kind, aux = chunk.get("id"), chunk.get("aux")
         if kind == "moby.buildkit.trace" and isinstance(aux, str):
@@ -921,9 +927,7 @@ def _read_build(stream: Iterable[Mapping[str, Any]], on_line: Callable[[str], No
     image_id: str | None = None
     step: str | None = None
     for chunk in stream:
-        if "error" in chunk or "errorDetail" in chunk:
-            detail = chunk.get("errorDetail") or {}
-            message = str(chunk.get("error") or detail.get("message") or "build failed").strip()
+        if (message := _build_error(chunk)) is not None:
             raise StreamError(message, step=step)
         text = chunk.get("stream")
         if isinstance(text, str):

@@ -222,6 +222,8 @@ class Engines:
             raise StageError("preflight", str(exc)) from None
         for image in wanted:
             settings = image.build
+            if builds_with_buildkit(self.daemon.env, info, settings):
+                continue  # BuildKit builds each platform from its own base
             try:
                 text = (Path(settings.context) / settings.dockerfile).read_text(
                     encoding="utf-8", errors="replace"
@@ -229,8 +231,6 @@ class Engines:
             except OSError:
                 continue  # the build says what is wrong
             for platform in settings.platforms:
-                if builds_with_buildkit(self.daemon.env, info, settings):
-                    continue  # BuildKit builds each platform from its own base
                 reason = refusal(
                     info,
                     text,
