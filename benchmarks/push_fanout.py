@@ -34,9 +34,13 @@ times each cache state (`--cache`):
 
 Prints every round (and the 1-minute load average when it started), then per cell the
 medians with each one's ratio to docker's one push, to the shell loop and to `buildx --push`,
-shipit's stages (from its log groups) and its peak memory (VmHWM of the shipit process, read
-from /proc while it runs); at the end the whole matrix as ratios. Every shipit run must end
-with one digest in all three registries.
+shipit's stages (from its log groups) with how busy the machine's cores were through each
+(/proc/stat), its peak memory (VmHWM of the shipit process, read from /proc while it runs),
+and each row's CPU seconds by party: what the row ran itself (docker, buildx, shipit and its
+children), the daemon's processes and the registries (proc(5)'s utime and stime). Where the
+cores are busy through a stage, running its work side by side cannot make it shorter; that
+is where a row's time is the machine's, not the tool's. At the end the whole matrix as
+ratios. Every shipit run must end with one digest in all three registries.
 
     .venv/bin/python -m benchmarks.push_fanout [--rounds 5] [--mb 48] [--only ROW ...]
         [--store classic containerd] [--cache warm cold] [--image random|debian]
@@ -83,6 +87,66 @@ class ShipitRun:
     seconds: float
     peak_rss: int  # bytes, the shipit process's own high-water mark
     stages: dict[str, float] = field(default_factory=dict)
+    busy: dict[str, float] = field(default_factory=dict)  # the cores' busy share per stage
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds (user + system) one measurement cost each party: what the row ran itself
+    (docker, buildx, shipit and what it ran, buildah included), the daemon's own processes
+    (dockerd, containerd and its shims; not RUN steps' processes, which exit unreaped by
+    them), and the registries."""
+
+    clients: float
+    daemon: float
+    registries: float
+
+    @property
+    def total(self) -> float:
+        return self.clients + self.daemon + self.registries
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (proc(5)): field 3 (state) is index 0."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    """utime + stime + cutime + cstime (proc(5) fields 14 to 17): the process's own CPU and
+    that of the children it waited for."""
+    return sum(int(v) for v in fields[11:15]) / _TICK if len(fields) > 14 else 0.0
+
+
+def _sessions_cpu(leaders: list[int]) -> float:
+    """CPU seconds so far of every process in the sessions these processes lead (the
+    daemons are started with setsid, and containerd's shims stay in its session)."""
+    wanted = {str(pid) for pid in leaders}
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if len(fields) > 3 and fields[3] in wanted:  # field 6: the session id
+                total += _cpu_seconds(fields)
+    return total
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core so far: /proc/stat's `cpu` line (proc(5)); idle
+    and iowait are not busy."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def _children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 @dataclass
@@ -93,8 +157,10 @@ class Cell:
     cache: str
     env: dict[str, str]
     work: Path
+    sessions: list[int] = field(default_factory=list)  # the daemon's session leaders
     rounds: list[dict[str, float]] = field(default_factory=list)
     runs: list[dict[str, ShipitRun]] = field(default_factory=list)
+    cpu: list[dict[str, CpuUse]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -169,16 +235,17 @@ def _debian(work: Path, stops: list[Callable[[], None]]) -> tuple[Path, Path]:
     return project, debian_registries_conf(work / "registries.conf", registry.host)
 
 
-def _daemon(store: str, work: Path, stops: list[Callable[[], None]]) -> str:
+def _daemon(store: str, work: Path, stops: list[Callable[[], None]]) -> tuple[str, list[int]]:
     """A daemon of the benchmark's own on `store` (the cold rows empty its images and build
-    cache), stopped with the rest; its DOCKER_HOST."""
+    cache), stopped with the rest; its DOCKER_HOST, and the leaders of its processes'
+    sessions (dockerd 20.10 starts its containerd itself)."""
     if store == "containerd":
         d28 = dockerd28.start_dockerd28(work / "dockerd28")
         stops.append(lambda: dockerd28.stop_dockerd28(d28))
-        return d28.host
+        return d28.host, [d28.dockerd_pid, d28.containerd_pid]
     daemon = dockerd28.start_private_dockerd(work / "dockerd20")
     stops.append(lambda: dockerd28.stop_private_dockerd(daemon))
-    return daemon.host
+    return daemon.host, [daemon.pid]
 
 
 def _build_args() -> list[str]:
@@ -198,9 +265,10 @@ def _vmhwm(pid: int) -> int:
 def _shipit(project: Path, env: dict[str, str]) -> ShipitRun:
     """One `shipit run`, timed from outside; its peak memory and when each stage began."""
     argv = [SHIPIT, "run", "-C", str(project), "--skip", "scan", "--skip", "sign", "--json"]
-    started = time.monotonic()
+    started, started_ticks = time.monotonic(), _machine_jiffies()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     marks: dict[str, float] = {}
+    ticks: dict[str, tuple[int, int]] = {}
     tail: list[bytes] = []
 
     def read_log() -> None:
@@ -208,7 +276,9 @@ def _shipit(project: Path, env: dict[str, str]) -> ShipitRun:
         for line in proc.stderr:
             tail[:] = [*tail[-40:], line]
             if line.startswith(b"==> "):
-                marks.setdefault(line.split()[1].decode(), time.monotonic())
+                stage = line.split()[1].decode()
+                if stage not in marks:
+                    marks[stage], ticks[stage] = time.monotonic(), _machine_jiffies()
 
     reader = threading.Thread(target=read_log, daemon=True)
     reader.start()
@@ -216,7 +286,7 @@ def _shipit(project: Path, env: dict[str, str]) -> ShipitRun:
     while proc.poll() is None:
         peak = max(peak, _vmhwm(proc.pid))
         time.sleep(0.01)
-    ended = time.monotonic()
+    ended, ended_ticks = time.monotonic(), _machine_jiffies()
     reader.join(10)
     out = proc.stdout.read() if proc.stdout else b""
     if proc.returncode != 0:
@@ -227,7 +297,12 @@ def _shipit(project: Path, env: dict[str, str]) -> ShipitRun:
     points = [started] + [marks[s] for s in STAGES if s in marks] + [ended]
     names = ["startup"] + [s for s in STAGES if s in marks]
     stages = {name: b - a for name, a, b in zip(names, points, points[1:], strict=False)}
-    return ShipitRun(seconds=ended - started, peak_rss=peak, stages=stages)
+    counts = [started_ticks] + [ticks[s] for s in STAGES if s in ticks] + [ended_ticks]
+    busy = {
+        name: (b[0] - a[0]) / (b[1] - a[1]) if b[1] > a[1] else 0.0
+        for name, a, b in zip(names, counts, counts[1:], strict=False)
+    }
+    return ShipitRun(seconds=ended - started, peak_rss=peak, stages=stages, busy=busy)
 
 
 def _docker_rows(project: Path, env: dict[str, str]) -> dict[str, Callable[[list[str]], float]]:
@@ -281,9 +356,10 @@ def _make_cold(cell: Cell, row: str) -> dict[str, str]:
 
 def _round(
     cell: Cell, index: int, project: Path, order: list[str], ports: dict[str, list[int]]
-) -> tuple[dict[str, float], dict[str, ShipitRun]]:
+) -> tuple[dict[str, float], dict[str, ShipitRun], dict[str, CpuUse]]:
     times: dict[str, float] = {}
     runs: dict[str, ShipitRun] = {}
+    cpu: dict[str, CpuUse] = {}
     docker_rows = _docker_rows(project, cell.env)
     for row in order:
         if cell.cache == "cold":
@@ -292,17 +368,23 @@ def _round(
         regs = [services.start_registry(folder, port=p) for p in ports[row]]
         try:
             hosts = [r.host for r in regs]
+            clients, daemon = _children_cpu(), _sessions_cpu(cell.sessions)
             if row in docker_rows:
                 times[row] = docker_rows[row](hosts)
             else:
                 _spec(project, hosts, row.split()[1])
                 runs[row] = _shipit(project, cell.env)
                 times[row] = runs[row].seconds
+            cpu[row] = CpuUse(
+                clients=_children_cpu() - clients,
+                daemon=_sessions_cpu(cell.sessions) - daemon,
+                registries=sum(_cpu_seconds(_stat_fields(r.pid)) for r in regs),
+            )
         finally:
             for reg in regs:
                 services.stop_registry(reg)
         shutil.rmtree(folder, ignore_errors=True)
-    return times, runs
+    return times, runs, cpu
 
 
 def _ports(rows: list[str]) -> dict[str, list[int]]:
@@ -361,8 +443,28 @@ def _report(cell: Cell, rows: list[str]) -> None:
         peak = max(r[row].peak_rss for r in cell.runs)
         stages = {s: statistics.median(r[row].stages.get(s, 0.0) for r in cell.runs) for s in
                   ("startup", *STAGES)}  # fmt: skip
-        text = ", ".join(f"{s} {v:.2f}s" for s, v in stages.items())
-        print(f"  {row}: peak RSS {peak / 1e6:.0f} MB; median stages: {text}")
+        busy = {s: statistics.median(r[row].busy.get(s, 0.0) for r in cell.runs) for s in stages}
+        text = ", ".join(f"{s} {v:.2f}s ({busy[s]:.0%})" for s, v in stages.items())
+        print(f"  {row}: peak RSS {peak / 1e6:.0f} MB; median stages (the cores' busy share):"
+              f" {text}")  # fmt: skip
+    _report_cpu(cell, rows)
+
+
+def _report_cpu(cell: Cell, rows: list[str]) -> None:
+    """Median CPU seconds per party, and how busy that kept the machine's cores: where the
+    cores are busy through a row, running side by side cannot make it much shorter."""
+    cores = os.cpu_count() or 1
+    print(f"  CPU seconds, medians (clients / daemon / registries = total; the {cores} cores'"
+          " share of the row's time):")  # fmt: skip
+    for row in rows:
+        uses = [r[row] for r in cell.cpu]
+        parts = [statistics.median(getattr(u, p) for u in uses) for p in
+                 ("clients", "daemon", "registries", "total")]  # fmt: skip
+        busy = statistics.median(
+            u.total / (r[row] * cores) for u, r in zip(uses, cell.rounds, strict=True)
+        )
+        print(f"  {row:<20} {parts[0]:5.2f} / {parts[1]:5.2f} / {parts[2]:5.2f} = "
+              f"{parts[3]:5.2f}  {busy:4.0%}")  # fmt: skip
 
 
 def _matrix(cells: list[Cell], rows: list[str]) -> None:
@@ -391,9 +493,10 @@ def _measure(cell: Cell, project: Path, rows: list[str], rounds: int, mb: int) -
     for index in range(rounds):
         order = rows[index % len(rows) :] + rows[: index % len(rows)]
         load = os.getloadavg()[0]
-        times, shipit_runs = _round(cell, index, project, order, ports)
+        times, shipit_runs, cpu = _round(cell, index, project, order, ports)
         cell.rounds.append(times)
         cell.runs.append(shipit_runs)
+        cell.cpu.append(cpu)
         shown = ", ".join(f"{row} {times[row]:.2f}s" for row in rows)
         print(f"round {index + 1} (load {load:.2f}): {shown}", flush=True)
     _report(cell, rows)
@@ -427,7 +530,7 @@ def main() -> None:
         # PYTHONDONTWRITEBYTECODE, as here, would compile every module at every start)
         _run([sys.executable, "-m", "compileall", "-q", str(REPO / "shipit")], dict(os.environ))
         for store in args.store:
-            host = _daemon(store, work, stops)
+            host, sessions = _daemon(store, work, stops)
             for cache in args.cache:
                 folder = work / f"{store}-{cache}"
                 env = {**os.environ, "DOCKER_HOST": host, "HOME": str(folder)}
@@ -437,7 +540,7 @@ def main() -> None:
                 env["SHIPIT_CACHE_DIR"] = str(folder / "shipit-cache")
                 for name in ("DOCKER_CONFIG", "DOCKER_CONTEXT", "BUILDX_BUILDER"):
                     env.pop(name, None)
-                cell = Cell(store=store, cache=cache, env=env, work=folder)
+                cell = Cell(store=store, cache=cache, env=env, work=folder, sessions=sessions)
                 cells.append(cell)
                 _measure(cell, project, rows, args.rounds, args.mb)
         if len(cells) > 1:
