@@ -298,6 +298,13 @@ def test_without_an_error_line_the_last_step_is_named() -> None:
     assert "another CPU" in text
 
 
+def test_in_a_dockerfile_of_stages_the_last_step_is_named_without_its_stage() -> None:
+    """buildah 1.28 puts the stage before each step of a multi-stage build (seen on this
+    machine: `[2/2] STEP 3/3: COPY missing /m`)."""
+    text = failed_with(["[1/2] STEP 2/2: COPY f /f", "[2/2] STEP 2/3: RUN ./a.out", "killed"])
+    assert text == "image api for linux/arm64: step RUN ./a.out failed: killed"
+
+
 def test_inspect_gives_a_registry_digest_only_for_an_image_from_a_registry() -> None:
     digest = "sha256:" + "d" * 64
     document = {"FromImageID": "e" * 64, "FromImageDigest": digest}

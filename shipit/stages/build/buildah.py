@@ -664,9 +664,10 @@ def _read_digest(path: Path, name: str, what: str, *, prefix: str = "") -> str:
 
 class StepTracker:
     """Names the failing step from buildah's log: `STEP 4/6: RUN make`, then `Error: building
-    at STEP "RUN make": while running runtime: exit status 2`."""
+    at STEP "RUN make": while running runtime: exit status 2`. A Dockerfile of several stages
+    gets each step's stage in front, `[2/2] STEP 3/3: COPY missing /m` (buildah 1.28)."""
 
-    _STEP = re.compile(r"^STEP (\d+/\d+): (.*)$")
+    _STEP = re.compile(r"^(?:\[\d+/\d+\] )?STEP (\d+/\d+): (.*)$")
     _ERROR = re.compile(r'^Error: building at STEP "(.*)": (.*)$')
 
     def __init__(self) -> None:
