@@ -7,6 +7,7 @@ manifest names it. `push.store` waits for them (`error_for`) before it writes a 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,7 @@ class BlobUploads:
         self._on_bytes = on_bytes
         self._on_expect = on_expect
         self._pool = ThreadPoolExecutor(max_workers=max(1, image.image.push.parallel))
+        self._lock = threading.Lock()
         self._started: set[str] = set()
         self._streamed: set[Path] = set()
         self._probes: dict[str, Future[bool]] = {}
@@ -81,23 +83,41 @@ class BlobUploads:
 
     def add_layer(self, layer: Layer) -> None:
         """A complete layer: uploaded now, unless `start_layer` has it on its way already."""
-        if layer.descriptor.digest in self._started:
-            return
-        self._started.add(layer.descriptor.digest)
-        streamed = layer.path in self._streamed
+        self.add_file(layer.path, layer.descriptor)
+
+    def add_file(self, path: Path, descriptor: Descriptor) -> None:
+        """A complete blob in the file `path`: uploaded now (HEAD first), unless it is on its
+        way already (`start_layer`, or an earlier `add_file` of the same digest: any thread
+        may call this, e.g. the base image's layers while the image builds)."""
+        with self._lock:  # marked and submitted at once: `error_for` sees both or neither
+            if descriptor.digest in self._started:
+                return
+            self._started.add(descriptor.digest)
+            streamed = path in self._streamed
+            for target in self._targets:
+                self._expect(target.registry, descriptor.size)
+                if streamed:
+                    continue
+                client = self._access[target.registry].client
+                future = self._pool.submit(
+                    client.upload_blob,
+                    target.repository,
+                    path,
+                    known=descriptor,
+                    on_bytes=self._counter(target.registry),
+                )
+                self._futures[target.registry].append(future)
+
+    def lacking(self, digest: str) -> bool:
+        """Whether some registry lacks the blob `digest` (asked now; an error counts as
+        lacking: the upload then says what is wrong)."""
         for target in self._targets:
-            self._expect(target.registry, layer.descriptor.size)
-            if streamed:
-                continue
-            client = self._access[target.registry].client
-            future = self._pool.submit(
-                client.upload_blob,
-                target.repository,
-                layer.path,
-                known=layer.descriptor,
-                on_bytes=self._counter(target.registry),
-            )
-            self._futures[target.registry].append(future)
+            try:
+                if not self._access[target.registry].client.has_blob(target.repository, digest):
+                    return True
+            except RegistryError:
+                return True
+        return False
 
     def add_config(self, config: bytes) -> None:
         for target in self._targets:
@@ -136,7 +156,9 @@ class BlobUploads:
 
     def error_for(self, target: Target) -> str | None:
         """Wait for `target`'s uploads; the first failure's message, or None."""
-        for future in self._futures.get(target.registry, []):
+        with self._lock:
+            futures = list(self._futures.get(target.registry, []))
+        for future in futures:
             try:
                 future.result()
             except RegistryError as exc:
