@@ -24,7 +24,9 @@ from shipit.log import counted
 from shipit.plan import OCI, ImagePlan
 from shipit.progress import Transfer, showing
 from shipit.stages.assemble import PlatformPart, image_index
+from shipit.stages.base_layers import Ahead, final_base
 from shipit.stages.build import BuiltImage, Engines, PlatformImage, platform_slug
+from shipit.stages.build.images import platform_args
 from shipit.stages.export import ExportedImage, export_image
 from shipit.stages.export_cache import ExportCache
 from shipit.stages.layout import load_image, platform_manifests
@@ -61,7 +63,17 @@ def prepare_all(
         run.update(image.name, status="building")
         started = datetime.now(UTC)
         folder = workdir / image.name
-        built = engines.builder(image, folder / "build", cache).build(image, run.console)
+        uploads, transfer = None, Transfer(f"push {image.name}")
+        base = None
+        if "push" in image.stages:
+            uploads = BlobUploads(image, access, on_bytes=transfer.add, on_expect=transfer.expect)
+            stack.callback(uploads.close)
+            base = _base_ahead(run, image, engines, uploads, folder)
+        try:
+            built = engines.builder(image, folder / "build", cache).build(image, run.console)
+        finally:
+            if base is not None:
+                base.stop()
         run.update(
             image.name,
             image_id=built.image_id,
@@ -70,12 +82,28 @@ def prepare_all(
         )
         if "scan" in image.stages:
             scan_all(run, image, built, folder, many_images=len(images) > 1)
-        if "push" in image.stages:
+        if uploads is not None:
             ready[image.name] = _ready(
-                run, image, built, engines=engines, access=access, folder=folder, stack=stack,
-                started=started, cache=cache,
+                run, image, built, engines=engines, uploads=uploads, transfer=transfer,
+                folder=folder, started=started, cache=cache,
+                held=base.held if base is not None else {},
             )  # fmt: skip
     return ready
+
+
+def _base_ahead(
+    run: RunState, image: ImagePlan, engines: Engines, uploads: BlobUploads, folder: Path
+) -> Ahead | None:
+    """The layers of `image`'s base on their way to its registries while it builds, where
+    its engine keeps them as they are and no scan gate comes first (stages/base_layers.py)."""
+    if "scan" in image.stages:
+        return None
+    platforms = engines.keeps_base_layers(image)
+    name = final_base(image.build, platform_args(platforms[0])) if platforms else None
+    if name is None:
+        return None
+    base = Ahead(folder / "base-layers")
+    return base if base.start(name, platforms, uploads, run.env, run.console) else None
 
 
 def scan_all(
@@ -168,22 +196,23 @@ def _ready(
     built: BuiltImage,
     *,
     engines: Engines,
-    access: Mapping[str, Any],
+    uploads: BlobUploads,
+    transfer: Transfer,
     folder: Path,
-    stack: contextlib.ExitStack,
     started: datetime,
     cache: ExportCache | None,
+    held: Mapping[str, Path],
 ) -> Ready:
-    """Export (or read) every platform, start the uploads, and assemble the index."""
-    transfer = Transfer(f"push {image.name}")
-    uploads = BlobUploads(image, access, on_bytes=transfer.add, on_expect=transfer.expect)
-    stack.callback(uploads.close)
+    """Export (or read) every platform, start the uploads, and assemble the index; `held`
+    are the base's layers downloaded while it built (stages/base_layers.py)."""
     many = len(built.platforms) > 1
     oci = many or image.leg is not None  # an index (now, or the merge's) names OCI manifests
     parts = []
     with run.console.group(f"export {image.name}"), showing(transfer, run.console):
         for item in built.platforms:
-            exported, kept = _export(item, engines, folder, uploads, oci=oci, cache=cache)
+            exported, kept = _export(
+                item, engines, folder, uploads, oci=oci, cache=cache, held=held
+            )
             parts.append(
                 PlatformExport(platform=item.platform, manifest=exported.manifest, image=exported)
             )
@@ -223,6 +252,7 @@ def _export(
     *,
     oci: bool,
     cache: ExportCache | None,
+    held: Mapping[str, Path],
 ) -> tuple[ExportedImage, bool]:
     """One platform's image made ready to push, its uploads begun; and whether the export
     cache had it (see `stages.export_cache`)."""
@@ -238,7 +268,9 @@ def _export(
         return kept, True
     daemon = engines.daemon_for(item.docker_host)
     uploads.probe(item.image_id)  # answered while the daemon prepares its export
-    received = receive_export(daemon, item.image_id, target, uploads.start_layer, oci=oci)
+    received = receive_export(
+        daemon, item.image_id, target, uploads.start_layer, oci=oci, held=held
+    )
     if received is not None:  # pushed to shipit by a daemon on the containerd store
         exported = received
         for layer in exported.layers:

@@ -34,7 +34,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -98,12 +98,19 @@ class Receiver:
     hears of each layer file the moment it is announced (from one of the server's threads).
     """
 
-    def __init__(self, folder: Path, on_blob_start: Callable[[GrowingFile], None]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        on_blob_start: Callable[[GrowingFile], None],
+        held: Mapping[str, Path] | None = None,
+    ) -> None:
         self._folder = folder
         self._on_blob_start = on_blob_start
         self._lock = threading.Lock()
         self._uploads: dict[str, _Blob] = {}
-        self._blobs: dict[str, Path] = {}
+        # blobs shipit holds already, checked against their digests (the base image's layers,
+        # stages/base_layers.py): their HEAD says so, and the daemon does not send them
+        self._blobs: dict[str, Path] = dict(held or {})
         self._manifests: dict[str, Manifest] = {}
         self._tags: dict[str, str] = {}
         self._announced: set[str] = set()
@@ -494,6 +501,7 @@ def receive_export(
     on_blob_start: Callable[[GrowingFile], None],
     *,
     oci: bool,
+    held: Mapping[str, Path] | None = None,
 ) -> ExportedImage | None:
     """The image `image_id`, pushed by `daemon` to a `Receiver` of this call's own; None when
     this way is not open (the caller exports with `docker save`): the daemon is not on the
@@ -502,7 +510,9 @@ def receive_export(
     only name would delete the image), or the daemon could not reach the receiver before any
     layer came (a rootless daemon has a network namespace of its own).
 
-    Raises `ExportError` when the push failed after a layer was on its way to the registries.
+    `held` are blobs shipit has already (by digest, each checked): the daemon is told so and
+    does not send them. Raises `ExportError` when the push failed after a layer was on its way
+    to the registries.
     """
     if not daemon.host.startswith("unix://") or not daemon.describe().containerd_store:
         return None
@@ -512,7 +522,7 @@ def receive_export(
     except DaemonError:
         return None
     tag = uuid.uuid4().hex[:12]
-    with Receiver(folder, on_blob_start) as receiver:
+    with Receiver(folder, on_blob_start, held) as receiver:
         repository = f"{receiver.host}/shipit/export"
         daemon.tag(image_id, repository, tag)
         try:

@@ -292,6 +292,35 @@ class Engines:
                 "preflight", f"the daemon of builder context default does not answer: {exc}"
             ) from None
 
+    def keeps_base_layers(self, image: ImagePlan) -> tuple[str, ...]:
+        """The platforms `image` builds, where its engine's image holds each layer of its base
+        as the base's registry stores it (BuildKit's image on the containerd store, which the
+        daemon pushes to shipit, and a BuildKit OCI layout); none elsewhere, or where the
+        platform is not known (stages/base_layers.py)."""
+        settings = image.build
+        builder = self._builders.get(settings.builder)
+        if settings.engine == "sdk":
+            daemon = self.daemon
+        elif settings.engine == "buildx" and builder is not None and not builder.loads:
+            if settings.platforms or builder.platforms:  # buildx names the native one first
+                return settings.platforms or builder.platforms[:1]
+            if builder.driver != "docker":
+                return ()
+            daemon = self.daemon_for(builder.daemon_host)  # the docker driver's: its platform
+        else:
+            return ()
+        try:
+            info = daemon.describe()
+        except DaemonError:
+            return ()
+        if settings.engine == "sdk" and not (
+            daemon.host.startswith("unix://")  # the receiver's way (stages/receive.py)
+            and info.containerd_store
+            and builds_with_buildkit(self.env, info, settings)
+        ):
+            return ()
+        return settings.platforms or (f"{info.os}/{info.arch}",)
+
     def builder(self, image: ImagePlan, workdir: Path, cache: ExportCache | None = None) -> Builder:
         """The engine that builds `image` in `workdir`; `cache` lends the layout engines what
         they wrote last time (stages.export_cache), and keeps the SDK engine's build memo."""
