@@ -5,7 +5,6 @@ them; and `Ahead` against a real registry: what it downloads, checks and hands o
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import pytest
 from shipit.log import Console
 from shipit.registry import Descriptor
 from shipit.stages.base_layers import Ahead
+from tests.integration.test_receive_export import pushed
 from tests.integration.test_sdk_context import push_marked_base
-from tests.support.cli import run_shipit
 from tests.support.dockerd28 import Dockerd28
 from tests.support.project import make_project
 from tests.support.services import RegistryFactory, registry_client
@@ -48,16 +47,8 @@ def test_the_bases_layers_go_ahead_while_it_builds_and_the_image_holds_them(
         dockerfile=f"FROM {base} AS build\nCOPY a /a\nFROM build\nCOPY b /b\n",
         files={"a": os.urandom(4096), "b": b"ours\n"},
     )
-    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd_containerd.host,
-           "SHIPIT_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
-    report = tmp_path / "report.json"
-    code, _, err = run_shipit(
-        ["run", "-C", str(project), "--skip", "scan", "--skip", "sign", "--report", str(report),
-         "-v"], capsys, env,
-    )  # fmt: skip
-    assert code == 0, err
+    err, image = pushed(project, dockerd_containerd, tmp_path, capsys)
     assert f"base layer {base_layer.digest} on its way to the registries" in err
-    [image] = json.loads(report.read_text())["images"]
     for reg in targets:
         manifest = registry_client(reg).manifest(f"{namespace}/app", "v1")
         assert manifest.digest == image["digest"]

@@ -10,6 +10,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,23 @@ from tests.support.project import make_project
 from tests.support.services import RegistryFactory, registry_client
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+
+def pushed(
+    project: Path, daemon: Dockerd28, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, dict[str, Any]]:
+    """`shipit run -v` of the project on `daemon` (no scan, no sign): its log and the report's
+    image."""
+    env = {"HOME": str(tmp_path), "DOCKER_HOST": daemon.host,
+           "SHIPIT_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    report = tmp_path / "report.json"
+    code, _, err = run_shipit(
+        ["run", "-C", str(project), "--skip", "scan", "--skip", "sign", "--report", str(report),
+         "-v"], capsys, env,
+    )  # fmt: skip
+    assert code == 0, err
+    [image] = json.loads(report.read_text())["images"]
+    return err, image
 
 
 def test_the_sdk_engines_image_is_pushed_to_shipit_by_the_daemon_and_stored_as_saved(
@@ -43,17 +61,9 @@ def test_the_sdk_engines_image_is_pushed_to_shipit_by_the_daemon_and_stored_as_s
         dockerfile="FROM scratch\nCOPY payload /payload\nCOPY small /small\n",
         files={"payload": payload, "small": b"a small layer\n"},
     )
-    env = {"HOME": str(tmp_path), "DOCKER_HOST": dockerd_containerd.host,
-           "SHIPIT_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
-    report = tmp_path / "report.json"
-    code, _, err = run_shipit(
-        ["run", "-C", str(project), "--skip", "scan", "--skip", "sign", "--report", str(report),
-         "-v"], capsys, env,
-    )  # fmt: skip
-    assert code == 0, err
+    err, image = pushed(project, dockerd_containerd, tmp_path, capsys)
     assert "the daemon pushed sha256:" in err and "1 of them on their way already" in err
     assert "exporting with docker save" not in err
-    [image] = json.loads(report.read_text())["images"]
     with Daemon({"DOCKER_HOST": dockerd_containerd.host}) as daemon:
         saved = export_image(daemon.save(image["image_id"]), image["image_id"], tmp_path / "save")
         names = [

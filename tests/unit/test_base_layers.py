@@ -4,6 +4,7 @@ stage starts from, through the stages it names, and its manifest for the build's
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,25 +12,16 @@ import pytest
 from shipit.plan import BuildSettings
 from shipit.registry import Manifest
 from shipit.stages.base_layers import _child_for, final_base
+from tests.unit.test_buildah_unit import settings as buildah_settings
 
 INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def settings(context: Path, text: str, **changes: object) -> BuildSettings:
+    """The build settings of tests/unit/test_buildah_unit.py, in `context` holding `text` as
+    its Dockerfile."""
     (context / "Dockerfile").write_text(text, encoding="utf-8")
-    values: dict[str, object] = {
-        "context": str(context),
-        "dockerfile": "Dockerfile",
-        "target": None,
-        "platforms": (),
-        "build_args": {},
-        "labels": {},
-        "pull": False,
-        "cache_from": (),
-        "engine": "sdk",
-    }
-    values.update(changes)
-    return BuildSettings(**values)  # type: ignore[arg-type]
+    return replace(buildah_settings(engine="sdk", **changes), context=str(context))
 
 
 @pytest.mark.parametrize(
