@@ -1,6 +1,8 @@
 """Before anything is published: build every image, scan every platform, export for the push.
 
-For each image: the engine builds one image per platform; every platform is scanned and the
+For each image: the engine builds one image per platform (meanwhile, where BuildKit keeps the
+base image's layers as they are and no scan gate comes first, those layers go to the
+registries: stages/base_layers.py); every platform is scanned and the
 gate decides over all of them (a platform that blocks blocks the image, and the findings say
 which platform); then each platform's image is made ready to push (exported and compressed
 once from a daemon, or taken from an OCI layout as it is), its blob uploads start at once,
