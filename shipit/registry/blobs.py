@@ -389,23 +389,20 @@ class BlobApi(Door):
         return data
 
     def download_blob(self, repository: str, blob: Descriptor, path: Path) -> None:
-        """Write the blob `blob` (a sha256 digest and its size) to the file `path`, streamed,
-        checked against its digest and size; raises `RegistryError` when it does not match
-        (the file then holds what came, for the caller to remove)."""
+        """Write the blob `blob` (its digest and size) to the file `path`, streamed and checked
+        on the way (`VerifiedBody`); raises `RegistryError` when it does not match (the file
+        then holds what came, without its last chunk, for the caller to remove)."""
         check_digest(blob.digest)
-        what = f"blob {short_digest(blob.digest)} in {self._api_repo(repository)}"
-        hasher = hashlib.sha256()
-        size = 0
         with self._open_blob(repository, blob) as response, path.open("wb") as out:
-            try:
-                for chunk in response.iter_content(STREAM_CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-            except requests.RequestException as exc:
-                raise self._transport_error(exc)[0] from exc
-        if f"sha256:{hasher.hexdigest()}" != blob.digest or size != blob.size:
-            raise self._protocol(f"{what} on {self.host} does not match its digest and size")
+            body = VerifiedBody(
+                response.iter_content(STREAM_CHUNK),
+                blob,
+                origin=f"{self.host}/{self._api_repo(repository)}",
+                host=self.host,
+                on_bytes=None,
+            )
+            for chunk in body:
+                out.write(chunk)
 
     def _open_blob(self, repository: str, blob: Descriptor) -> requests.Response:
         """A streaming GET of `blob` (the caller closes it)."""

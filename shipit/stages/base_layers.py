@@ -41,6 +41,7 @@ from shipit.log import Console
 from shipit.plan import BuildSettings
 from shipit.registry import Credentials, Descriptor, Endpoint, Manifest, Registry, RegistryError
 from shipit.stages.build.bases import normalize_ref
+from shipit.stages.build.classic_platforms import same_platform
 from shipit.stages.build.dockerfile import built_stages, is_image, stage_index, stages
 from shipit.stages.uploads import BlobUploads
 
@@ -177,18 +178,12 @@ class Ahead:
 
 
 def _child_for(index: Manifest, platform: str) -> Descriptor | None:
-    """The index's manifest for `platform` (os/arch[/variant]; arm64 without a variant is v8's,
-    as the daemon matches it)."""
-    wanted = platform.split("/")
-    for child in index.children():
-        if child.platform is None:
-            continue
-        have = child.platform.split("/")
-        if have[:2] != wanted[:2]:
-            continue
-        if len(wanted) < 3 or (have[2:3] or [""]) == wanted[2:3]:
-            return child
-    return None
+    """The index's manifest for `platform`, as containerd matches platforms (an architecture
+    without a variant means its default one: arm64 is arm64/v8)."""
+    return next(
+        (c for c in index.children() if c.platform and same_platform(c.platform, platform)),
+        None,
+    )
 
 
 def _layers(manifest: Manifest) -> list[Descriptor]:

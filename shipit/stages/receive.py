@@ -494,6 +494,13 @@ def received_image(received: Received, image_id: str, tag: str, *, oci: bool) ->
     )
 
 
+def pushes_to_shipit(daemon: Daemon) -> bool:
+    """Whether `daemon` can export an image by pushing it to a `Receiver`: it is on this
+    machine (DOCKER_HOST a unix socket: a dind service's 127.0.0.1 is its own) and keeps its
+    images in the containerd image store."""
+    return daemon.host.startswith("unix://") and daemon.describe().containerd_store
+
+
 def receive_export(
     daemon: Daemon,
     image_id: str,
@@ -514,7 +521,7 @@ def receive_export(
     does not send them. Raises `ExportError` when the push failed after a layer was on its way
     to the registries.
     """
-    if not daemon.host.startswith("unix://") or not daemon.describe().containerd_store:
+    if not pushes_to_shipit(daemon):
         return None
     try:
         if not daemon.inspect(image_id).get("RepoTags"):

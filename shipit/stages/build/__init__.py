@@ -55,6 +55,7 @@ from shipit.stages.build.probes import (
 )
 from shipit.stages.build.sdk import SdkBuilder, builds_with_buildkit
 from shipit.stages.export_cache import ExportCache
+from shipit.stages.receive import pushes_to_shipit
 
 __all__ = [
     "Builder",
@@ -311,13 +312,11 @@ class Engines:
             return ()
         try:
             info = daemon.describe()
+            if settings.engine == "sdk" and not (
+                pushes_to_shipit(daemon) and builds_with_buildkit(self.env, info, settings)
+            ):
+                return ()
         except DaemonError:
-            return ()
-        if settings.engine == "sdk" and not (
-            daemon.host.startswith("unix://")  # the receiver's way (stages/receive.py)
-            and info.containerd_store
-            and builds_with_buildkit(self.env, info, settings)
-        ):
             return ()
         return settings.platforms or (f"{info.os}/{info.arch}",)
 
